@@ -1,0 +1,81 @@
+"""FP32 baselines (issue: foundation): GCN / GAT on Planetoid, GIN 10-fold on TU.
+
+Each experiment runs through `qgnn.train.run_experiment`, exactly as `qgnn train`
+does, writes its results JSON to benchmarks/results/, and the table in the
+`baselines` section of docs/results.md is rebuilt from every JSON present, so
+figures from separate invocations (e.g. REDDIT-BINARY on a GPU) sit together.
+
+    OMP_NUM_THREADS=1 python benchmarks/baselines.py                  # everything
+    OMP_NUM_THREADS=1 python benchmarks/baselines.py --only gcn-cora gat-cora
+    python benchmarks/baselines.py --only gin-reddit-binary --folds 3 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import RESULTS_DIR, command_line, pct, update_section, write_json  # noqa: E402
+
+# name -> (TrainConfig kwargs, published figure, target)
+EXPERIMENTS = {
+    "gcn-cora": (dict(dataset="cora", model="gcn", seeds=10), "81.5 (Kipf & Welling 2017)", 81.0),
+    "gcn-citeseer": (dict(dataset="citeseer", model="gcn", seeds=10), "70.3 (Kipf & Welling 2017)", 70.5),
+    "gat-cora": (dict(dataset="cora", model="gat", seeds=10), "83.0 ± 0.7 (Veličković et al. 2018)", 82.0),
+    "gin-proteins": (dict(dataset="proteins", model="gin"), "76.2 (Xu et al. 2019); 70.5-76 reruns", 72.0),
+    "gin-imdb-binary": (dict(dataset="imdb-binary", model="gin"), "75.1 (Xu et al. 2019); 75.3 rerun", 72.0),
+    "gin-reddit-binary": (dict(dataset="reddit-binary", model="gin"), "92.4 (Xu et al. 2019); 89.5 rerun", 88.0),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", default=None, choices=sorted(EXPERIMENTS))
+    p.add_argument("--folds", type=int, default=None, help="graph tasks: run only the first N folds")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--root", default=None)
+    args = p.parse_args(argv)
+
+    from qgnn.train import TrainConfig, run_experiment
+    from qgnn.train.results import format_table
+
+    for name in args.only or list(EXPERIMENTS):
+        kw, _, _ = EXPERIMENTS[name]
+        cfg = TrainConfig(**kw, folds=args.folds, epochs=args.epochs, device=args.device)
+        res = run_experiment(cfg, root=args.root, progress=None)
+        res["command"] = command_line()
+        write_json(f"baseline-{name}", res)
+        print(name)
+        print(format_table(res), flush=True)
+    render()
+    return 0
+
+
+def render() -> None:
+    """Rebuild the baselines table of docs/results.md from benchmarks/results/baseline-*.json."""
+    rows = ["| experiment | protocol | test acc (%) | val acc (%) | target | published | s / epoch | command |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, (_, published, target) in EXPERIMENTS.items():
+        path = RESULTS_DIR / f"baseline-{name}.json"
+        if not path.exists():
+            rows.append(f"| {name} | not run yet | | | >= {target} | {published} | | |")
+            continue
+        r = json.loads(path.read_text())
+        c, m = r["config"], r["metrics"]
+        proto = (f"{c['seeds']} seeds" if c["task"] == "node"
+                 else f"{len(r['runs'])} of 10 stratified folds, val fold for selection")
+        proto += f", {c['epochs']} epochs, {r['env'].get('cuda') or 'CPU'}"
+        met = "met" if 100 * m["test_acc"]["mean"] >= target else "NOT met"
+        rows.append(f"| {name} | {proto} | {pct(m['test_acc'])} | {pct(m['val_acc'])} | >= {target} ({met}) "
+                    f"| {published} | {r['timing']['seconds_per_epoch']:.4f} | `{r['command']}` |")
+    update_section("baselines", "## FP32 baselines\n\nModel selection on the validation split only; mean ± "
+                   "population std over runs. Node tasks: Planetoid public split, one run per seed. Graph "
+                   "tasks: stratified 10-fold CV (fold seed 0), the next fold as validation.\n\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""`python -m qgnn` runs the command-line tool."""
+
+from qgnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""The `qgnn` command line: `qgnn train`, `qgnn info` (more subcommands arrive with later features).
+
+User errors (unknown names, missing files, corrupt checkpoints, bad values) print
+one line `qgnn: error: ...` and exit with status 2; Ctrl-C saves a resume state
+and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from qgnn.errors import QgnnError
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model (several seeds or CV folds) and report mean ± std",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="cora", help="dataset name, case-insensitive (see `qgnn info`)")
+    p.add_argument("--model", default="gcn", help="gcn | gat | gin | sage (node); gin | gcn (graph)")
+    p.add_argument("--method", default="fp32", help="quantization method (fp32 = none)")
+    p.add_argument("--bits", type=int, default=None, help="bit-width for the method (1..8)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per fold (default 10 node, 1 graph)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--folds", type=int, default=None, help="graph tasks: number of the 10 CV folds to run")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the stratified fold assignment")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--patience", type=int, default=None, help="early stopping on validation accuracy")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--layers", dest="num_layers", type=int, default=None)
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--node-features", default="auto", choices=["auto", "degree", "constant"],
+                   help="features for TU graphs that have none")
+    p.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, default=None,
+                   help="row-normalise node features (default: on for node tasks)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
+    p.add_argument("--config", default=None, help="a JSON config (or results file) to start from")
+    p.add_argument("--out", default=None, help="results JSON (default runs/<dataset>-<model>-<method>.json)")
+    p.add_argument("--save", default=None, help="checkpoint of the selected model (safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _config_from_args(args):
+    from qgnn.train import TrainConfig
+
+    base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
+    explicit = {k: getattr(args, k) for k in (
+        "dataset", "model", "method", "bits", "seeds", "seed", "folds", "fold_seed", "epochs", "lr",
+        "weight_decay", "patience", "batch_size", "hidden", "num_layers", "dropout", "node_features",
+        "normalize_features", "device")}
+    if args.config:  # values given on the command line win over the file; defaults do not
+        defaults = vars(build_parser().parse_args(["train"]))
+        explicit = {k: v for k, v in explicit.items() if v != defaults.get(k)}
+    base.update(explicit)
+    base.pop("task", None)
+    return TrainConfig.from_dict(base)
+
+
+def _check_names(cfg) -> None:
+    """Fail fast on unknown names, before any data is loaded."""
+    from qgnn.data import dataset_names
+    from qgnn.errors import lookup
+    from qgnn.models import model_names
+    from qgnn.train.config import METHODS
+
+    tasks = {n: t for t in ("node", "graph", "rec") for n in dataset_names(t)}
+    task = lookup("dataset", cfg.dataset, tasks)
+    if task != "rec":
+        lookup("model", cfg.model, {m: m for m in model_names(task)})
+    methods = dict.fromkeys(METHODS)
+    try:
+        from qgnn.methods import method_names
+
+        methods.update(dict.fromkeys(method_names()))
+    except ImportError:
+        pass
+    lookup("method", cfg.method, methods)
+    cfg.validate()
+
+
+def cmd_train(args) -> int:
+    from qgnn.train import Control, run_experiment
+    from qgnn.train.results import format_table
+
+    cfg = _config_from_args(args)
+    _check_names(cfg)
+    bits = f"-w{cfg.bits}" if cfg.bits else ""
+    out = Path(args.out or f"runs/{cfg.dataset.lower()}-{cfg.model.lower()}-{cfg.method.lower()}{bits}.json")
+    control = Control()
+
+    def on_sigint(signum, frame):
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        control.stop_requested = True
+        print("\nqgnn: stopping after this epoch (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        results = run_experiment(cfg, root=args.root, out=out, save=args.save, resume=args.resume,
+                                 progress=False if args.quiet else None, control=control)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(format_table(results))
+    print(f"results: {out}" + (f"\ncheckpoint: {args.save}" if args.save else ""))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from qgnn.data import dataset_names
+    from qgnn.env import backends, environment
+    from qgnn.models import model_names
+
+    env = environment()
+    print(f"qgnn {env['qgnn']}  torch {env['torch']}  torch_geometric {env['torch_geometric']}  "
+          f"python {env['python']}")
+    print(f"commit {env['git_commit']}  machine {env['machine']}  cpus {env['cpu_count']}  "
+          f"torch threads {env['torch_threads']}")
+    print("backends:")
+    for name, (ok, why) in backends().items():
+        print(f"  {name:<8} {'yes' if ok else 'no ':<4} {why}")
+    for task in ("node", "graph", "rec"):
+        print(f"{task} datasets: {', '.join(dataset_names(task))}")
+    print(f"node models: {', '.join(model_names('node'))}; graph models: {', '.join(model_names('graph'))}")
+    from qgnn.data import cache_dir, resolve_root
+
+    print(f"data root: {resolve_root(None)}  cache: {cache_dir()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qgnn", description="Low-bit graph neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    p = sub.add_parser("info", help="versions, optional backends and the names qgnn knows")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except QgnnError as e:
+        from qgnn.train.runner import Interrupted
+
+        print(f"qgnn: {'interrupted' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
+        return 130 if isinstance(e, Interrupted) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

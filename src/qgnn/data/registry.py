@@ -1,0 +1,68 @@
+"""Dataset names -> (task, loader); :func:`load_dataset` is the one entry point."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from functools import partial
+
+from qgnn.data import planetoid, recsys, synthetic, tu
+from qgnn.errors import ConfigError, lookup
+
+
+def _synthetic(fn: Callable) -> Callable:
+    def load(root=None, **kwargs):
+        del root  # generated, not read
+        return fn(**kwargs)
+    load.__signature__ = inspect.signature(fn)
+    return load
+
+
+# canonical name -> (task, loader taking root=... and keyword options)
+DATASETS: dict[str, tuple[str, Callable]] = {
+    **{n: ("node", partial(planetoid.load_planetoid, n)) for n in planetoid.NAMES},
+    **{n: ("graph", partial(tu.load_tu, n)) for n in tu.NAMES},
+    **{n: ("rec", partial(recsys.load_recsys, n)) for n in recsys.NAMES},
+    "synthetic-node": ("node", _synthetic(synthetic.random_node_dataset)),
+    "synthetic-graph": ("graph", _synthetic(synthetic.random_graph_dataset)),
+    "synthetic-rec": ("rec", _synthetic(synthetic.random_rec_dataset)),
+}
+ALIASES = {alias: target for alias, target in recsys.ALIASES.items()}
+TASKS = ("node", "graph", "rec")
+
+
+def _table() -> dict[str, str]:
+    return {**{n: n for n in DATASETS}, **ALIASES}
+
+
+def canonical_name(name: str) -> str:
+    """The canonical spelling of a dataset name (case-insensitive, aliases resolved)."""
+    return lookup("dataset", name, _table())
+
+
+def dataset_names(task: str | None = None) -> list[str]:
+    """Sorted canonical dataset names, optionally only those of one task (node / graph / rec)."""
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return sorted(n for n, (t, _) in DATASETS.items() if task is None or t == task)
+
+
+def dataset_task(name: str) -> str:
+    return DATASETS[canonical_name(name)][0]
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, **kwargs):
+    """Load a dataset by name; returns a NodeDataset, GraphDataset or RecDataset.
+
+    Options go to the loader (e.g. ``normalize_features`` for Planetoid,
+    ``node_features`` for TU, ``seed`` / ``val_frac`` for recommendation data).
+    """
+    key = canonical_name(name)
+    _, loader = DATASETS[key]
+    accepted = [p for p in inspect.signature(loader).parameters if p not in ("name", "root")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"dataset {key} does not take option(s) {', '.join(unknown)}; "
+                          f"it takes: {', '.join(accepted) or 'none'}")
+    return loader(root=root, **kwargs)

@@ -1,0 +1,99 @@
+"""Node-classification models: a stack of PyG convolutions with ReLU and dropout.
+
+Each model keeps its message-passing layers in ``self.convs`` (a ModuleList of
+PyG layers) so that quantization handlers find and replace them by type.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
+    """The two-layer MLP inside a GIN layer (Xu et al., ICLR 2019)."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers += [nn.ReLU(), nn.Linear(hidden, out_dim)]
+    return nn.Sequential(*layers)
+
+
+class _Stack(nn.Module):
+    """conv -> ReLU -> dropout, repeated; the last conv has no activation."""
+
+    def __init__(self, convs: list[nn.Module], dropout: float, input_dropout: float | None = None):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.dropout = dropout
+        self.input_dropout = dropout if input_dropout is None else input_dropout
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(x, self.input_dropout, self.training)
+        for i, conv in enumerate(self.convs):
+            x = conv(x, edge_index)
+            if i < len(self.convs) - 1:
+                x = self.activation(x)
+                x = F.dropout(x, self.dropout, self.training)
+        return x
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+def _dims(in_dim: int, hidden: int, out_dim: int, num_layers: int) -> list[tuple[int, int]]:
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    sizes = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
+    return list(zip(sizes[:-1], sizes[1:], strict=True))
+
+
+class GCN(_Stack):
+    """GCN (Kipf & Welling, ICLR 2017): H' = D^-1/2 (A+I) D^-1/2 H W.
+
+    ``cached=True`` stores the normalised adjacency after the first call, which is
+    right for transductive node classification on one fixed graph.
+    """
+
+    def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.5, cached=True):
+        convs = [GCNConv(i, o, cached=cached) for i, o in _dims(in_dim, hidden, out_dim, num_layers)]
+        super().__init__(convs, dropout)
+
+
+class GAT(_Stack):
+    """GAT (Veličković et al., ICLR 2018): multi-head attention, ELU between layers.
+
+    Hidden layers concatenate ``heads`` heads of ``hidden`` channels; the output
+    layer uses ``out_heads`` heads averaged, as in the paper's Cora setting.
+    """
+
+    def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.6, heads=8, out_heads=1):
+        convs: list[nn.Module] = []
+        d = in_dim
+        for _ in range(num_layers - 1):
+            convs.append(GATConv(d, hidden, heads=heads, dropout=dropout))
+            d = hidden * heads
+        convs.append(GATConv(d, out_dim, heads=out_heads, concat=False, dropout=dropout))
+        super().__init__(convs, dropout)
+
+    def activation(self, x):
+        return F.elu(x)
+
+
+class GIN(_Stack):
+    """GIN (Xu et al., ICLR 2019) for nodes: h' = MLP((1 + eps) h + sum_j h_j)."""
+
+    def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.5, train_eps=False):
+        convs = [GINConv(mlp(i, hidden, o), train_eps=train_eps)
+                 for i, o in _dims(in_dim, hidden, out_dim, num_layers)]
+        super().__init__(convs, dropout)
+
+
+class SAGE(_Stack):
+    """GraphSAGE (Hamilton et al., NeurIPS 2017), mean aggregator: h' = W1 h + W2 mean_j h_j."""
+
+    def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.5, aggr="mean"):
+        convs = [SAGEConv(i, o, aggr=aggr) for i, o in _dims(in_dim, hidden, out_dim, num_layers)]
+        super().__init__(convs, dropout)

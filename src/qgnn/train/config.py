@@ -1,0 +1,97 @@
+"""The configuration of one experiment, and how unset fields take the model's published recipe.
+
+`TrainConfig.resolve()` returns a copy with every field filled in; that copy is
+what the results JSON records under ``config``, so a run can be repeated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from qgnn.errors import ConfigError
+
+METHODS = ("fp32",)  # extended by qgnn.methods as quantization methods register
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "cora"
+    model: str = "gcn"
+    method: str = "fp32"
+    bits: int | None = None
+    task: str | None = None            # filled from the dataset
+    seeds: int | None = None           # runs per fold: 10 for node tasks, 1 for graph tasks
+    seed: int = 0                      # first seed; run r uses seed + r
+    folds: int | None = None           # graph tasks: how many of the 10 CV folds to run (default all)
+    fold_seed: int = 0                 # seed of the stratified fold assignment
+    epochs: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    patience: int | None = None
+    batch_size: int | None = None
+    lr_step: int | None = None         # StepLR period in epochs (graph recipe), 0 = constant lr
+    lr_gamma: float | None = None
+    hidden: int | None = None
+    num_layers: int | None = None
+    dropout: float | None = None
+    normalize_features: bool | None = None   # row-normalise node features (Kipf & Welling's recipe)
+    node_features: str = "auto"        # TU graphs without features: auto | degree | constant
+    device: str = "cpu"
+    model_kwargs: dict = field(default_factory=dict)
+
+    def resolve(self, task: str) -> TrainConfig:
+        """Fill unset fields from the model's recipe for `task`; validate ranges."""
+        from qgnn.models import default_hparams
+
+        model_kw, train_kw = default_hparams(self.model, task)
+        c = dataclasses.replace(self, task=task, model_kwargs=dict(self.model_kwargs))
+        for k, v in train_kw.items():
+            if getattr(c, k, None) is None:
+                setattr(c, k, v)
+        for k in ("hidden", "num_layers", "dropout"):
+            if getattr(c, k) is None:
+                setattr(c, k, model_kw.get(k))
+        c.seeds = c.seeds if c.seeds is not None else (10 if task == "node" else 1)
+        c.folds = c.folds if c.folds is not None else 10
+        c.lr_step = c.lr_step if c.lr_step is not None else 0
+        c.lr_gamma = c.lr_gamma if c.lr_gamma is not None else 1.0
+        c.batch_size = c.batch_size if c.batch_size is not None else 32
+        if c.normalize_features is None:
+            c.normalize_features = task == "node"
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        checks = [
+            (self.seeds is None or self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
+            (self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.folds is None or 1 <= self.folds <= 10, f"--folds must be in 1..10, got {self.folds}"),
+            (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.bits is None or 1 <= self.bits <= 8, f"--bits must be in 1..8, got {self.bits}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path) -> TrainConfig:
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        return cls.from_dict(d.get("config", d))

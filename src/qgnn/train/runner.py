@@ -1,0 +1,259 @@
+"""Run an experiment: several seeds (node tasks) or cross-validation folds (graph tasks).
+
+For each run: seed, build the model, apply the quantization method, train with
+Adam, select the epoch on the validation split, record that epoch's scores.
+Across runs: mean ± std of every score, the run with the best validation score
+is the selected model (its weights go to the checkpoint).
+
+Interruptions lose no work: the runner saves a resume state (finished runs, and
+the current run's model, optimizer, scheduler, selection and RNG) at epoch
+boundaries every ``save_every`` seconds, after each run, and when asked to stop
+(Ctrl-C); `resume=True` continues from it and gives the same result as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from qgnn.errors import CheckpointError, ConfigError, QgnnError
+from qgnn.train.checkpoint import load_state, save_checkpoint, save_state
+from qgnn.train.config import TrainConfig
+from qgnn.train.results import summarize_runs
+from qgnn.train.seeding import set_seed
+from qgnn.train.selection import BestTracker
+from qgnn.train.tasks import GraphTask, NodeTask, penalty_modules
+
+STATE_FORMAT = "qgnn-state/1"
+
+
+class Interrupted(QgnnError):
+    """Training stopped on request; the resume state has been saved."""
+
+
+@dataclass
+class Control:
+    """Lets a caller (a signal handler, a test) ask the runner to stop at the next epoch boundary."""
+
+    stop_requested: bool = False
+    on_epoch_end: list = field(default_factory=list)  # callables(run_index, epoch)
+
+
+def _dataset_task(name: str) -> str:
+    from qgnn.data import dataset_names
+    from qgnn.errors import lookup
+
+    table = {n: t for t in ("node", "graph", "rec") for n in dataset_names(t)}
+    return lookup("dataset", name, table)
+
+
+def load_for(cfg: TrainConfig, root=None):
+    """Load the dataset of `cfg` with the options that apply to its task."""
+    from qgnn.data import load_dataset
+
+    task = _dataset_task(cfg.dataset)
+    if task == "node":
+        return load_dataset(cfg.dataset, root=root, normalize_features=bool(cfg.normalize_features))
+    if task == "graph":
+        return load_dataset(cfg.dataset, root=root, node_features=cfg.node_features)
+    return load_dataset(cfg.dataset, root=root)
+
+
+def apply_method(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Turn the float model into the configured method's model (FP32: unchanged)."""
+    if cfg.method == "fp32":
+        return model
+    try:
+        from qgnn.methods import apply_method as _apply
+    except ImportError:
+        raise ConfigError(f"unknown method {cfg.method!r}; valid methods: fp32") from None
+    return _apply(model, cfg)
+
+
+def _run_list(cfg: TrainConfig) -> list[tuple[int, int | None]]:
+    """(seed, fold) per run. Graph runs are seeded per fold so folds differ in their draws too."""
+    if cfg.task == "node":
+        return [(cfg.seed + r, None) for r in range(cfg.seeds)]
+    return [(cfg.seed + 1000 * r + f, f) for r in range(cfg.seeds) for f in range(cfg.folds)]
+
+
+class Runner:
+    """Trains all runs of one TrainConfig; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, root=None, state_path: str | Path | None = None,
+                 progress: bool | None = None, save_every: float = 60.0, control: Control | None = None):
+        self.ds = load_for(cfg, root)
+        if self.ds.task == "rec":
+            raise ConfigError(f"{cfg.dataset} is a recommendation dataset; use --model lightgcn (not yet available)")
+        self.cfg = cfg.resolve(self.ds.task)
+        self.state_path = Path(state_path) if state_path else None
+        self.progress = progress
+        self.save_every = save_every
+        self.control = control or Control()
+        self.device = torch.device(self.cfg.device)
+        self.splits = self.ds.folds(k=10, seed=self.cfg.fold_seed) if self.ds.task == "graph" else None
+
+    # -- building blocks ---------------------------------------------------------------------
+    def build(self) -> torch.nn.Module:
+        from qgnn.models import build_model
+
+        c = self.cfg
+        model = build_model(c.model, c.task, self.ds.num_features, self.ds.num_classes,
+                            hidden=c.hidden, num_layers=c.num_layers, dropout=c.dropout, **c.model_kwargs)
+        return apply_method(model, c).to(self.device)
+
+    def task_for(self, fold: int | None):
+        if self.ds.task == "node":
+            return NodeTask(self.ds.data, self.device)
+        return GraphTask(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)
+
+    def _optim(self, model):
+        opt = torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        sched = (torch.optim.lr_scheduler.StepLR(opt, self.cfg.lr_step, self.cfg.lr_gamma)
+                 if self.cfg.lr_step else None)
+        return opt, sched
+
+    # -- resume state --------------------------------------------------------------------------
+    def _load_state(self) -> dict | None:
+        if not self.state_path or not self.state_path.exists():
+            return None
+        state = load_state(self.state_path)
+        if state["config"] != self.cfg.to_dict():
+            raise CheckpointError(
+                f"{self.state_path} was saved for a different configuration; "
+                "rerun with the same options or delete the file")
+        return state
+
+    def _save_state(self, runs_done, best, current) -> None:
+        if self.state_path:
+            save_state(self.state_path, {"format": STATE_FORMAT, "config": self.cfg.to_dict(),
+                                         "runs": runs_done, "best": best, "current": current})
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict:
+        run_list = _run_list(self.cfg)
+        state = self._load_state() if resume else None
+        runs_done: list[dict] = list(state["runs"]) if state else []
+        best = state["best"] if state else None   # {"index", "val", "val_loss", "state"}
+        current = state["current"] if state else None
+        t_start = time.perf_counter()
+        total_epochs = len(run_list) * self.cfg.epochs
+        bar = tqdm(total=total_epochs, disable=None if self.progress is None else not self.progress,
+                   desc=f"{self.cfg.dataset}/{self.cfg.model}/{self.cfg.method}", unit="ep", dynamic_ncols=True)
+        bar.update(len(runs_done) * self.cfg.epochs)
+        try:
+            for r in range(len(runs_done), len(run_list)):
+                seed, fold = run_list[r]
+                result, best_state = self._one_run(r, seed, fold, current if current and current["index"] == r
+                                                   else None, runs_done, best, bar)
+                current = None
+                runs_done.append(result)
+                if best is None or (result["val_acc"], -result["val_loss"]) > (best["val"], -best["val_loss"]):
+                    best = {"index": r, "val": result["val_acc"], "val_loss": result["val_loss"],
+                            "state": best_state}
+                self._save_state(runs_done, best, None)
+        finally:
+            bar.close()
+        total = time.perf_counter() - t_start
+        return self._results(runs_done, best, total)
+
+    def _one_run(self, r, seed, fold, current, runs_done, best, bar):
+        set_seed(seed)
+        model = self.build()
+        task = self.task_for(fold)
+        opt, sched = self._optim(model)
+        pens = penalty_modules(model)
+        tracker = BestTracker(self.cfg.patience)
+        start_epoch, seconds = 0, 0.0
+        if current is not None:  # continue an interrupted run where its state was saved
+            model.load_state_dict(current["model"])
+            opt.load_state_dict(current["optimizer"])
+            if sched is not None and current["scheduler"] is not None:
+                sched.load_state_dict(current["scheduler"])
+            tracker.load_state_dict(current["tracker"])
+            torch.set_rng_state(current["rng"])
+            start_epoch, seconds = current["epoch"], current["seconds"]
+            bar.update(start_epoch)
+        last_save = time.monotonic()
+        epochs_run = start_epoch
+        for epoch in range(start_epoch, self.cfg.epochs):
+            t0 = time.perf_counter()
+            task.train_epoch(model, opt, pens)
+            scores = task.evaluate(model)
+            if sched is not None:
+                sched.step()
+            seconds += time.perf_counter() - t0
+            epochs_run = epoch + 1
+            tracker.update(epoch, scores["val_acc"], scores["val_loss"], scores, model)
+            bar.update(1)
+            bar.set_postfix(run=f"{r + 1}", best_val=f"{tracker.best_val:.4f}", refresh=False)
+            for cb in self.control.on_epoch_end:
+                cb(r, epoch)
+            stop = self.control.stop_requested
+            if self.state_path and (stop or time.monotonic() - last_save > self.save_every):
+                cur = {"index": r, "epoch": epochs_run, "seconds": seconds, "model": model.state_dict(),
+                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                       "tracker": tracker.state_dict(), "rng": torch.get_rng_state()}
+                self._save_state(runs_done, best, cur)
+                last_save = time.monotonic()
+            if stop:
+                where = f"; resume with --resume (state in {self.state_path})" if self.state_path else ""
+                raise Interrupted(f"stopped at run {r + 1}, epoch {epochs_run}{where}")
+            if tracker.should_stop:
+                bar.update(self.cfg.epochs - epochs_run)
+                break
+        result = {"seed": seed, "fold": fold, "best_epoch": tracker.best_epoch, "epochs_run": epochs_run,
+                  "seconds_per_epoch": seconds / max(epochs_run, 1), "train_seconds": seconds,
+                  **tracker.best_scores}
+        return result, tracker.best_state
+
+    def _results(self, runs, best, total) -> dict:
+        from qgnn.env import environment
+
+        keys = [k for k in ("test_acc", "val_acc", "train_acc", "val_loss", "best_epoch") if k in runs[0]]
+        return {
+            "config": self.cfg.to_dict(),
+            "metrics": summarize_runs(runs, keys),
+            "timing": {"seconds_per_epoch": sum(r["seconds_per_epoch"] for r in runs) / len(runs),
+                       "total_seconds": total},
+            "runs": runs,
+            "selected_run": best["index"],
+            "env": environment(),
+            "_best_state": best["state"],  # popped by save(); not part of the JSON
+        }
+
+    def checkpoint_meta(self, results: dict) -> dict:
+        sel = results["runs"][results["selected_run"]]
+        return {"config": results["config"], "num_features": self.ds.num_features,
+                "num_classes": self.ds.num_classes, "selected_run": sel}
+
+
+def run_experiment(cfg: TrainConfig, *, root=None, out: str | Path | None = None,
+                   save: str | Path | None = None, resume: bool = False, progress: bool | None = None,
+                   control: Control | None = None, save_every: float = 60.0) -> dict:
+    """Train `cfg`, write the results JSON to `out` and the selected model to `save`.
+
+    The resume state lives beside the results (``<out>.state.pt``, else ``<save>.state.pt``)
+    and is removed once the experiment has finished.
+    """
+    from qgnn.train.checkpoint import write_json
+
+    anchor = out or save
+    state_path = Path(f"{anchor}.state.pt") if anchor else None
+    runner = Runner(cfg, root=root, state_path=state_path, progress=progress, control=control,
+                    save_every=save_every)
+    results = runner.run(resume=resume)
+    best_state = results.pop("_best_state")
+    if save:
+        save_checkpoint(save, best_state, runner.checkpoint_meta(results))
+        results["checkpoint"] = str(save)
+    if out:
+        write_json(out, results)
+    if state_path and state_path.exists():
+        state_path.unlink()
+    return results

@@ -1,0 +1,110 @@
+"""One epoch of training and one evaluation pass, per task.
+
+A task owns its data and knows how to run a model over it; the runner owns the
+loop, the optimizer, selection and checkpoints. Extra loss terms that a method
+adds (a bit penalty, a memory penalty) come from `penalty_modules`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.loader import DataLoader
+
+
+def penalty_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules that add a term to the training loss through a ``penalty()`` method."""
+    return [m for m in model.modules() if callable(getattr(m, "penalty", None))]
+
+
+def penalty(mods: list[nn.Module]) -> torch.Tensor | float:
+    return sum((m.penalty() for m in mods), 0.0)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max equals the label (0.0 for no rows)."""
+    if y.numel() == 0:
+        return 0.0
+    return (logits.argmax(-1) == y).float().mean().item()
+
+
+class NodeTask:
+    """Transductive node classification on one graph with train/val/test masks."""
+
+    metric = "acc"
+
+    def __init__(self, data, device: torch.device | str = "cpu"):
+        self.data = data.to(device)
+
+    def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, penalties: list[nn.Module]) -> float:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        d = self.data
+        out = model(d.x, d.edge_index)
+        loss = F.cross_entropy(out[d.train_mask], d.y[d.train_mask]) + penalty(penalties)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        d = self.data
+        out = model(d.x, d.edge_index)
+        return {
+            "train_acc": accuracy(out[d.train_mask], d.y[d.train_mask]),
+            "val_acc": accuracy(out[d.val_mask], d.y[d.val_mask]),
+            "test_acc": accuracy(out[d.test_mask], d.y[d.test_mask]),
+            "val_loss": F.cross_entropy(out[d.val_mask], d.y[d.val_mask]).item() if d.val_mask.any() else 0.0,
+        }
+
+
+class GraphTask:
+    """Graph classification on one cross-validation split (train / val / test graph indices)."""
+
+    metric = "acc"
+
+    def __init__(self, dataset, split, batch_size: int = 32, device: torch.device | str = "cpu",
+                 eval_batch_size: int = 256):
+        self.device = torch.device(device)
+        self.train_loader = DataLoader(dataset[split.train], batch_size=batch_size, shuffle=True)
+        # Evaluation batches are larger: no gradients, fewer Python iterations.
+        self.val_loader = DataLoader(dataset[split.val], batch_size=eval_batch_size)
+        self.test_loader = DataLoader(dataset[split.test], batch_size=eval_batch_size)
+
+    def _forward(self, model, batch):
+        batch = batch.to(self.device)
+        return model(batch.x, batch.edge_index, batch.batch), batch.y
+
+    def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, penalties: list[nn.Module]) -> float:
+        model.train()
+        total, count = 0.0, 0
+        for batch in self.train_loader:
+            if batch.num_graphs < 2 and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+                continue  # BatchNorm cannot normalise a batch of one graph's pooled row
+            opt.zero_grad(set_to_none=True)
+            out, y = self._forward(model, batch)
+            loss = F.cross_entropy(out, y) + penalty(penalties)
+            loss.backward()
+            opt.step()
+            total += loss.item() * batch.num_graphs
+            count += batch.num_graphs
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def _score(self, model, loader) -> tuple[float, float]:
+        correct, loss, n = 0, 0.0, 0
+        for batch in loader:
+            out, y = self._forward(model, batch)
+            correct += int((out.argmax(-1) == y).sum())
+            loss += F.cross_entropy(out, y, reduction="sum").item()
+            n += y.numel()
+        return (correct / n, loss / n) if n else (0.0, 0.0)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        val_acc, val_loss = self._score(model, self.val_loader)
+        test_acc, _ = self._score(model, self.test_loader)
+        return {"val_acc": val_acc, "test_acc": test_acc, "val_loss": val_loss}

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import needs_data
+from qgnn.cli import main
+
+
+def test_unknown_dataset_exits_2_listing_names(capsys):
+    assert main(["train", "--dataset", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'imagenet'" in err and "cora" in err and "proteins" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_model_and_method_and_bad_bits(capsys):
+    assert main(["train", "--dataset", "synthetic-node", "--model", "mlp"]) == 2
+    assert "valid models: gat, gcn, gin, sage" in capsys.readouterr().err
+    assert main(["train", "--dataset", "synthetic-node", "--method", "magic"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    assert main(["train", "--dataset", "synthetic-node", "--bits", "12"]) == 2
+    assert "--bits must be in 1..8" in capsys.readouterr().err
+
+
+def test_corrupt_config_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "cfg.json"
+    bad.write_text("{not json")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "cfg.json" in capsys.readouterr().err
+
+
+def test_train_writes_table_json_and_checkpoint(tmp_path, capsys):
+    out, ckpt = tmp_path / "run.json", tmp_path / "run.ckpt"
+    rc = main(["train", "--dataset", "SYNTHETIC-NODE", "--model", "GCN", "--seeds", "2", "--epochs", "20",
+               "--out", str(out), "--save", str(ckpt), "--quiet"])
+    assert rc == 0
+    screen = capsys.readouterr().out
+    assert "test_acc (%)" in screen and "synthetic-node" in screen.lower()
+    res = json.loads(out.read_text())
+    assert set(res["metrics"]["test_acc"]) == {"mean", "std", "runs"} and ckpt.exists()
+    assert set(res["timing"]) == {"seconds_per_epoch", "total_seconds"}
+    assert {"qgnn", "torch", "torch_geometric", "git_commit", "machine"} <= set(res["env"])
+    # a results file is a valid --config: the run can be repeated from it
+    assert main(["train", "--config", str(out), "--epochs", "2", "--seeds", "1", "--out",
+                 str(tmp_path / "again.json"), "--quiet"]) == 0
+
+
+def test_info_and_python_dash_m():
+    r = subprocess.run([sys.executable, "-m", "qgnn", "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "triton" in r.stdout and "node datasets:" in r.stdout
+
+
+def test_import_qgnn_does_not_import_triton_or_init_cuda():
+    code = ("import sys, qgnn, qgnn.train, qgnn.models, qgnn.data; "
+            "import torch; print('triton' in sys.modules, torch.cuda.is_initialized())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["False", "False"], r.stderr
+
+
+@needs_data
+@pytest.mark.parametrize("args", [["--dataset", "Cora", "--model", "gat", "--seeds", "1", "--epochs", "30"]])
+def test_cli_on_real_data(tmp_path, args):
+    assert main(["train", *args, "--out", str(tmp_path / "r.json"), "--quiet"]) == 0

@@ -57,9 +57,9 @@ class GCN(_Stack):
     right for transductive node classification on one fixed graph.
     """
 
-    def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.5, cached=True):
+    def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.5, cached=True, input_dropout=None):
         convs = [GCNConv(i, o, cached=cached) for i, o in _dims(in_dim, hidden, out_dim, num_layers)]
-        super().__init__(convs, dropout)
+        super().__init__(convs, dropout, input_dropout)
 
 
 class GAT(_Stack):

@@ -40,19 +40,22 @@ class TrainConfig:
     node_features: str = "auto"        # TU graphs without features: auto | degree | constant
     device: str = "cpu"
     model_kwargs: dict = field(default_factory=dict)
+    quant: dict = field(default_factory=dict)   # extra QuantConfig fields: slots, overrides, options, ...
 
     def resolve(self, task: str) -> TrainConfig:
         """Fill unset fields from the model's recipe for `task`; validate ranges."""
         from qgnn.models import default_hparams
 
         model_kw, train_kw = default_hparams(self.model, task)
-        c = dataclasses.replace(self, task=task, model_kwargs=dict(self.model_kwargs))
+        c = dataclasses.replace(self, task=task, model_kwargs=dict(self.model_kwargs), quant=dict(self.quant))
         for k, v in train_kw.items():
             if getattr(c, k, None) is None:
                 setattr(c, k, v)
         for k in ("hidden", "num_layers", "dropout"):
             if getattr(c, k) is None:
                 setattr(c, k, model_kw.get(k))
+        if c.method != "fp32" and c.bits is None:
+            c.bits = 8
         c.seeds = c.seeds if c.seeds is not None else (10 if task == "node" else 1)
         c.folds = c.folds if c.folds is not None else 10
         c.lr_step = c.lr_step if c.lr_step is not None else 0

@@ -1,0 +1,44 @@
+"""Quantized PyG layers: each ``Quant<PyGName>`` subclasses its float layer and adds quantizer slots.
+
+* :class:`QuantLinear` (``torch.nn.Linear``), :class:`QuantGCNConv` (Kipf & Welling 2017),
+  :class:`QuantGINConv` (Xu et al. 2019), :class:`QuantSAGEConv` (Hamilton et al. 2017),
+  :class:`QuantGATConv` (Veličković et al. 2018).
+* :class:`QuantModule`: the shared mixin (``SLOTS``, ``quant``, ``set_quantizer``, ``slot_bits``,
+  ``quantizers``, ``from_float``, ``to_float``, Degree-Quant's ``node_protect`` mask, ``_last_stats``).
+* ``QUANT_LAYER_FOR``: float layer type -> quantized type, what ``qgnn.quantize_`` converts.
+
+With no quantizer set a layer computes exactly what its float layer computes.
+"""
+
+from torch import nn
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
+
+from .base import ALL_SLOTS, EDGE_SLOTS, NODE_SLOTS, WEIGHT_SLOTS, NodeProtect, QuantModule
+from .gat import QuantGATConv
+from .gcn import QuantGCNConv
+from .gin import QuantGINConv
+from .linear import QuantLinear
+from .sage import QuantSAGEConv
+
+QUANT_LAYER_FOR: dict[type[nn.Module], type[QuantModule]] = {
+    GCNConv: QuantGCNConv,
+    GINConv: QuantGINConv,
+    SAGEConv: QuantSAGEConv,
+    GATConv: QuantGATConv,
+    nn.Linear: QuantLinear,
+}
+
+__all__ = [
+    "ALL_SLOTS",
+    "EDGE_SLOTS",
+    "NODE_SLOTS",
+    "QUANT_LAYER_FOR",
+    "WEIGHT_SLOTS",
+    "NodeProtect",
+    "QuantGATConv",
+    "QuantGCNConv",
+    "QuantGINConv",
+    "QuantLinear",
+    "QuantModule",
+    "QuantSAGEConv",
+]

@@ -1,0 +1,298 @@
+"""The quantizer-slot mixin shared by every ``Quant<PyGName>`` layer.
+
+A quantized layer *is* its float layer (brevitas' design): ``QuantGCNConv`` subclasses ``GCNConv``, keeps
+the same parameters under the same names, and adds one :class:`~torch.nn.ModuleDict` ``quant`` that maps a
+*slot* (a place in the layer's data flow) to a :class:`~qgnn.quant.Quantizer`. A slot missing from
+``quant`` stays float, so a layer with no quantizer computes exactly what its float layer computes.
+
+Slot vocabulary (each layer supports the subset listed in its ``SLOTS``):
+
+========================  ===========  ================================================================
+slot                      rows         what is quantized
+========================  ===========  ================================================================
+``input``                 nodes        node features entering the layer
+``weight``                (weight)     the weight matrix (SAGE: ``lin_l``, neighbours; GAT: ``lin``)
+``weight_root``           (weight)     SAGE's root weight ``lin_r``
+``att``                   (weight)     GAT's attention vectors ``att_src`` / ``att_dst`` (/ ``att_edge``)
+``xw``                    nodes        the transformed features X·W
+``edge``                  edges        edge weights (GCN: the normalised adjacency values)
+``message``               edges        per-edge messages before aggregation
+``aggr``                  nodes        aggregated features
+``output``                nodes        the layer output
+``attention``             edges        GAT attention coefficients after the softmax
+========================  ===========  ================================================================
+
+Node-row slots call the quantizer with ``index=None`` (row i is node i; under a protective mask, with the
+ids of the rows passed), so a per-node quantizer (``granularity="node"``) keeps one parameter per node;
+per-node quantizers are refused on edge and weight slots, whose rows are not nodes. Edge-row slots call it
+with ``index=None`` (per tensor or per channel).
+
+Protective masking (Degree-Quant, Tailor, Fernandez-Marques & Lane, ICLR 2021): when ``node_protect`` is
+set and the layer is training, the layer calls ``node_protect(edge_index, num_nodes)`` once per forward to
+get a bool mask over nodes (True = protected). A protected node's rows of every node-row slot, and the rows
+of every edge-row slot whose *target* node is protected (messages into a protected node), bypass
+quantization and stay float: a protected node's aggregate is then exact, which is what the mask is for
+(high in-degree nodes have the widest aggregates). The Degree-Quant reference code keys message masks on
+``edge_index[0]`` (the source under PyG's default flow); qgnn keys them on the target. Weights are never
+masked. In eval mode nothing is masked and the hook is not called.
+
+Observers and masked rows: a quantizer sees only the rows it actually quantizes (the non-protected ones),
+as in the Degree-Quant reference code, which feeds ``x[~mask]`` to the low-precision quantizer and
+``x[mask]`` to an identity. Its range (or LSQ step) is then fitted to the values it must represent, and
+the rare protected high-degree nodes, whose aggregates are the outliers the mask exists for, do not
+stretch the grid of everyone else. Per-node quantizers receive the node ids of the kept rows as ``index``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import is_sparse
+
+from qgnn.errors import ConfigError
+from qgnn.quant import Quantizer
+
+__all__ = [
+    "ALL_SLOTS",
+    "EDGE_SLOTS",
+    "NODE_SLOTS",
+    "WEIGHT_SLOTS",
+    "QuantModule",
+    "NodeProtect",
+]
+
+ALL_SLOTS = ("input", "weight", "weight_root", "att", "xw", "edge", "message", "aggr", "output", "attention")
+NODE_SLOTS = frozenset({"input", "xw", "aggr", "output"})
+EDGE_SLOTS = frozenset({"edge", "message", "attention"})
+WEIGHT_SLOTS = frozenset({"weight", "weight_root", "att"})
+
+NodeProtect = Callable[[Tensor, int], Tensor]
+
+# Attributes the quantized layer adds on top of its float layer; to_float() leaves them behind.
+_QUANT_ATTRS = frozenset({"node_protect", "_last_stats"})
+
+
+def _clone_module(src: nn.Module, cls: type[nn.Module], drop_attrs=frozenset(), drop_modules=frozenset()):
+    """A new ``cls`` instance holding the same parameters, buffers, sub-modules and options as ``src``.
+
+    Why not call ``cls(...)``: PyG constructors differ per layer (GAT forces ``node_dim``, SAGE builds
+    ``lin_l`` from the aggregation's output width, aggregations take ``aggr_kwargs`` that are not stored),
+    so re-deriving constructor arguments loses options; copying the instance state keeps every one of
+    them (cached, normalize, heads, eps, aggregation module, caches) by construction. The Parameter objects
+    are shared, not copied, so an optimizer or a float state dict sees the same tensors.
+
+    Hooks registered on ``src`` (nn.Module's and PyG's propagate / message hooks) are not carried over:
+    their handles point at ``src``'s registries.
+    """
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    fresh = set(new.__dict__)
+    for key, value in src.__dict__.items():
+        if key in drop_attrs:
+            continue
+        if key in ("_parameters", "_buffers", "_modules"):
+            new.__dict__[key] = type(value)((k, v) for k, v in value.items() if k not in drop_modules)
+        elif key == "_non_persistent_buffers_set":
+            new.__dict__[key] = set(value)
+        elif key == "training":
+            new.training = value
+        elif "hook" in key:
+            if key not in fresh:  # PyG's own hook registries: empty ones of the same type
+                new.__dict__[key] = type(value)() if isinstance(value, dict) else None
+        else:
+            new.__dict__[key] = value
+    return new
+
+
+class QuantModule:
+    """Mixin for quantized layers: quantizer slots, ``from_float`` / ``to_float``, protective masking.
+
+    Class attributes: ``SLOTS`` (the slots the layer supports, in data-flow order) and ``FLOAT_CLASS``
+    (the float layer it converts from and to).
+
+    Instance attributes:
+
+    * ``quant`` (``nn.ModuleDict``): slot -> quantizer, only the quantized slots.
+    * ``node_protect`` (graph layers only): ``None`` or ``f(edge_index, num_nodes) -> BoolTensor[N]``,
+      see the module docstring.
+    * ``_last_stats``: plain Python ints recorded by the last forward for cost models: ``num_nodes``
+      (rows for QuantLinear), ``num_edges`` (edges actually aggregated, self-loops included),
+      ``in_channels``, ``out_channels``, ``heads``, ``message_channels`` (features per message).
+    """
+
+    SLOTS: tuple[str, ...] = ()
+    FLOAT_CLASS: type[nn.Module]
+    GRAPH_LAYER = True  # QuantLinear: False (its rows need not be nodes; no edge_index to build a mask)
+
+    quant: nn.ModuleDict
+    _last_stats: dict[str, int]
+
+    # ------------------------------------------------------------------ construction
+    def _init_quant(self, quantizers: Mapping[str, Quantizer] | None = None, skip_inactive: bool = False) -> None:
+        self.quant = nn.ModuleDict()
+        if self.GRAPH_LAYER:
+            self.node_protect: NodeProtect | None = None
+        self._last_stats = {}
+        active = self.active_slots()
+        for slot, q in (quantizers or {}).items():
+            if skip_inactive and slot in self.SLOTS and slot not in active:
+                continue
+            self.set_quantizer(slot, q)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, quantizers: Mapping[str, Quantizer] | None = None):
+        """The quantized layer for the float ``module``: same Parameter objects (shared, so every key of
+        ``module.state_dict()`` stays a key of the new layer's), same options, plus ``quantizers``
+        (slot -> Quantizer) under ``quant.<slot>``.
+
+        Slots in ``SLOTS`` that this instance does not use (SAGE's ``weight_root`` with
+        ``root_weight=False``) are skipped, so one config can name every slot; unknown slots raise.
+        """
+        if type(module) is not cls.FLOAT_CLASS:
+            raise ConfigError(
+                f"{cls.__name__}.from_float expects a {cls.FLOAT_CLASS.__name__}, got {type(module).__name__}"
+            )
+        cls._check_float(module)
+        new = _clone_module(module, cls)
+        new._init_quant(quantizers, skip_inactive=True)
+        return new
+
+    @classmethod
+    def _check_float(cls, module: nn.Module) -> None:
+        """Refuse float configurations the quantized forward does not implement (ConfigError)."""
+        for name, p in module.named_parameters():
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                raise ConfigError(
+                    f"{type(module).__name__}: parameter {name} is lazily initialised (in_channels=-1) and "
+                    "not materialised yet; run one forward pass before quantizing"
+                )
+
+    def to_float(self) -> nn.Module:
+        """The plain float layer with the same parameters (shared) and options, without quantizers.
+
+        Child modules are shared as they are: a GIN layer's ``nn`` keeps whatever it holds.
+        """
+        return _clone_module(self, self.FLOAT_CLASS, drop_attrs=_QUANT_ATTRS, drop_modules={"quant"})
+
+    # ------------------------------------------------------------------ slots
+    def active_slots(self) -> tuple[str, ...]:
+        """The slots this instance uses (``SLOTS`` minus options that remove a tensor)."""
+        return self.SLOTS
+
+    def set_quantizer(self, slot: str, quantizer: Quantizer | None) -> None:
+        """Put ``quantizer`` in ``slot`` (None removes it: the slot goes back to float)."""
+        if slot not in self.SLOTS:
+            raise ConfigError(
+                f"{type(self).__name__} has no quantizer slot {slot!r}; valid slots: {', '.join(self.SLOTS)}"
+            )
+        if slot not in self.active_slots():
+            raise ConfigError(
+                f"slot {slot!r} is unused by this {type(self).__name__} (see its options); "
+                f"slots in use: {', '.join(self.active_slots())}"
+            )
+        if quantizer is None:
+            if slot in self.quant:
+                del self.quant[slot]
+            return
+        if not isinstance(quantizer, Quantizer):
+            raise ConfigError(f"slot {slot!r} needs a qgnn.quant.Quantizer, got {type(quantizer).__name__}")
+        if quantizer.granularity == "node" and slot not in NODE_SLOTS:
+            raise ConfigError(
+                f"a per-node quantizer needs one row per node; slot {slot!r} does not have that. "
+                f"Node-row slots: {', '.join(s for s in self.SLOTS if s in NODE_SLOTS)}"
+            )
+        self.quant[slot] = quantizer
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        """slot -> quantizer for the quantized slots, in data-flow order."""
+        return {s: self.quant[s] for s in self.SLOTS if s in self.quant}
+
+    def slot_bits(self, slot: str) -> int | None:
+        """Bits of ``slot``'s codes; None when the slot is float (no quantizer, or disabled).
+
+        A quantizer with per-element widths (a tensor ``bit_width``) reports its widest code, the width
+        storage needs; read ``quant[slot].bit_width`` for the full table.
+        """
+        if slot not in self.SLOTS:
+            raise ConfigError(
+                f"{type(self).__name__} has no quantizer slot {slot!r}; valid slots: {', '.join(self.SLOTS)}"
+            )
+        q = self.quant[slot] if slot in self.quant else None
+        if q is None or not q.enabled:
+            return None
+        bw = q.bit_width
+        return int(math.ceil(float(bw.max()))) if isinstance(bw, Tensor) else int(bw)
+
+    # ------------------------------------------------------------------ forward helpers
+    def _q(self, slot: str, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Apply ``slot``'s quantizer (identity when absent) to the rows ``keep`` of ``x`` (all rows when
+        None); the other rows, the protected ones, stay float.
+
+        Only the kept rows reach the quantizer, with their node ids as ``index`` for node slots, so a
+        per-node table is indexed by node and an observer sees exactly what it quantizes.
+        """
+        q = self.quant._modules.get(slot)
+        if q is None:
+            return x
+        if keep is None:
+            return q(x)
+        xq = q(x.index_select(0, keep), keep if slot in NODE_SLOTS else None)
+        return x.index_copy(0, keep, xq)
+
+    def _qw(self, slot: str, w: Tensor) -> Tensor:
+        q = self.quant._modules.get(slot)
+        return w if q is None else q(w)
+
+    def _protect_mask(self, edge_index: Tensor, num_nodes: int) -> Tensor | None:
+        """Call ``node_protect`` once (training only) with the input graph and check what it returns."""
+        hook = self.node_protect
+        if hook is None or not self.training:
+            return None
+        mask = hook(edge_index, num_nodes)
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (num_nodes,):
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise ConfigError(f"node_protect must return a bool tensor of shape ({num_nodes},), got {got}")
+        return mask
+
+    @staticmethod
+    def _node_keep(mask: Tensor | None) -> Tensor | None:
+        """Ids of the unprotected nodes (None: all), computed once per forward and shared by the slots."""
+        return None if mask is None else (~mask).nonzero().view(-1)
+
+    def _edge_keep(self, mask: Tensor | None, dst: Tensor) -> Tensor | None:
+        """Rows of the edges whose target is unprotected (None: all): messages into a protected node stay
+        float, so its aggregate is exact."""
+        if mask is None or not any(s in self.quant for s in EDGE_SLOTS):
+            return None
+        return (~mask.index_select(0, dst)).nonzero().view(-1)
+
+    def _endpoints(self, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        """(source j, target i) per edge, following the layer's ``flow`` as PyG does."""
+        if self.flow == "source_to_target":
+            return edge_index[0], edge_index[1]
+        return edge_index[1], edge_index[0]
+
+    def _check_graph_input(self, x, edge_index, size=None) -> None:
+        """One node-feature matrix, a dense ``[2, E]`` edge_index, ``size`` None or ``(N, N)``."""
+        name = type(self).__name__
+        if isinstance(x, (tuple, list)):
+            raise ConfigError(
+                f"{name} takes one node-feature matrix; bipartite (x_src, x_dst) input is not supported by "
+                "quantized layers (per-node slots need one node set). Keep this layer float."
+            )
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ConfigError(f"{name} needs node features of shape [num_nodes, channels], got {shape}")
+        if not isinstance(edge_index, Tensor) or is_sparse(edge_index):
+            raise ConfigError(
+                f"{name} takes edge_index as a [2, num_edges] integer tensor, not a sparse adjacency; "
+                "convert it, e.g. edge_index = adj.coalesce().indices() for a torch.sparse matrix"
+            )
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ConfigError(f"{name}: edge_index must have shape [2, num_edges], got {tuple(edge_index.shape)}")
+        if size is not None and tuple(size) != (x.size(0), x.size(0)):
+            n = x.size(0)
+            raise ConfigError(f"{name} supports one node set: size must be None or ({n}, {n}), got {tuple(size)}")

@@ -1,0 +1,128 @@
+"""QuantGATConv: PyG's ``GATConv`` (Veličković et al., "Graph Attention Networks", ICLR 2018) with
+quantizer slots.
+
+With x̂ = Q_in(x), H heads of C channels, and a missing slot meaning identity::
+
+    h      = Q_xw(x̂ · Q_w(W)ᵀ)                                   [N, H·C], viewed as [N, H, C]
+    (â_src, â_dst) = Q_att(att_src, att_dst)
+    e_ij   = LeakyReLU(h_j · â_src + h_i · â_dst)                  self-loops added as GATConv does
+    α_ij   = dropout(Q_attention(softmax_j(e_ij)))                 the softmax itself stays float
+    a_i    = Q_aggr(Σ_j Q_msg(α_ij · h_j))                         [N, H·C]
+    y      = Q_out(concat_heads(a) or mean_heads(a) + b)
+
+With ``edge_dim`` set, ``att_edge`` is quantized with the other attention vectors and ``lin_edge`` stays
+float; with ``residual=True`` the residual projection ``res(x̂)`` stays float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import GATConv
+from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
+
+from qgnn.errors import ConfigError
+from qgnn.quant import Quantizer
+
+from .base import QuantModule
+
+__all__ = ["QuantGATConv"]
+
+
+class QuantGATConv(QuantModule, GATConv):
+    """GATConv with slots ``input``, ``weight`` (``lin``), ``att`` (attention vectors), ``xw``,
+    ``attention`` (softmax output, rows = edges), ``message``, ``aggr``, ``output``.
+
+    Forward: ``forward(x, edge_index, edge_attr=None, size=None, return_attention_weights=None)`` as
+    GATConv, with one node set (a single ``in_channels``; ``size`` None or ``(N, N)``). The ``att`` slot
+    quantizes ``cat([att_src, att_dst(, att_edge)])`` in one call, so a per-channel quantizer on axis 0
+    gives each vector its own scale and a frozen range covers all of them.
+    """
+
+    SLOTS = ("input", "weight", "att", "xw", "attention", "message", "aggr", "output")
+    FLOAT_CLASS = GATConv
+
+    def __init__(self, *args, quantizers: Mapping[str, Quantizer] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(quantizers)
+
+    @classmethod
+    def _check_float(cls, module):
+        super()._check_float(module)
+        if module.lin is None:
+            raise ConfigError(
+                "QuantGATConv supports GATConv with one in_channels (a shared lin); this one has separate "
+                "source / target projections (in_channels given as a pair). Keep it float."
+            )
+
+    def _attention_vectors(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        vecs = [self.att_src, self.att_dst] + ([self.att_edge] if self.att_edge is not None else [])
+        if "att" not in self.quant:
+            return vecs[0], vecs[1], (vecs[2] if len(vecs) > 2 else None)
+        q = self._qw("att", torch.cat(vecs, dim=0))
+        return q[0:1], q[1:2], (q[2:3] if len(vecs) > 2 else None)
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        size: tuple[int, int] | None = None,
+        return_attention_weights: bool | None = None,
+    ):
+        self._check_graph_input(x, edge_index, size)
+        if self.lin is None:  # a pair in_channels after construction by hand
+            raise ConfigError("QuantGATConv needs a shared lin (a single in_channels)")
+        n, heads, ch = x.size(0), self.heads, self.out_channels
+        mask = self._protect_mask(edge_index, n)
+        keep = self._node_keep(mask)
+
+        x = self._q("input", x, keep)
+        res = self.res(x) if self.res is not None else None
+        h = self._q("xw", F.linear(x, self._qw("weight", self.lin.weight)), keep).view(-1, heads, ch)
+        att_src, att_dst, att_edge = self._attention_vectors()
+        alpha_src = (h * att_src).sum(dim=-1)
+        alpha_dst = (h * att_dst).sum(-1)
+
+        if self.add_self_loops:  # GATConv's Tensor branch
+            edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
+            edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value=self.fill_value, num_nodes=n)
+        src, dst = self._endpoints(edge_index)
+        ekeep = self._edge_keep(mask, dst)
+
+        # GATConv.edge_update, with the attention slot between the softmax and the dropout
+        alpha = alpha_src.index_select(0, src) + alpha_dst.index_select(0, dst)
+        if dst.numel() > 0:
+            if edge_attr is not None and self.lin_edge is not None:
+                if edge_attr.dim() == 1:
+                    edge_attr = edge_attr.view(-1, 1)
+                edge_attr = self.lin_edge(edge_attr).view(-1, heads, ch)
+                alpha = alpha + (edge_attr * att_edge).sum(dim=-1)
+            alpha = F.leaky_relu(alpha, self.negative_slope)
+            alpha = softmax(alpha, dst, None, n)
+            alpha = self._q("attention", alpha, ekeep)
+            alpha = F.dropout(alpha, p=self.dropout, training=self.training)
+
+        msg = self._q("message", alpha.unsqueeze(-1) * h.index_select(0, src), ekeep)
+        out = self.aggregate(msg, dst, dim_size=n)
+        out = self._q("aggr", out.view(-1, heads * ch), keep)
+        out = out if self.concat else out.view(-1, heads, ch).mean(dim=1)
+        if res is not None:
+            out = out + res
+        if self.bias is not None:
+            out = out + self.bias
+        self._last_stats = {
+            "num_nodes": n,
+            "num_edges": edge_index.size(1),
+            "in_channels": x.size(1),
+            "out_channels": ch,
+            "heads": heads,
+            "message_channels": heads * ch,
+        }
+        out = self._q("output", out, keep)
+        if return_attention_weights:
+            return out, (edge_index, alpha)
+        return out

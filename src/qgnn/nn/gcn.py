@@ -1,0 +1,83 @@
+"""QuantGCNConv: PyG's ``GCNConv`` (Kipf & Welling, ICLR 2017) with quantizer slots.
+
+With x̂ = Q_in(x) and a missing slot meaning identity::
+
+    h      = Q_xw(x̂ · Q_w(W)ᵀ)
+    (ei, w) = gcn_norm(edge_index, edge_weight)          cached like PyG when cached=True
+    ŵ      = Q_edge(w)                                   the normalised adjacency values D^-1/2 Â D^-1/2
+    m_ij   = Q_msg(ŵ_ij · h_j)
+    a_i    = Q_aggr(Σ_j m_ij)
+    y      = Q_out(a + b)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import GCNConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from qgnn.quant import Quantizer
+
+from .base import QuantModule
+
+__all__ = ["QuantGCNConv"]
+
+
+class QuantGCNConv(QuantModule, GCNConv):
+    """GCNConv with slots ``input``, ``weight``, ``xw``, ``edge``, ``message``, ``aggr``, ``output``.
+
+    Forward: ``forward(x, edge_index, edge_weight=None)`` as GCNConv, with ``edge_index`` a ``[2, E]``
+    tensor (not a sparse adjacency). ``edge`` quantizes the edge weights that reach the messages: the
+    normalised ones when ``normalize=True``, the given ``edge_weight`` otherwise (no weights, no-op).
+    """
+
+    SLOTS = ("input", "weight", "xw", "edge", "message", "aggr", "output")
+    FLOAT_CLASS = GCNConv
+
+    def __init__(self, *args, quantizers: Mapping[str, Quantizer] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(quantizers)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        self._check_graph_input(x, edge_index)
+        n = x.size(0)
+        mask = self._protect_mask(edge_index, n)
+        keep = self._node_keep(mask)
+
+        if self.normalize:  # PyG's caching, Tensor branch, verbatim
+            cache = self._cached_edge_index
+            if cache is None:
+                edge_index, edge_weight = gcn_norm(
+                    edge_index, edge_weight, n, self.improved, self.add_self_loops, self.flow, x.dtype
+                )
+                if self.cached:
+                    self._cached_edge_index = (edge_index, edge_weight)
+            else:
+                edge_index, edge_weight = cache[0], cache[1]
+        src, dst = self._endpoints(edge_index)
+        ekeep = self._edge_keep(mask, dst)
+
+        x = self._q("input", x, keep)
+        h = self._q("xw", F.linear(x, self._qw("weight", self.lin.weight)), keep)
+        if edge_weight is not None:
+            edge_weight = self._q("edge", edge_weight, ekeep)
+
+        msg = h.index_select(0, src)
+        if edge_weight is not None:
+            msg = edge_weight.view(-1, 1) * msg
+        msg = self._q("message", msg, ekeep)
+        out = self._q("aggr", self.aggregate(msg, dst, dim_size=n), keep)
+        if self.bias is not None:
+            out = out + self.bias
+        self._last_stats = {
+            "num_nodes": n,
+            "num_edges": edge_index.size(1),
+            "in_channels": x.size(1),
+            "out_channels": self.out_channels,
+            "heads": 1,
+            "message_channels": h.size(1),
+        }
+        return self._q("output", out, keep)

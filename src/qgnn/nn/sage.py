@@ -1,0 +1,72 @@
+"""QuantSAGEConv: PyG's ``SAGEConv`` (Hamilton, Ying & Leskovec, "Inductive Representation Learning on
+Large Graphs", NeurIPS 2017) with quantizer slots.
+
+With x̂ = Q_in(x) and a missing slot meaning identity::
+
+    a_i = Q_aggr(AGG_j Q_msg(x̂_j))                   AGG: the layer's aggregation (mean, sum, max, ...)
+    y   = Q_out(norm(a · Q_w(W_l)ᵀ + b + x̂_i · Q_w_root(W_r)ᵀ))
+
+``norm`` is the L2 row normalisation when ``normalize=True``; the root term exists when
+``root_weight=True``. With ``project=True`` the messages come from ``relu(lin(x̂))``, a float projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import SAGEConv
+
+from qgnn.quant import Quantizer
+
+from .base import QuantModule
+
+__all__ = ["QuantSAGEConv"]
+
+
+class QuantSAGEConv(QuantModule, SAGEConv):
+    """SAGEConv with slots ``input``, ``weight`` (``lin_l``, neighbours), ``weight_root`` (``lin_r``),
+    ``message``, ``aggr``, ``output``.
+
+    Forward: ``forward(x, edge_index, size=None)`` with one node set. Any PyG aggregation works (it is
+    the layer's own ``aggr_module``); ``weight_root`` is unused (and skipped by ``from_float``) when
+    ``root_weight=False``.
+    """
+
+    SLOTS = ("input", "weight", "weight_root", "message", "aggr", "output")
+    FLOAT_CLASS = SAGEConv
+
+    def __init__(self, *args, quantizers: Mapping[str, Quantizer] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(quantizers)
+
+    def active_slots(self) -> tuple[str, ...]:
+        return self.SLOTS if self.root_weight else tuple(s for s in self.SLOTS if s != "weight_root")
+
+    def forward(self, x: Tensor, edge_index: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        self._check_graph_input(x, edge_index, size)
+        n = x.size(0)
+        mask = self._protect_mask(edge_index, n)
+        keep = self._node_keep(mask)
+        src, dst = self._endpoints(edge_index)
+        ekeep = self._edge_keep(mask, dst)
+
+        x = self._q("input", x, keep)
+        x_src = self.lin(x).relu() if self.project and hasattr(self, "lin") else x
+        msg = self._q("message", x_src.index_select(0, src), ekeep)
+        out = self._q("aggr", self.aggregate(msg, dst, dim_size=n), keep)
+        out = F.linear(out, self._qw("weight", self.lin_l.weight), self.lin_l.bias)
+        if self.root_weight:
+            out = out + F.linear(x, self._qw("weight_root", self.lin_r.weight))
+        if self.normalize:
+            out = F.normalize(out, p=2.0, dim=-1)
+        self._last_stats = {
+            "num_nodes": n,
+            "num_edges": edge_index.size(1),
+            "in_channels": x.size(1),
+            "out_channels": self.out_channels,
+            "heads": 1,
+            "message_channels": msg.size(-1),
+        }
+        return self._q("output", out, keep)

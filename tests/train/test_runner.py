@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import needs_data
 from qgnn.errors import CheckpointError, ConfigError
@@ -78,3 +79,19 @@ def test_gcn_on_cora_reaches_published_range():
 def test_gin_on_mutag_trains_on_two_folds():
     res = run_experiment(TrainConfig(dataset="MUTAG", model="gin", folds=2, epochs=20), progress=False)
     assert res["metrics"]["test_acc"]["mean"] > 0.6  # majority class is 66%; a broken loop lands far off
+
+
+@needs_data
+@pytest.mark.parametrize("normalize", [True, False])
+def test_runner_loads_data_with_the_resolved_recipe(normalize):
+    # Regression: the loader once ran before the recipe was resolved, so Cora trained on raw features
+    # while the results JSON said normalize_features=True.
+    from qgnn.train import Runner
+
+    default = None if normalize else False
+    runner = Runner(TrainConfig(dataset="cora", model="gcn", seeds=1, epochs=1, normalize_features=default),
+                    progress=False)
+    assert runner.cfg.normalize_features is normalize
+    row_sums = runner.ds.data.x.sum(1)
+    nonzero = row_sums > 0
+    assert torch.allclose(row_sums[nonzero], torch.ones(int(nonzero.sum()))) is normalize

@@ -58,7 +58,9 @@ def load_for(cfg: TrainConfig, root=None):
 
     task = _dataset_task(cfg.dataset)
     if task == "node":
-        return load_dataset(cfg.dataset, root=root, normalize_features=bool(cfg.normalize_features))
+        if cfg.normalize_features is None:
+            raise ValueError("load_for needs a resolved TrainConfig (normalize_features is unset)")
+        return load_dataset(cfg.dataset, root=root, normalize_features=cfg.normalize_features)
     if task == "graph":
         return load_dataset(cfg.dataset, root=root, node_features=cfg.node_features)
     return load_dataset(cfg.dataset, root=root)
@@ -87,10 +89,12 @@ class Runner:
 
     def __init__(self, cfg: TrainConfig, root=None, state_path: str | Path | None = None,
                  progress: bool | None = None, save_every: float = 60.0, control: Control | None = None):
-        self.ds = load_for(cfg, root)
-        if self.ds.task == "rec":
+        task = _dataset_task(cfg.dataset)
+        if task == "rec":
             raise ConfigError(f"{cfg.dataset} is a recommendation dataset; use --model lightgcn (not yet available)")
-        self.cfg = cfg.resolve(self.ds.task)
+        # Resolve first: the loader options (normalize_features) come from the resolved recipe.
+        self.cfg = cfg.resolve(task)
+        self.ds = load_for(self.cfg, root)
         self.state_path = Path(state_path) if state_path else None
         self.progress = progress
         self.save_every = save_every

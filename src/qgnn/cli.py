@@ -20,8 +20,9 @@ def _add_train(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="cora", help="dataset name, case-insensitive (see `qgnn info`)")
     p.add_argument("--model", default="gcn", help="gcn | gat | gin | sage (node); gin | gcn (graph)")
-    p.add_argument("--method", default="fp32", help="quantization method (fp32 = none)")
-    p.add_argument("--bits", type=int, default=None, help="bit-width for the method (1..8)")
+    p.add_argument("--method", default="fp32",
+                   help="fp32 (no quantization) | qat (uniform, STE) | lsq (learned step) | dq (Degree-Quant)")
+    p.add_argument("--bits", type=int, default=None, help="bit-width of weights and activations (1..8; default 8)")
     p.add_argument("--seeds", type=int, default=None, help="runs per fold (default 10 node, 1 graph)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--folds", type=int, default=None, help="graph tasks: number of the 10 CV folds to run")
@@ -129,6 +130,9 @@ def cmd_info(args) -> int:
     for task in ("node", "graph", "rec"):
         print(f"{task} datasets: {', '.join(dataset_names(task))}")
     print(f"node models: {', '.join(model_names('node'))}; graph models: {', '.join(model_names('graph'))}")
+    from qgnn.methods import method_names
+
+    print(f"methods: {', '.join(method_names())}")
     from qgnn.data import cache_dir, resolve_root
 
     print(f"data root: {resolve_root(None)}  cache: {cache_dir()}")

@@ -64,3 +64,47 @@ def test_import_qgnn_does_not_import_triton_or_init_cuda():
 @pytest.mark.parametrize("args", [["--dataset", "Cora", "--model", "gat", "--seeds", "1", "--epochs", "30"]])
 def test_cli_on_real_data(tmp_path, args):
     assert main(["train", *args, "--out", str(tmp_path / "r.json"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("method", ["qat", "lsq", "dq"])
+def test_quantized_training_reports_method_bits_cost_and_reloads(tmp_path, capsys, method):
+    import torch
+
+    from qgnn.train import load_model
+    from qgnn.train.runner import load_for
+
+    out, ckpt = tmp_path / "q.json", tmp_path / "q.ckpt"
+    assert main(["train", "--dataset", "synthetic-node", "--model", "gcn", "--method", method, "--bits", "4",
+                 "--seeds", "2", "--epochs", "15", "--out", str(out), "--save", str(ckpt), "--quiet"]) == 0
+    screen = capsys.readouterr().out
+    assert method in screen and "bitops_reduction" in screen
+    res = json.loads(out.read_text())
+    assert res["config"]["method"] == method and res["config"]["bits"] == 4
+    cost = res["cost"]
+    assert {"bitops", "bitops_fp32", "avg_bits", "model_bytes", "model_bytes_fp32"} <= set(cost)
+    assert cost["bitops_reduction"] > 30  # 4-bit operands everywhere but where a slot stays float: (32/4)^2 = 64
+    assert cost["model_bytes"] < cost["model_bytes_fp32"] / 3  # a tiny model: per-channel scales weigh in
+    # the checkpoint rebuilds the quantized model, which scores exactly what the selected run scored
+    model, meta = load_model(ckpt)
+    from qgnn.train import TrainConfig
+
+    data = load_for(TrainConfig.from_dict(res["config"])).data
+    with torch.no_grad():
+        pred = model(data.x, data.edge_index).argmax(-1)
+    acc = (pred[data.test_mask] == data.y[data.test_mask]).float().mean().item()
+    assert acc == pytest.approx(meta["selected_run"]["test_acc"], abs=1e-6)
+
+
+def test_load_model_refuses_a_checkpoint_of_another_shape(tmp_path):
+    from qgnn.errors import CheckpointError
+    from qgnn.train import load_checkpoint, load_model, save_checkpoint
+
+    ckpt = tmp_path / "m.ckpt"
+    assert main(["train", "--dataset", "synthetic-node", "--seeds", "1", "--epochs", "2", "--save", str(ckpt),
+                 "--out", str(tmp_path / "r.json"), "--quiet"]) == 0
+    state, meta = load_checkpoint(ckpt)
+    meta["num_features"] += 3
+    meta.pop("format")
+    save_checkpoint(ckpt, state, meta)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(ckpt)

@@ -3,9 +3,13 @@
 Two ideas on top of uniform QAT:
 
 * Percentile ranges: activation ranges come from the (1 − q) and q quantiles of
-  each tensor (q = 0.999 at INT8, 0.99 at INT4, the authors' settings), tracked
-  with momentum, so a few extreme aggregates of high-degree nodes do not stretch
-  the grid. The quantiles are estimated from a fixed-size random sample
+  each tensor (q = 0.999 at every bit-width), tracked with momentum, so a few
+  extreme aggregates of high-degree nodes do not stretch the grid. Why not a
+  tighter q at low bits: bag-of-words inputs are sparse (1.3% of Cora's and 0.9%
+  of CiteSeer's input entries are non-zero), so q = 0.99 lands on the smallest
+  non-zero values and clips nearly every feature; measured on Cora, GCN INT4:
+  27% test accuracy at q = 0.99 against 81% at q = 0.999 (one seed each). The
+  quantiles are estimated from a fixed-size random sample
   (`qgnn.quant.PercentileObserver`), not a full k-th value of every tensor.
 * Protective masking: on every training forward, node i keeps full precision
   with probability p_i = p_min + (p_max − p_min) · CDF_in-degree(i), where the
@@ -79,7 +83,7 @@ class DegreeQuant(Method):
         low_bits = config.bits < 8
         return {**super().default_options(config),
                 "p_min": 0.1 if low_bits else 0.0, "p_max": 0.2 if low_bits else 0.1,
-                "percentile": 0.99 if low_bits else 0.999, "momentum": 0.9, "sample_size": 16384,
+                "percentile": 0.999, "momentum": 0.9, "sample_size": 16384,
                 "per_layer_mask": False}
 
     def quantizer(self, slot, bits, layer, name):

@@ -34,8 +34,11 @@ def format_table(results: dict) -> str:
     t = results["timing"]
     rows.append(("s / epoch", f"{t['seconds_per_epoch']:.4f}"))
     rows.append(("total s", f"{t['total_seconds']:.1f}"))
-    for k, v in results.get("cost", {}).items():
-        rows.append((k, f"{v:.4g}" if isinstance(v, float) else str(v)))
+    cost = results.get("cost", {})
+    for k in ("bitops", "bitops_reduction", "avg_bits", "model_bytes", "model_bytes_fp32", "compression"):
+        if k in cost:
+            v = cost[k]
+            rows.append((k, f"{v:.4g}" if isinstance(v, float) else str(v)))
     w = max(len(k) for k, _ in rows)
     v = max(len(x) for _, x in rows)
     line = "+" + "-" * (w + 2) + "+" + "-" * (v + 2) + "+"

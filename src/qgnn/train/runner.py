@@ -223,6 +223,7 @@ class Runner:
         return {
             "config": self.cfg.to_dict(),
             "metrics": summarize_runs(runs, keys),
+            "cost": self.cost(best["state"]),
             "timing": {"seconds_per_epoch": sum(r["seconds_per_epoch"] for r in runs) / len(runs),
                        "total_seconds": total},
             "runs": runs,
@@ -230,6 +231,39 @@ class Runner:
             "env": environment(),
             "_best_state": best["state"],  # popped by save(); not part of the JSON
         }
+
+    def cost(self, state: dict) -> dict:
+        """The ``cost`` entry (docs/cost.md) of the selected model, from one eval forward.
+
+        Node tasks: the whole graph. Graph tasks: one batch of every graph of the dataset; the
+        totals are divided by the number of graphs (``bitops`` is then per graph, ``per_layer``
+        stays the whole batch's), so datasets of any size compare.
+        """
+        import warnings
+
+        from torch_geometric.data import Batch
+
+        from qgnn.search import cost_report
+
+        model = self.build()
+        model.load_state_dict(state)
+        if self.ds.task == "node":
+            data, graphs = self.ds.data, None
+        else:
+            graphs = len(self.ds.dataset)
+            data = Batch.from_data_list(list(self.ds.dataset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # layers without a cost model are listed below
+            report = cost_report(model, data.to(self.device))
+        cost = report.to_dict()
+        cost["unsupported"] = list(report.unsupported)
+        if graphs:
+            for k in ("bitops", "bitops_fp32"):
+                cost[k] = cost[k] / graphs
+            cost["per"] = f"graph (mean over the {graphs} graphs of the dataset)"
+        else:
+            cost["per"] = f"forward over the whole graph ({report.num_nodes} nodes, {report.num_edges} edges)"
+        return cost
 
     def checkpoint_meta(self, results: dict) -> dict:
         sel = results["runs"][results["selected_run"]]
@@ -261,3 +295,28 @@ def run_experiment(cfg: TrainConfig, *, root=None, out: str | Path | None = None
     if state_path and state_path.exists():
         state_path.unlink()
     return results
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model saved by ``run_experiment(save=...)`` / ``qgnn train --save``, in eval mode.
+
+    The architecture and quantization method come from the checkpoint's metadata (its ``config``);
+    the weights and quantizer state (scales, zero points, ranges) from its tensors. Returns
+    (model, metadata). A checkpoint whose tensors do not fit the rebuilt model raises CheckpointError.
+    """
+    from qgnn.models import build_model
+    from qgnn.train.checkpoint import load_checkpoint
+
+    state, meta = load_checkpoint(path)
+    try:
+        cfg = TrainConfig.from_dict(meta["config"])
+        model = build_model(cfg.model, cfg.task, meta["num_features"], meta["num_classes"], hidden=cfg.hidden,
+                            num_layers=cfg.num_layers, dropout=cfg.dropout, **cfg.model_kwargs)
+        model = apply_method(model, cfg)
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: metadata does not describe a qgnn model ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: tensors do not fit the model its metadata describes: {e}") from None
+    return model.eval(), meta

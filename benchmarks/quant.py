@@ -1,0 +1,158 @@
+"""Quantization-aware training against FP32 (issue: quantization core): accuracy, BitOPs, bytes, time.
+
+Every experiment runs through `qgnn.train.run_experiment`, exactly as `qgnn train --method M --bits B`
+does, and writes benchmarks/results/quant-<name>.json. The `quant` section of docs/results.md is
+rebuilt from every such JSON: each quantized result sits beside the FP32 result of the same dataset,
+model and protocol (seeds, folds, epochs), found among all results JSON (baseline-*.json included),
+and the difference is only reported when both exist.
+
+    OMP_NUM_THREADS=1 python benchmarks/quant.py --group int8 --seeds 5
+    OMP_NUM_THREADS=1 python benchmarks/quant.py --only gcn-cora-dq4 gcn-cora-qat4 gcn-cora-fp32
+    OMP_NUM_THREADS=1 python benchmarks/quant.py --group reddit --folds 3 --epochs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import RESULTS_DIR, command_line, pct, update_section, write_json  # noqa: E402
+
+NODE = [(m, d) for m in ("gcn", "gat", "gin") for d in ("cora", "citeseer")]
+
+
+def _name(model, dataset, method, bits):
+    return f"{model}-{dataset}-{method}{bits or ''}"
+
+
+# name -> (group, TrainConfig kwargs)
+EXPERIMENTS: dict[str, tuple[str, dict]] = {}
+for _m, _d in NODE:
+    for _method, _bits in (("fp32", None), ("qat", 8)):
+        EXPERIMENTS[_name(_m, _d, _method, _bits)] = ("int8", dict(dataset=_d, model=_m, method=_method, bits=_bits))
+for _method, _bits in (("fp32", None), ("dq", 4), ("qat", 4), ("lsq", 4)):
+    EXPERIMENTS.setdefault(_name("gcn", "cora", _method, _bits),
+                           ("int4", dict(dataset="cora", model="gcn", method=_method, bits=_bits)))
+for _method, _bits in (("fp32", None), ("dq", 8), ("dq", 4), ("qat", 4)):
+    EXPERIMENTS[_name("gin", "reddit-binary", _method, _bits)] = (
+        "reddit", dict(dataset="reddit-binary", model="gin", method=_method, bits=_bits))
+
+# Targets (issue text) and the papers' figures, keyed by experiment name.
+TARGETS = {
+    "gcn-cora-dq4": ("FP32 − 3", None),
+    "gin-reddit-binary-dq8": (">= 91.8", 91.8),
+    "gin-reddit-binary-dq4": (">= 81.3", 81.3),
+}
+PUBLISHED = {
+    "gin-reddit-binary-dq8": "91.8 (Tailor et al. 2021); 92.4 their rerun",
+    "gin-reddit-binary-dq4": "81.3 (Tailor et al. 2021); 86.2 their rerun",
+    "gin-reddit-binary-qat4": "54.1 (Tailor et al. 2021)",
+    "gcn-cora-dq4": "81.0 ± 0.7 (Tailor et al. 2021, INT4 DQ)",
+    "gcn-cora-qat4": "about 66 (Tailor et al. 2021, INT4 QAT)",
+}
+PROTOCOL_KEYS = ("dataset", "model", "seeds", "folds", "epochs", "seed", "fold_seed")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", default=None, choices=sorted(EXPERIMENTS))
+    p.add_argument("--group", nargs="*", default=None, choices=["int8", "int4", "reddit"])
+    p.add_argument("--seeds", type=int, default=None, help="runs per fold (default: the recipe's)")
+    p.add_argument("--folds", type=int, default=None, help="graph tasks: run only the first N folds")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--root", default=None)
+    p.add_argument("--render", action="store_true", help="only rebuild the docs table from the JSON files")
+    args = p.parse_args(argv)
+    if args.render:
+        render()
+        return 0
+
+    from qgnn.train import TrainConfig, run_experiment
+    from qgnn.train.results import format_table
+
+    names = args.only or [n for n, (g, _) in EXPERIMENTS.items() if not args.group or g in args.group]
+    for name in names:
+        _, kw = EXPERIMENTS[name]
+        cfg = TrainConfig(**kw, seeds=args.seeds, folds=args.folds, epochs=args.epochs, device=args.device)
+        res = run_experiment(cfg, root=args.root, progress=None)
+        res["command"] = command_line()
+        write_json(f"quant-{name}", res)
+        print(name)
+        print(format_table(res), flush=True)
+        render()
+    return 0
+
+
+def _fp32_reference(cfg: dict) -> dict | None:
+    """The FP32 result with the same dataset, model and protocol, from any results JSON."""
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        try:
+            r = json.loads(path.read_text())
+            c = r["config"]
+        except (KeyError, TypeError, json.JSONDecodeError):
+            continue
+        if c.get("method") == "fp32" and all(c.get(k) == cfg.get(k) for k in PROTOCOL_KEYS):
+            if c["task"] == "node" or len(r["runs"]) == _runs(cfg):
+                return r
+    return None
+
+
+def _runs(cfg: dict) -> int:
+    return cfg["seeds"] * (cfg["folds"] if cfg["task"] == "graph" else 1)
+
+
+def render() -> None:
+    """Rebuild the `quant` section of docs/results.md from benchmarks/results/quant-*.json."""
+    rows = ["| experiment | protocol | test acc (%) | FP32 same protocol (%) | Δ (points) | target "
+            "| published | BitOPs reduction | avg bits | bytes (FP32 / quantized) | s / epoch (FP32) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in EXPERIMENTS:
+        path = RESULTS_DIR / f"quant-{name}.json"
+        if not path.exists() or name.endswith("-fp32"):
+            continue
+        r = json.loads(path.read_text())
+        c, m, cost = r["config"], r["metrics"], r.get("cost", {})
+        ref = _fp32_reference(c)
+        acc = 100 * m["test_acc"]["mean"]
+        proto = (f"{c['seeds']} seeds" if c["task"] == "node" else f"{len(r['runs'])} of 10 folds")
+        proto += f", {c['epochs']} epochs"
+        if ref:
+            ref_acc = 100 * ref["metrics"]["test_acc"]["mean"]
+            ref_s, delta = pct(ref["metrics"]["test_acc"]), f"{acc - ref_acc:+.2f}"
+            ref_t = f" ({ref['timing']['seconds_per_epoch']:.3f})"
+        else:
+            ref_acc, ref_s, delta, ref_t = None, "not run", "", ""
+        target, verdict = _target(name, c, acc, ref_acc)
+        rows.append(
+            f"| {name} | {proto} | {pct(m['test_acc'])} | {ref_s} | {delta} | {target}{verdict} "
+            f"| {PUBLISHED.get(name, '')} | {cost.get('bitops_reduction', float('nan')):.1f}x "
+            f"| {cost.get('avg_bits', float('nan')):.2f} | {cost.get('model_bytes_fp32', '')} / "
+            f"{cost.get('model_bytes', '')} | {r['timing']['seconds_per_epoch']:.3f}{ref_t} |")
+    commands = sorted({json.loads(p.read_text()).get("command", "") for p in RESULTS_DIR.glob("quant-*.json")})
+    update_section(
+        "quant",
+        "## Quantization-aware training vs. FP32\n\n"
+        "Same protocol as the FP32 baselines (validation-based selection, mean ± population std), each "
+        "quantized result beside the FP32 run of the same seeds / folds and epochs. BitOPs, average bits and "
+        "bytes as defined in [cost.md](cost.md); bytes are the model's parameters at their bit-widths plus "
+        "scales and zero points.\n\n" + "\n".join(rows)
+        + "\n\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in commands if c))
+
+
+def _target(name: str, cfg: dict, acc: float, ref_acc: float | None) -> tuple[str, str]:
+    if cfg.get("bits") == 8 and cfg["task"] == "node":
+        goal = None if ref_acc is None else ref_acc - 1.0
+        return "FP32 − 1", "" if goal is None else (" (met)" if acc >= goal else " (NOT met)")
+    if name in TARGETS:
+        text, absolute = TARGETS[name]
+        goal = absolute if absolute is not None else (None if ref_acc is None else ref_acc - 3.0)
+        return text, "" if goal is None else (" (met)" if acc >= goal else " (NOT met)")
+    return "", ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,7 +17,9 @@ def __getattr__(name: str):
     # Lazy sub-package import keeps `import qgnn` fast and free of optional backends.
     if name in _SUBMODULES:
         return importlib.import_module(f"qgnn.{name}")
+    if name in ("quantize_", "QuantConfig"):  # the one verb, torchao-style: qgnn.quantize_(model, config)
+        return getattr(importlib.import_module("qgnn.methods"), name)
     raise AttributeError(f"module 'qgnn' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *sorted(_SUBMODULES)]
+__all__ = ["__version__", "quantize_", "QuantConfig", *sorted(_SUBMODULES)]

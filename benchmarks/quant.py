@@ -50,8 +50,6 @@ PUBLISHED = {
     "gin-reddit-binary-dq8": "91.8 (Tailor et al. 2021); 92.4 their rerun",
     "gin-reddit-binary-dq4": "81.3 (Tailor et al. 2021); 86.2 their rerun",
     "gin-reddit-binary-qat4": "54.1 (Tailor et al. 2021)",
-    "gcn-cora-dq4": "81.0 ± 0.7 (Tailor et al. 2021, INT4 DQ)",
-    "gcn-cora-qat4": "about 66 (Tailor et al. 2021, INT4 QAT)",
 }
 PROTOCOL_KEYS = ("dataset", "model", "seeds", "folds", "epochs", "seed", "fold_seed")
 
@@ -139,7 +137,9 @@ def render() -> None:
         "Same protocol as the FP32 baselines (validation-based selection, mean ± population std), each "
         "quantized result beside the FP32 run of the same seeds / folds and epochs. BitOPs, average bits and "
         "bytes as defined in [cost.md](cost.md); bytes are the model's parameters at their bit-widths plus "
-        "scales and zero points.\n\n" + "\n".join(rows)
+        "scales and zero points. The s / epoch figures come from separate runs that shared the machine's two "
+        "cores with other benchmarks: compare them only loosely, and see the training-cost section for "
+        "ratios measured in one run.\n\n" + "\n".join(rows)
         + "\n\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in commands if c))
 
 

@@ -1,4 +1,4 @@
-"""The `qgnn` command line: `qgnn train`, `qgnn info` (more subcommands arrive with later features).
+"""The `qgnn` command line: `qgnn train`, `qgnn search`, `qgnn sweep`, `qgnn info`.
 
 User errors (unknown names, missing files, corrupt checkpoints, bad values) print
 one line `qgnn: error: ...` and exit with status 2; Ctrl-C saves a resume state
@@ -21,7 +21,8 @@ def _add_train(sub) -> None:
     p.add_argument("--dataset", default="cora", help="dataset name, case-insensitive (see `qgnn info`)")
     p.add_argument("--model", default="gcn", help="gcn | gat | gin | sage (node); gin | gcn (graph)")
     p.add_argument("--method", default="fp32",
-                   help="fp32 (no quantization) | qat (uniform, STE) | lsq (learned step) | dq (Degree-Quant)")
+                   help="fp32 (no quantization) | qat (uniform, STE) | lsq (learned step) | dq (Degree-Quant) | "
+                        "a2q (learned per-node bits) | mixq (relaxed widths; see `qgnn search`)")
     p.add_argument("--bits", type=int, default=None, help="bit-width of weights and activations (1..8; default 8)")
     p.add_argument("--seeds", type=int, default=None, help="runs per fold (default 10 node, 1 graph)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgnn", description="Low-bit graph neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    from qgnn.search.cli import add_parsers
+
+    add_parsers(sub)
     p = sub.add_parser("info", help="versions, optional backends and the names qgnn knows")
     p.set_defaults(func=cmd_info)
     return parser

@@ -91,7 +91,7 @@ def test_config_json_round_trip_and_validation():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid methods: dq, lsq, qat"):
+    with pytest.raises(UnknownNameError, match="valid methods: a2q, dq, lsq, mixq, qat"):
         quantize_(build_model("gcn", "node", 8, 3), QuantConfig(method="magic"))
     assert {"fp32", "qat", "lsq", "dq"} <= set(method_names())
 

@@ -54,3 +54,21 @@ def test_names_are_case_insensitive_and_overrides_apply():
     m = build_model("GCN", "node", 4, 2, hidden=7)
     assert m.convs[0].out_channels == 7
     assert default_hparams("Gin", "graph")[0]["num_layers"] == 5
+
+
+def test_readout_norm_bounds_sum_pooled_logits_of_large_graphs():
+    from torch_geometric.data import Batch, Data
+
+    from qgnn.models import GINGraph
+
+    torch.manual_seed(0)
+    graphs = [Data(x=torch.ones(n, 1), edge_index=torch.randint(0, n, (2, 4 * n))) for n in (50, 2000, 3000)]
+    b = Batch.from_data_list(graphs)
+    plain, normed = GINGraph(1, 16, 2, num_layers=2), GINGraph(1, 16, 2, num_layers=2, readout_norm=True)
+    for m in (plain, normed):
+        m.train()
+    big = plain(b.x, b.edge_index, b.batch).abs().max()
+    small = normed(b.x, b.edge_index, b.batch).abs().max()
+    assert small < big / 10  # the node count (up to 3000) no longer scales the logits
+    one = Batch.from_data_list(graphs[:1])
+    assert torch.isfinite(normed(one.x, one.edge_index, one.batch)).all()  # a batch of one graph still runs

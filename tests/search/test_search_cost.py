@@ -312,7 +312,7 @@ def test_to_dict_keys_json_and_table():
     assert isinstance(r, CostReport)
     d = r.to_dict()
     assert set(d) == {"bitops", "bitops_fp32", "avg_bits", "model_bytes", "model_bytes_fp32", "bitops_reduction",
-                      "compression", "avg_bits_weights", "avg_bits_activations", "per_layer"}
+                      "bitops_reduction_linear", "compression", "avg_bits_weights", "avg_bits_activations", "per_layer"}
     assert json.loads(json.dumps(d)) == d
     assert d["bitops_reduction"] > 1 and d["compression"] > 1
     table = format_cost_table(r)

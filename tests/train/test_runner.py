@@ -95,3 +95,14 @@ def test_runner_loads_data_with_the_resolved_recipe(normalize):
     row_sums = runner.ds.data.x.sum(1)
     nonzero = row_sums > 0
     assert torch.allclose(row_sums[nonzero], torch.ones(int(nonzero.sum()))) is normalize
+
+
+def test_constant_node_features_turn_on_the_normalised_readout():
+    from qgnn.train.config import TrainConfig
+    from qgnn.train.runner import Runner
+
+    r = Runner(TrainConfig(dataset="synthetic-graph", model="gin", node_features="constant", epochs=1, folds=1))
+    assert r.cfg.model_kwargs["readout_norm"] is True
+    assert r.build().readout_norms[0].num_features == 1
+    r = Runner(TrainConfig(dataset="synthetic-graph", model="gin", node_features="degree", epochs=1, folds=1))
+    assert "readout_norm" not in r.cfg.model_kwargs

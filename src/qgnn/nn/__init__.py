@@ -5,6 +5,8 @@
   :class:`QuantGATConv` (Veličković et al. 2018).
 * :class:`QuantModule`: the shared mixin (``SLOTS``, ``quant``, ``set_quantizer``, ``slot_bits``,
   ``quantizers``, ``from_float``, ``to_float``, Degree-Quant's ``node_protect`` mask, ``_last_stats``).
+* :func:`set_integer_aggregation`: run the GCN / GIN / SAGE neighbourhood sums on integer codes in eval
+  mode (MixQ-GNN Theorem 1; ``docs/integer.md``).
 * ``QUANT_LAYER_FOR``: float layer type -> quantized type, what ``qgnn.quantize_`` converts.
 
 With no quantizer set a layer computes exactly what its float layer computes.
@@ -13,7 +15,15 @@ With no quantizer set a layer computes exactly what its float layer computes.
 from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
-from .base import ALL_SLOTS, EDGE_SLOTS, NODE_SLOTS, WEIGHT_SLOTS, NodeProtect, QuantModule
+from .base import (
+    ALL_SLOTS,
+    EDGE_SLOTS,
+    NODE_SLOTS,
+    WEIGHT_SLOTS,
+    NodeProtect,
+    QuantModule,
+    set_integer_aggregation,
+)
 from .gat import QuantGATConv
 from .gcn import QuantGCNConv
 from .gin import QuantGINConv
@@ -41,4 +51,5 @@ __all__ = [
     "QuantLinear",
     "QuantModule",
     "QuantSAGEConv",
+    "set_integer_aggregation",
 ]

@@ -36,6 +36,19 @@ quantization and stay float: a protected node's aggregate is then exact, which i
 ``edge_index[0]`` (the source under PyG's default flow); qgnn keys them on the target. Weights are never
 masked. In eval mode nothing is masked and the hook is not called.
 
+Integer aggregation (GCN, GIN, SAGE): with ``integer_aggregation = True`` (default False; set it for a whole
+model with :func:`set_integer_aggregation`) and the layer in eval mode, the neighbourhood sum runs on the
+integer codes of the slot that feeds it (``Quantizer.quant_int``), through
+:func:`qgnn.kernels.integer_aggregate`, and is rescaled once (MixQ-GNN, Theorem 1). See each layer's
+``_integer_source`` for the slot it reads and ``docs/integer.md`` for the exactness argument. The flag is
+ignored (the fake-quant path runs) in training mode, for an aggregation other than sum / mean, and when the
+feeding slot is float, disabled, per node / per row, or held by a quantizer whose forward is not the base
+``Quantizer.forward`` (e.g. a relaxed mixture, whose output is not ``dequantize(quant_int(x))``):
+:meth:`QuantModule.integer_aggregation_mode` says which path the next forward takes. The flag is a runtime
+choice, not state: it is not saved in the state dict and ``to_float`` drops it. It is an inference path:
+integer codes carry no gradient, so nothing upstream of the aggregation (inputs, weights, prompts) gets a
+gradient through it; keep the flag off to backpropagate through an eval-mode model.
+
 Observers and masked rows: a quantizer sees only the rows it actually quantizes (the non-protected ones),
 as in the Degree-Quant reference code, which feeds ``x[~mask]`` to the low-precision quantizer and
 ``x[mask]`` to an identity. Its range (or LSQ step) is then fitted to the values it must represent, and
@@ -53,7 +66,8 @@ from torch import Tensor, nn
 from torch_geometric.utils import is_sparse
 
 from qgnn.errors import ConfigError
-from qgnn.quant import Quantizer
+from qgnn.kernels import integer_aggregate
+from qgnn.quant import Quantizer, dequantize
 
 __all__ = [
     "ALL_SLOTS",
@@ -62,6 +76,7 @@ __all__ = [
     "WEIGHT_SLOTS",
     "QuantModule",
     "NodeProtect",
+    "set_integer_aggregation",
 ]
 
 ALL_SLOTS = ("input", "weight", "weight_root", "att", "xw", "edge", "message", "aggr", "output", "attention")
@@ -72,7 +87,10 @@ WEIGHT_SLOTS = frozenset({"weight", "weight_root", "att"})
 NodeProtect = Callable[[Tensor, int], Tensor]
 
 # Attributes the quantized layer adds on top of its float layer; to_float() leaves them behind.
-_QUANT_ATTRS = frozenset({"node_protect", "_last_stats"})
+_QUANT_ATTRS = frozenset({"node_protect", "_last_stats", "integer_aggregation"})
+
+# PyG aggregation name -> integer_aggregate's reduce; other aggregations keep the fake-quant path
+_INTEGER_REDUCE = {"add": "sum", "sum": "sum", "mean": "mean"}
 
 
 def _clone_module(src: nn.Module, cls: type[nn.Module], drop_attrs=frozenset(), drop_modules=frozenset()):
@@ -126,6 +144,9 @@ class QuantModule:
     SLOTS: tuple[str, ...] = ()
     FLOAT_CLASS: type[nn.Module]
     GRAPH_LAYER = True  # QuantLinear: False (its rows need not be nodes; no edge_index to build a mask)
+    SUPPORTS_INTEGER_AGGREGATION = False  # GCN, GIN, SAGE: True (see the module docstring)
+    # class-level default; setting it on a layer creates the instance attribute (dropped by to_float)
+    integer_aggregation = False
 
     quant: nn.ModuleDict
     _last_stats: dict[str, int]
@@ -226,6 +247,69 @@ class QuantModule:
         bw = q.bit_width
         return int(math.ceil(float(bw.max()))) if isinstance(bw, Tensor) else int(bw)
 
+    # ------------------------------------------------------------------ integer aggregation
+    def integer_aggregation_mode(self, edge_weighted: bool = False) -> str | None:
+        """Which codes the next forward sums in integers: ``"message"``, ``"xw"`` (GCN) or ``"input"``
+        (GIN / SAGE), or None when it takes the fake-quant path (flag off, training mode, an aggregation
+        other than sum / mean, or no suitable quantized slot). ``edge_weighted``: whether the call passes
+        edge weights (only matters for a GCN with ``normalize=False``)."""
+        if not (self.SUPPORTS_INTEGER_AGGREGATION and self.integer_aggregation) or self.training:
+            return None
+        if self._integer_reduce() is None:
+            return None
+        return self._integer_source(edge_weighted)
+
+    def _integer_source(self, edge_weighted: bool) -> str | None:
+        return None
+
+    def _integer_reduce(self) -> str | None:
+        aggr = getattr(self, "aggr", None)
+        return _INTEGER_REDUCE.get(aggr) if isinstance(aggr, str) else None
+
+    def _slot_on(self, slot: str) -> bool:
+        q = self.quant._modules.get(slot)
+        return q is not None and q.enabled
+
+    def _integer_ready(self, slot: str) -> bool:
+        """``slot`` is quantized by a quantizer whose output is ``dequantize(quant_int(x))`` with one scale
+        per tensor, or per channel on the last axis (edge slots: per tensor only), so Theorem 1 applies."""
+        if not self._slot_on(slot):
+            return False
+        q = self.quant._modules[slot]
+        if type(q).forward is not Quantizer.forward:  # e.g. a relaxed mixture of grids
+            return False
+        if q.granularity == "tensor":
+            return True
+        return q.granularity == "channel" and slot not in ("edge", "attention") and q.layout.ch_axis in (-1, 1)
+
+    def _integer_gather(self, codes, scale, zero_point, src, dst, n, like, q_e=None, s_e=None, z_e=None) -> Tensor:
+        """``AGG_{(j,i)} e_ji · x_j`` from the codes of x (rows = source nodes) and optional edge codes, as
+        ``like``'s dtype; no edge or no row gives zeros without calling the kernel (an empty tensor's
+        quant_int has no scale)."""
+        c = codes.size(1)
+        if src.numel() == 0 or codes.size(0) == 0:
+            return like.new_zeros((n, c))
+        out = integer_aggregate(
+            codes, scale, zero_point, torch.stack([src, dst]), n, q_e, s_e, z_e, reduce=self._integer_reduce()
+        )
+        return out.to(like.dtype)
+
+    def _integer_messages(self, slot: str, msg: Tensor, dst: Tensor, n: int) -> Tensor:
+        """Aggregate per-edge rows ``msg`` ([E, C]) through the integer codes of ``slot``'s quantizer."""
+        if msg.size(0) == 0:
+            return msg.new_zeros((n, msg.size(1)))
+        codes, scale, zero_point = self.quant[slot].quant_int(msg)
+        rows = torch.arange(msg.size(0), device=msg.device)
+        return self._integer_gather(codes, scale, zero_point, rows, dst, n, msg)
+
+    def _integer_input(self, slot: str, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(codes, scale, zero_point, x̂) of ``slot`` for node rows ``x``; x̂ = dequantize(codes) is what the
+        quantizer's forward returns (bit for bit, by the quant_int contract)."""
+        codes, scale, zero_point = self.quant[slot].quant_int(x)
+        if codes.numel() == 0:
+            return codes, scale, zero_point, x
+        return codes, scale, zero_point, dequantize(codes, scale, zero_point).to(x.dtype)
+
     # ------------------------------------------------------------------ forward helpers
     def _q(self, slot: str, x: Tensor, keep: Tensor | None = None) -> Tensor:
         """Apply ``slot``'s quantizer (identity when absent) to the rows ``keep`` of ``x`` (all rows when
@@ -296,3 +380,14 @@ class QuantModule:
         if size is not None and tuple(size) != (x.size(0), x.size(0)):
             n = x.size(0)
             raise ConfigError(f"{name} supports one node set: size must be None or ({n}, {n}), got {tuple(size)}")
+
+
+def set_integer_aggregation(model: nn.Module, enabled: bool = True) -> list[str]:
+    """Set ``integer_aggregation`` on every layer of ``model`` that supports it (QuantGCNConv, QuantGINConv,
+    QuantSAGEConv); returns their module names. Takes effect in eval mode only (see :mod:`qgnn.nn.base`)."""
+    names = []
+    for name, m in model.named_modules():
+        if isinstance(m, QuantModule) and m.SUPPORTS_INTEGER_AGGREGATION:
+            m.integer_aggregation = bool(enabled)
+            names.append(name)
+    return names

@@ -8,6 +8,18 @@ With x̂ = Q_in(x) and a missing slot meaning identity::
     m_ij   = Q_msg(ŵ_ij · h_j)
     a_i    = Q_aggr(Σ_j m_ij)
     y      = Q_out(a + b)
+
+Integer aggregation (``integer_aggregation = True``, eval mode; see :mod:`qgnn.nn.base`):
+
+* ``"message"`` quantized (per tensor / channel): a_i = s_m Σ_j (q_m,ij - z_m), the integer sum of the
+  message codes (exactly Σ_j Q_msg(m_ij));
+* otherwise ``"xw"`` quantized (per tensor / channel) and, when edge weights reach the messages (always
+  with ``normalize=True``: the gcn_norm values, self loops included), ``"edge"`` quantized per tensor:
+  a_i = s_e s_h Σ_j (q_e,ij - z_e)(q_h,j - z_h), from the codes of h and ŵ; the products ŵ_ij · h_j are
+  never formed in float. Without edge weights (``normalize=False``, none given) the adjacency is 0/1;
+* anything else (e.g. ``"xw"`` quantized but ``"edge"`` float): the fake-quant path.
+
+``aggr``, bias and ``output`` then follow as in the fake-quant path.
 """
 
 from __future__ import annotations
@@ -36,10 +48,20 @@ class QuantGCNConv(QuantModule, GCNConv):
 
     SLOTS = ("input", "weight", "xw", "edge", "message", "aggr", "output")
     FLOAT_CLASS = GCNConv
+    SUPPORTS_INTEGER_AGGREGATION = True
 
     def __init__(self, *args, quantizers: Mapping[str, Quantizer] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_quant(quantizers)
+
+    def _integer_source(self, edge_weighted: bool) -> str | None:
+        if self._slot_on("message"):
+            return "message" if self._integer_ready("message") else None
+        if not self._integer_ready("xw"):
+            return None
+        if (edge_weighted or self.normalize) and not self._integer_ready("edge"):
+            return None  # float (or per-edge) edge weights cannot be factored out of the sum
+        return "xw"
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         self._check_graph_input(x, edge_index)
@@ -61,15 +83,27 @@ class QuantGCNConv(QuantModule, GCNConv):
         ekeep = self._edge_keep(mask, dst)
 
         x = self._q("input", x, keep)
-        h = self._q("xw", F.linear(x, self._qw("weight", self.lin.weight)), keep)
-        if edge_weight is not None:
-            edge_weight = self._q("edge", edge_weight, ekeep)
-
-        msg = h.index_select(0, src)
-        if edge_weight is not None:
-            msg = edge_weight.view(-1, 1) * msg
-        msg = self._q("message", msg, ekeep)
-        out = self._q("aggr", self.aggregate(msg, dst, dim_size=n), keep)
+        xw = F.linear(x, self._qw("weight", self.lin.weight))
+        mode = self.integer_aggregation_mode(edge_weight is not None)
+        if mode == "xw":  # Σ_j ŵ_ij ĥ_j from the codes of h and ŵ
+            q_h, s_h, z_h = self.quant["xw"].quant_int(xw)
+            q_e = s_e = z_e = None
+            if edge_weight is not None and edge_weight.numel():
+                q_e, s_e, z_e = self.quant["edge"].quant_int(edge_weight)
+            out = self._integer_gather(q_h, s_h, z_h, src, dst, n, xw, q_e, s_e, z_e)
+        else:
+            h = self._q("xw", xw, keep)
+            if edge_weight is not None:
+                edge_weight = self._q("edge", edge_weight, ekeep)
+            msg = h.index_select(0, src)
+            if edge_weight is not None:
+                msg = edge_weight.view(-1, 1) * msg
+            if mode == "message":
+                out = self._integer_messages("message", msg, dst, n)
+            else:
+                msg = self._q("message", msg, ekeep)
+                out = self.aggregate(msg, dst, dim_size=n)
+        out = self._q("aggr", out, keep)
         if self.bias is not None:
             out = out + self.bias
         self._last_stats = {
@@ -78,6 +112,6 @@ class QuantGCNConv(QuantModule, GCNConv):
             "in_channels": x.size(1),
             "out_channels": self.out_channels,
             "heads": 1,
-            "message_channels": h.size(1),
+            "message_channels": xw.size(1),
         }
         return self._q("output", out, keep)

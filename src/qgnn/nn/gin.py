@@ -6,6 +6,12 @@ With x̂ = Q_in(x) and a missing slot meaning identity::
     a_i = Q_aggr((1 + eps) · x̂_i + Σ_j Q_msg(x̂_j))
     y   = Q_out(nn(a))
 
+Integer aggregation (``integer_aggregation = True``, eval mode, sum or mean aggregation; see
+:mod:`qgnn.nn.base`): with ``"message"`` quantized (per tensor / channel) the sum runs on the message codes;
+otherwise, with ``"input"`` quantized (per tensor / channel), on the input codes,
+Σ_j x̂_j = s_x Σ_j (q_x,j - z_x); the self term (1 + eps) · x̂_i stays float (x̂ = dequantize(codes), the
+quantizer's own output). Any other case takes the fake-quant path.
+
 The inner MLP ``nn`` is left as it is: its ``nn.Linear`` layers are quantized separately (as
 :class:`~qgnn.nn.QuantLinear`) by whoever converts the model, so its weights get their own slots.
 """
@@ -33,10 +39,16 @@ class QuantGINConv(QuantModule, GINConv):
 
     SLOTS = ("input", "message", "aggr", "output")
     FLOAT_CLASS = GINConv
+    SUPPORTS_INTEGER_AGGREGATION = True
 
     def __init__(self, *args, quantizers: Mapping[str, Quantizer] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_quant(quantizers)
+
+    def _integer_source(self, edge_weighted: bool) -> str | None:
+        if self._slot_on("message"):
+            return "message" if self._integer_ready("message") else None
+        return "input" if self._integer_ready("input") else None
 
     def forward(self, x: Tensor, edge_index: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         self._check_graph_input(x, edge_index, size)
@@ -46,9 +58,17 @@ class QuantGINConv(QuantModule, GINConv):
         src, dst = self._endpoints(edge_index)
         ekeep = self._edge_keep(mask, dst)
 
-        x = self._q("input", x, keep)
-        msg = self._q("message", x.index_select(0, src), ekeep)
-        out = self.aggregate(msg, dst, dim_size=n)
+        mode = self.integer_aggregation_mode()
+        if mode == "input":
+            q_x, s_x, z_x, x = self._integer_input("input", x)
+            out = self._integer_gather(q_x, s_x, z_x, src, dst, n, x)
+        else:
+            x = self._q("input", x, keep)
+            if mode == "message":
+                out = self._integer_messages("message", x.index_select(0, src), dst, n)
+            else:
+                msg = self._q("message", x.index_select(0, src), ekeep)
+                out = self.aggregate(msg, dst, dim_size=n)
         out = out + (1 + self.eps) * x  # GINConv's expression and order, for bitwise parity
         out = self.nn(self._q("aggr", out, keep))
         self._last_stats = {

@@ -8,6 +8,13 @@ With x̂ = Q_in(x) and a missing slot meaning identity::
 
 ``norm`` is the L2 row normalisation when ``normalize=True``; the root term exists when
 ``root_weight=True``. With ``project=True`` the messages come from ``relu(lin(x̂))``, a float projection.
+
+Integer aggregation (``integer_aggregation = True``, eval mode, ``aggr`` "mean" or "sum"; see
+:mod:`qgnn.nn.base`): with ``"message"`` quantized (per tensor / channel) the sum runs on the message codes;
+otherwise, with ``"input"`` quantized (per tensor / channel) and no projection, on the input codes,
+Σ_j x̂_j = s_x Σ_j (q_x,j - z_x); "mean" divides the rescaled sum by the in-degree (0 for isolated nodes,
+as PyG). The root term uses x̂ = dequantize(codes), the quantizer's own output. Max, multi-aggregation
+and learnable aggregations, or ``project=True`` without a message quantizer, take the fake-quant path.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ class QuantSAGEConv(QuantModule, SAGEConv):
 
     SLOTS = ("input", "weight", "weight_root", "message", "aggr", "output")
     FLOAT_CLASS = SAGEConv
+    SUPPORTS_INTEGER_AGGREGATION = True
 
     def __init__(self, *args, quantizers: Mapping[str, Quantizer] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -43,6 +51,16 @@ class QuantSAGEConv(QuantModule, SAGEConv):
 
     def active_slots(self) -> tuple[str, ...]:
         return self.SLOTS if self.root_weight else tuple(s for s in self.SLOTS if s != "weight_root")
+
+    def _projects(self) -> bool:
+        return bool(self.project) and hasattr(self, "lin")
+
+    def _integer_source(self, edge_weighted: bool) -> str | None:
+        if self._slot_on("message"):
+            return "message" if self._integer_ready("message") else None
+        if self._projects():
+            return None  # the messages are relu(lin(x̂)), float values without codes
+        return "input" if self._integer_ready("input") else None
 
     def forward(self, x: Tensor, edge_index: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         self._check_graph_input(x, edge_index, size)
@@ -52,10 +70,21 @@ class QuantSAGEConv(QuantModule, SAGEConv):
         src, dst = self._endpoints(edge_index)
         ekeep = self._edge_keep(mask, dst)
 
-        x = self._q("input", x, keep)
-        x_src = self.lin(x).relu() if self.project and hasattr(self, "lin") else x
-        msg = self._q("message", x_src.index_select(0, src), ekeep)
-        out = self._q("aggr", self.aggregate(msg, dst, dim_size=n), keep)
+        mode = self.integer_aggregation_mode()
+        if mode == "input":
+            q_x, s_x, z_x, x = self._integer_input("input", x)
+            out = self._integer_gather(q_x, s_x, z_x, src, dst, n, x)
+            msg_channels = x.size(-1)
+        else:
+            x = self._q("input", x, keep)
+            x_src = self.lin(x).relu() if self._projects() else x
+            msg_channels = x_src.size(-1)
+            if mode == "message":
+                out = self._integer_messages("message", x_src.index_select(0, src), dst, n)
+            else:
+                msg = self._q("message", x_src.index_select(0, src), ekeep)
+                out = self.aggregate(msg, dst, dim_size=n)
+        out = self._q("aggr", out, keep)
         out = F.linear(out, self._qw("weight", self.lin_l.weight), self.lin_l.bias)
         if self.root_weight:
             out = out + F.linear(x, self._qw("weight_root", self.lin_r.weight))
@@ -67,6 +96,6 @@ class QuantSAGEConv(QuantModule, SAGEConv):
             "in_channels": x.size(1),
             "out_channels": self.out_channels,
             "heads": 1,
-            "message_channels": msg.size(-1),
+            "message_channels": msg_channels,
         }
         return self._q("output", out, keep)

@@ -6,6 +6,7 @@
 * :mod:`.observers`: min-max, EMA and sampled-percentile range trackers.
 * :mod:`.quantizers`: :class:`Quantizer` (``forward(x, index=None)``, ``bit_width``, ``scale``,
   ``zero_point``, ``enabled``, ``quant_int``), :class:`UniformQuantizer`, :class:`LSQQuantizer`.
+* :mod:`.relaxed`: :class:`RelaxedQuantizer`, a softmax mixture of candidate widths (MixQ-GNN search).
 * :mod:`.registry`: ``make_quantizer(kind, bits, **kw)`` and ``register_quantizer``.
 """
 
@@ -40,6 +41,7 @@ from .primitives import (
 )
 from .quantizers import LSQQuantizer, Quantizer, UniformQuantizer
 from .registry import QUANTIZERS, available_quantizers, make_quantizer, register_quantizer
+from .relaxed import RelaxedQuantizer, parse_candidates
 
 __all__ = [
     "ESTIMATORS",
@@ -56,6 +58,7 @@ __all__ = [
     "Observer",
     "PercentileObserver",
     "Quantizer",
+    "RelaxedQuantizer",
     "UniformQuantizer",
     "available_quantizers",
     "binary_fake_quant",
@@ -70,6 +73,7 @@ __all__ = [
     "make_observer",
     "make_quantizer",
     "parse_granularity",
+    "parse_candidates",
     "qrange",
     "quantize",
     "register_quantizer",

@@ -1,6 +1,7 @@
 """Quantizers by name: ``make_quantizer("lsq", 4, granularity="channel", ch_axis=0)``.
 
-Built in: ``"uniform"`` (:class:`UniformQuantizer`) and ``"lsq"`` (:class:`LSQQuantizer`). Later methods
+Built in: ``"uniform"`` (:class:`UniformQuantizer`), ``"lsq"`` (:class:`LSQQuantizer`) and ``"relaxed"``
+(:class:`RelaxedQuantizer`, MixQ-GNN's search; its first argument is the candidate set). Later methods
 (Degree-Quant ``"dq"``, ``"a2q"``, ``"relaxed"`` mixed precision, GNAQ ``"nodewise"``) add theirs with
 :func:`register_quantizer`, so configs and the CLI can name them.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 from qgnn.errors import ConfigError, lookup
 
 from .quantizers import LSQQuantizer, Quantizer, UniformQuantizer
+from .relaxed import RelaxedQuantizer
 
 __all__ = ["QUANTIZERS", "register_quantizer", "make_quantizer", "available_quantizers"]
 
-QUANTIZERS: dict[str, type[Quantizer]] = {"uniform": UniformQuantizer, "lsq": LSQQuantizer}
+QUANTIZERS: dict[str, type[Quantizer]] = {"uniform": UniformQuantizer, "lsq": LSQQuantizer,
+                                          "relaxed": RelaxedQuantizer}
 
 
 def register_quantizer(name: str, cls: type[Quantizer] | None = None, *, replace: bool = False):
@@ -47,3 +50,6 @@ def make_quantizer(kind: str, bits: int = 8, **kwargs) -> Quantizer:
     ``make_quantizer("uniform", 8, observer="ema", observer_kwargs={"momentum": 0.99})``.
     """
     return lookup("quantizer", kind, QUANTIZERS)(bits, **kwargs)
+
+
+from . import a2q as _a2q  # noqa: E402,F401  (registers "a2q", A2QQuantizer, with register_quantizer)

@@ -95,6 +95,12 @@ class Runner:
         # Resolve first: the loader options (normalize_features) come from the resolved recipe.
         self.cfg = cfg.resolve(task)
         self.ds = load_for(self.cfg, root)
+        if (self.ds.task == "graph" and getattr(self.ds, "node_features", None) == "constant"
+                and "readout_norm" not in self.cfg.model_kwargs):
+            # Constant node features + sum pooling: pool(h⁰) is the node count (up to thousands on
+            # REDDIT-*), logits reach the hundreds and training diverges; normalise the pooled readout
+            # (GINGraph's readout_norm). Recorded in the config, so the JSON says what ran.
+            self.cfg.model_kwargs["readout_norm"] = True
         self.state_path = Path(state_path) if state_path else None
         self.progress = progress
         self.save_every = save_every
@@ -117,7 +123,13 @@ class Runner:
         return GraphTask(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)
 
     def _optim(self, model):
-        opt = torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # Parameters marked qgnn_no_weight_decay (MixQ's bit logits α) are not decayed: decay would pull
+        # them toward the uniform mixture, a preference for no width in particular.
+        plain = [p for p in params if not getattr(p, "qgnn_no_weight_decay", False)]
+        no_decay = [p for p in params if getattr(p, "qgnn_no_weight_decay", False)]
+        groups = [{"params": plain}] + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+        opt = torch.optim.Adam(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         sched = (torch.optim.lr_scheduler.StepLR(opt, self.cfg.lr_step, self.cfg.lr_gamma)
                  if self.cfg.lr_step else None)
         return opt, sched

@@ -1,0 +1,25 @@
+"""Plain-PyTorch reference kernels: the specification every fast kernel is tested against.
+
+Nothing here imports triton; each function checks its inputs and favours clarity over speed.
+
+* :mod:`.integer_aggregate`: integer message passing (MixQ-GNN Theorem 1): ``integer_aggregate``,
+  ``integer_accumulate``, ``accumulator_bound``, ``max_in_degree_int32``.
+"""
+
+from .integer_aggregate import (
+    INT32_MAX,
+    REDUCTIONS,
+    accumulator_bound,
+    integer_accumulate,
+    integer_aggregate,
+    max_in_degree_int32,
+)
+
+__all__ = [
+    "INT32_MAX",
+    "REDUCTIONS",
+    "accumulator_bound",
+    "integer_accumulate",
+    "integer_aggregate",
+    "max_in_degree_int32",
+]

@@ -1,0 +1,200 @@
+"""Relaxed mixed-precision quantizer: a softmax-weighted mixture of K bit-widths (MixQ-GNN's search).
+
+MixQ-GNN (Moustafa, Kriege & Gansterer, ICDE 2025, arXiv 2505.09361) gives each quantized component a set
+of candidate bit-widths b_1..b_K (default {2, 4, 8}) and learnable logits α, and during the search
+replaces the choice by its continuous relaxation (as DARTS does for operations)::
+
+    x̂ = Σ_k softmax(α / T)_k · Q_{b_k}(x)          E[b] = Σ_k softmax(α / T)_k · b_k
+
+Each Q_{b_k} is uniform fake quantization with the STE. All candidates share one range observer
+(the range of x does not depend on b), so each candidate only adds its own grid
+s_k = range / (q_max,k − q_min,k), not a copy of anything: the memory cost is K fake-quantized copies of x
+during the forward, no extra parameters beyond α. After the search :meth:`RelaxedQuantizer.chosen_bits`
+(the arg-max of α) is this slot's entry in a :class:`~qgnn.search.BitAssignment`, which
+``quantize_`` takes as per-module overrides to build the fixed-bit model.
+
+``bit_width`` is the expected width E[b] as a 0-dim tensor (the cost model counts it as a fractional width;
+the BitOPs penalty of :mod:`qgnn.search.penalty` differentiates :meth:`expected_bits` instead).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qgnn.errors import ConfigError
+
+from .observers import Observer, make_observer
+from .primitives import binary_fake_quant, calc_qparams, fake_quant, is_binary, qrange, validate_bits
+from .quantizers import Quantizer
+
+__all__ = ["RelaxedQuantizer", "parse_candidates", "SAMPLINGS"]
+
+SAMPLINGS = ("softmax", "gumbel")
+
+
+def parse_candidates(candidates) -> tuple[int, ...]:
+    """Sorted unique candidate bit-widths, each in 1..8; ConfigError for an empty or bad set."""
+    try:
+        values = [int(b) for b in candidates]
+    except (TypeError, ValueError):
+        raise ConfigError(f"candidate bit-widths must be integers, got {candidates!r}") from None
+    if not values:
+        raise ConfigError("the candidate bit-width set is empty; give at least one width in 1..8, e.g. 2 4 8")
+    return tuple(sorted({validate_bits(b) for b in values}))
+
+
+class RelaxedQuantizer(Quantizer):
+    """Σ_k softmax(α/T)_k · Q_{b_k}(x) over candidate widths ``candidates`` (see the module docstring).
+
+    Args: ``candidates`` (bit-widths, default (2, 4, 8)); ``temperature`` T of the softmax; ``init`` of
+    α: ``"uniform"`` (α = 0, every width equally likely, the usual start) or a bit-width from the
+    candidates to favour at the start (its logit set to ``init_logit``); ``observer`` /
+    ``sampling``: ``"softmax"`` (the deterministic mixture above, MixQ-GNN) or ``"gumbel"`` (a hard
+    Gumbel-softmax sample per forward, SNAS / FBNet style, see :meth:`_mixture_weights`); ``observer`` /
+    ``observer_kwargs`` as :class:`~qgnn.quant.UniformQuantizer` (default an EMA of min / max with
+    momentum 0.9); plus the grid options of :class:`~qgnn.quant.Quantizer`. The widest candidate is
+    ``bits`` for the base class (storage of codes before a choice is made).
+    """
+
+    kind = "relaxed"
+
+    def __init__(
+        self,
+        candidates=(2, 4, 8),
+        *,
+        symmetric: bool = False,
+        signed: bool | None = None,
+        granularity: str = "tensor",
+        ch_axis: int = -1,
+        num_nodes: int | None = None,
+        num_channels: int | None = None,
+        estimator: str = "ste",
+        observer: str | Observer = "ema",
+        observer_kwargs: dict | None = None,
+        temperature: float = 1.0,
+        init: str | int = "uniform",
+        init_logit: float = 1.0,
+        sampling: str = "softmax",
+    ):
+        if isinstance(candidates, int):
+            candidates = (candidates,)
+        cands = parse_candidates(candidates)
+        super().__init__(max(cands), symmetric=symmetric, signed=signed, granularity=granularity,
+                         ch_axis=ch_axis, num_nodes=num_nodes, num_channels=num_channels, estimator=estimator)
+        for b in cands:
+            if is_binary(b, self.signed) and not self.symmetric:
+                raise ConfigError("candidate width 1 with signed codes is binary and needs symmetric=True")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"unknown sampling {sampling!r}; valid: {', '.join(SAMPLINGS)}")
+        self.sampling = sampling
+        self.candidates = cands
+        self.temperature = float(temperature)
+        if isinstance(observer, Observer):
+            self.observer = observer
+        else:
+            kw = {"momentum": 0.9} if observer == "ema" and observer_kwargs is None else (observer_kwargs or {})
+            self.observer = make_observer(observer, granularity=granularity, ch_axis=ch_axis, num_nodes=num_nodes,
+                                          num_channels=num_channels, **kw)
+        self.layout = self.observer.layout
+        alpha = torch.zeros(len(cands))
+        if init != "uniform":
+            if init not in cands:
+                raise ConfigError(f"init must be 'uniform' or one of the candidates {list(cands)}, got {init!r}")
+            alpha[cands.index(init)] = float(init_logit)
+        self.alpha = nn.Parameter(alpha)
+        self.alpha.qgnn_no_weight_decay = True  # decay would pull α toward the uniform mixture
+        self.register_buffer("_widths", torch.tensor(cands, dtype=torch.float32), persistent=False)
+        self._grids = [(b, *qrange(b, self.signed), is_binary(b, self.signed)) for b in cands]
+
+    # ------------------------------------------------------------------ the choice
+    def probs(self) -> Tensor:
+        """softmax(α / T): the weight of each candidate (differentiable)."""
+        return torch.softmax(self.alpha / self.temperature, dim=0)
+
+    def _mixture_weights(self) -> Tensor:
+        """The weights of the forward's mixture: softmax(α/T); with ``sampling="gumbel"`` a one-hot
+        Gumbel-softmax sample in training (straight-through: the gradient of the soft sample) and the
+        arg-max one-hot in eval, so the network trains and is evaluated at discrete widths."""
+        if self.sampling == "softmax":
+            return self.probs()
+        if self.training:
+            return torch.nn.functional.gumbel_softmax(self.alpha, tau=self.temperature, hard=True)
+        return torch.nn.functional.one_hot(self.alpha.detach().argmax(), len(self.candidates)).to(self.alpha.dtype)
+
+    def expected_bits(self) -> Tensor:
+        """E[b] = Σ_k softmax(α/T)_k · b_k, differentiable in α (0-dim tensor)."""
+        return (self.probs() * self._widths.to(self.alpha.device)).sum()
+
+    def chosen_bits(self) -> int:
+        """The arg-max candidate: this slot's width in the searched assignment."""
+        return self.candidates[int(torch.argmax(self.alpha.detach()))]
+
+    @property
+    def bit_width(self) -> Tensor:
+        return self.expected_bits().detach()
+
+    # ------------------------------------------------------------------ grids
+    def _table(self, bits: int) -> tuple[Tensor, Tensor]:
+        mn, mx = self.observer.range()
+        return calc_qparams(mn, mx, bits, self.symmetric, self.signed)
+
+    @property
+    def scale(self) -> Tensor:
+        """Scale of the currently chosen width's grid."""
+        return self._table(self.chosen_bits())[0]
+
+    @property
+    def zero_point(self) -> Tensor:
+        return self._table(self.chosen_bits())[1]
+
+    def _qparams(self, x, index, observe=True):
+        # quant_int (export) reads the chosen width's grid; the relaxed forward reads every grid.
+        if (observe and self.observer.training) or not self.observer.observed:
+            self.observer.update(x, index)
+        scale, zero_point = self._table(self.chosen_bits())
+        expand = self.layout.expand
+        return expand(scale, x, index), (None if self.symmetric else expand(zero_point, x, index))
+
+    @torch.no_grad()
+    def quant_int(self, x: Tensor, index: Tensor | None = None):
+        """Codes at the chosen width (what the fixed-bit model after the search would store)."""
+        b, qmin, qmax, binary = self._grids[self.candidates.index(self.chosen_bits())]
+        saved = (self.bits, self.qmin, self.qmax, self.binary)
+        self.bits, self.qmin, self.qmax, self.binary = b, qmin, qmax, binary
+        try:
+            return super().quant_int(x, index)
+        finally:
+            self.bits, self.qmin, self.qmax, self.binary = saved
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        if not self.enabled or x.numel() == 0:
+            return x
+        self.layout.check(x, index)
+        obs = self.observer
+        if obs.training or not obs.observed:
+            obs.update(x, index)
+        mn, mx = obs.range()
+        expand = self.layout.expand
+        p = self._mixture_weights()
+        out = None
+        for k, (b, qmin, qmax, binary) in enumerate(self._grids):
+            scale, zero_point = calc_qparams(mn, mx, b, self.symmetric, self.signed)
+            s = expand(scale, x, index)
+            if binary:
+                xq = binary_fake_quant(x, s, self.estimator)
+            else:
+                z = None if self.symmetric else expand(zero_point, x, index)
+                xq = fake_quant(x, s, z, qmin, qmax, self.estimator)
+            term = p[k] * xq
+            out = term if out is None else out + term
+        return out
+
+    def _repr_fields(self):
+        fields = [f for f in super()._repr_fields() if not f.startswith("bits=")]
+        probs = ", ".join(f"{b}:{float(w):.2f}" for b, w in zip(self.candidates, self.probs().detach(), strict=True))
+        return [f"candidates={list(self.candidates)}", f"probs={{{probs}}}", *fields,
+                f"observer={self.observer.describe()}", f"estimator={self.estimator}"]

@@ -1,0 +1,195 @@
+"""`qgnn search` (one λ: search, then train the found assignment) and `qgnn sweep` (several λ, a table,
+JSON and a plot of accuracy against BitOPs reduction)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+# MixQ-GNN's own logs (the issue's figures): (test accuracy %, BitOPs reduction in MixQ's linear measure).
+PUBLISHED_MIXQ = {
+    "cora": [(81.58, 4.08), (77.72, 4.81), (68.68, 9.61)],
+    "citeseer": [(68.97, 4.07), (66.52, 9.79)],
+}
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"lambda must be a finite number, got {text}")
+    return v
+
+
+def _bits(text: str) -> int:
+    try:
+        b = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a bit-width: {text!r}") from None
+    if not 1 <= b <= 8:
+        raise argparse.ArgumentTypeError(f"bit-widths must be in 1..8, got {b}")
+    return b
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="cora")
+    p.add_argument("--model", default="gcn")
+    p.add_argument("--seeds", type=int, default=None, help="runs per fold (default 10 node, 1 graph)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=None, help="graph tasks: number of the 10 CV folds to run")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the fixed-bit training (recipe default)")
+    p.add_argument("--search-epochs", type=int, default=None, help="epochs of the search (default: --epochs)")
+    p.add_argument("--candidates", type=_bits, nargs="+", default=[2, 4, 8], help="candidate bit-widths")
+    p.add_argument("--penalty", default="bitops", help="bitops (E[BitOPs] / FP32) | memory (stored bits)")
+    p.add_argument("--alpha-split", default="val", help="val (bi-level, default) | train (MixQ-GNN's)")
+    p.add_argument("--alpha-lr", type=float, default=0.01)
+    p.add_argument("--sampling", default="softmax", help="softmax (mixture) | gumbel (hard samples)")
+    p.add_argument("--alpha-init", default="uniform", help="uniform | a candidate width to start near")
+    p.add_argument("--final-method", default="qat", help="method of the fixed-bit training: qat | lsq | dq")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("search", help="MixQ-GNN: search a bit assignment, then train it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(p)
+    p.add_argument("--lambda", dest="lam", type=_finite_float, default=0.1, help="weight of the penalty")
+    p.add_argument("--out", default=None, help="results JSON (default runs/search-<dataset>-<model>-l<λ>.json)")
+    p.add_argument("--save", default=None, help="checkpoint of the selected fixed-bit model")
+    p.set_defaults(func=cmd_search)
+    p = sub.add_parser("sweep", help="MixQ-GNN over several λ: table, JSON and accuracy-vs-BitOPs plot",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(p)
+    p.add_argument("--lambdas", type=_finite_float, nargs="+", default=[0.0, 0.1, 1.0])
+    p.add_argument("--out-dir", default="runs/sweep", help="folder for the JSON files and the plot")
+    p.add_argument("--no-fp32", action="store_true", help="skip the FP32 reference run")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _configs(args, lam):
+    from qgnn.search.mixq import SearchConfig
+    from qgnn.train import TrainConfig
+
+    init = int(args.alpha_init) if args.alpha_init.isdigit() else args.alpha_init
+    cfg = TrainConfig(dataset=args.dataset, model=args.model, seeds=args.seeds, seed=args.seed, folds=args.folds,
+                      epochs=args.epochs, device=args.device)
+    sc = SearchConfig(lam=lam, candidates=tuple(args.candidates), penalty=args.penalty,
+                      search_epochs=args.search_epochs, alpha_split=args.alpha_split, alpha_lr=args.alpha_lr,
+                      sampling=args.sampling, alpha_init=init, final_method=args.final_method)
+    return cfg, sc.validate()
+
+
+def _check(cfg) -> None:
+    from qgnn.cli import _check_names
+
+    _check_names(cfg)
+
+
+def _row(results: dict) -> dict:
+    m, c = results["metrics"], results["cost_runs"]
+    return {"lambda": results["search"]["lam"], "test_acc": m["test_acc"]["mean"] * 100,
+            "test_std": m["test_acc"]["std"] * 100, "val_acc": m["val_acc"]["mean"] * 100,
+            "bitops_reduction": c["bitops_reduction"]["mean"],
+            "bitops_reduction_linear": c["bitops_reduction_linear"]["mean"], "avg_bits": c["avg_bits"]["mean"],
+            "search_s_per_epoch": results["timing"]["search_seconds_per_epoch"],
+            "train_s_per_epoch": results["timing"]["seconds_per_epoch"]}
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = ("λ", "test acc (%)", "val acc (%)", "BitOPs red.", "linear red.", "avg bits", "search s/ep", "train s/ep")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        lam = "fp32" if r["lambda"] is None else f"{r['lambda']:g}"
+        lines.append(" | ".join([lam, f"{r['test_acc']:.2f} ± {r['test_std']:.2f}", f"{r['val_acc']:.2f}",
+                                 f"{r['bitops_reduction']:.1f}x", f"{r['bitops_reduction_linear']:.2f}x",
+                                 f"{r['avg_bits']:.2f}", f"{r['search_s_per_epoch']:.4f}",
+                                 f"{r['train_s_per_epoch']:.4f}"]))
+    return "\n".join(lines)
+
+
+def cmd_search(args) -> int:
+    from qgnn.search.mixq import run_search
+    from qgnn.train.results import format_table
+
+    cfg, sc = _configs(args, args.lam)
+    _check(cfg)
+    out = Path(args.out or f"runs/search-{cfg.dataset.lower()}-{cfg.model.lower()}-l{sc.lam:g}.json")
+    results = run_search(cfg, sc, root=args.root, out=out, save=args.save, progress=False if args.quiet else None)
+    print(format_table(results))
+    print(format_rows([_row(results)]))
+    print("assignment of the selected run: " + json.dumps(results["runs"][results["selected_run"]]["assignment"]))
+    print(f"results: {out}" + (f"\ncheckpoint: {args.save}" if args.save else ""))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from qgnn.search.mixq import run_search
+    from qgnn.train import run_experiment
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    fp32 = None
+    for lam in args.lambdas:
+        cfg, sc = _configs(args, lam)
+        _check(cfg)
+        res = run_search(cfg, sc, root=args.root, out=out_dir / f"search-l{lam:g}.json",
+                         progress=False if args.quiet else None)
+        rows.append(_row(res))
+        print(format_rows(rows[-1:]))
+    if not args.no_fp32:
+        cfg, _ = _configs(args, 0.0)
+        fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", progress=False if args.quiet else None)
+    summary = {"rows": rows, "fp32_test_acc": fp32["metrics"]["test_acc"]["mean"] * 100 if fp32 else None,
+               "published_mixq": PUBLISHED_MIXQ.get(args.dataset.lower(), [])}
+    (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
+    print(format_rows(rows))
+    if fp32:
+        print(f"FP32: {summary['fp32_test_acc']:.2f}")
+    png = plot_sweep(summary, out_dir / "sweep.png", title=f"{args.dataset} / {args.model}")
+    plot = f"plot: {png}" if png else "plot: skipped (pip install matplotlib)"
+    print(f"results: {out_dir / 'sweep.json'}\n{plot}")
+    return 0
+
+
+def plot_sweep(summary: dict, path: Path, title: str = "") -> Path | None:
+    """Two panels: accuracy against qgnn's BitOPs reduction, and against the linear (MixQ-GNN) measure with
+    MixQ-GNN's published points. Returns the path, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = summary["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "bitops_reduction", "BitOPs reduction (qgnn: MACs·b_a·b_w)"),
+                           (axes[1], "bitops_reduction_linear", "reduction, linear in bits (MixQ-GNN's measure)")):
+        xs = [r[key] for r in rows]
+        ys = [r["test_acc"] for r in rows]
+        ax.errorbar(xs, ys, yerr=[r["test_std"] for r in rows], fmt="o-", label="qgnn MixQ search", capsize=3)
+        for r in rows:
+            ax.annotate(f"λ={r['lambda']:g}", (r[key], r["test_acc"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        if summary.get("fp32_test_acc") is not None:
+            ax.scatter([1.0], [summary["fp32_test_acc"]], marker="*", s=120, color="k", label="FP32")
+        if key == "bitops_reduction_linear" and summary.get("published_mixq"):
+            pub = summary["published_mixq"]
+            ax.scatter([p[1] for p in pub], [p[0] for p in pub], marker="x", color="r", label="MixQ-GNN (logs)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,268 @@
+"""MixQ-GNN end to end: search the bit assignment, then train the fixed-bit model it names.
+
+Per run (seed, or cross-validation fold):
+
+1. **Search.** The model is quantized with method ``mixq`` (every slot a
+   :class:`~qgnn.quant.RelaxedQuantizer` over the candidates) and trained for ``search_epochs`` with
+   L = L_task + λ · E[BitOPs] / BitOPs_FP32. The assignment is the arg-max of α *at the end* of the
+   search (as differentiable architecture search does), not at the best-validation epoch, which would
+   favour the early, wide epochs.
+2. **Fixed-bit training.** A fresh model with the same seed is quantized by ``final_method`` (plain
+   ``qat`` by default, as MixQ-GNN; ``lsq`` / ``dq`` work too) with the assignment as per-module
+   overrides, and trained with the recipe; the epoch is selected on validation as for every method.
+
+Where α learns from (``alpha_split``):
+
+* ``"train"``: MixQ-GNN's single-level search, α and weights on the training loss.
+* ``"val"`` (default): DARTS' first-order bi-level search (Liu et al., ICLR 2019): the weights step on
+  the training loss, α on the validation loss plus the penalty. Why: in semi-supervised node
+  classification the 140 labelled Cora nodes can be fitted without the graph, so the training loss
+  cannot tell that 2-bit edge weights (which round most 1/deg coefficients to 0 and erase the graph) hurt;
+  the validation loss can. For node tasks both losses come from the same forward over the whole graph
+  (one forward, two backward passes); for graph tasks α steps on a validation batch after each training
+  batch. The validation split is then used for α and for epoch selection; the test split stays unseen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from qgnn.errors import ConfigError
+from qgnn.quant import RelaxedQuantizer, parse_candidates
+from qgnn.search.assignment import BitAssignment
+from qgnn.search.penalty import PENALTY_KINDS
+from qgnn.train.config import TrainConfig
+from qgnn.train.results import summarize, summarize_runs
+from qgnn.train.runner import Runner, _run_list
+from qgnn.train.seeding import set_seed
+from qgnn.train.tasks import GraphTask, NodeTask, penalty, penalty_modules
+
+__all__ = ["SearchConfig", "run_search", "search_assignment"]
+
+ALPHA_SPLITS = ("val", "train")
+FINAL_METHODS = ("qat", "lsq", "dq")
+
+
+@dataclass
+class SearchConfig:
+    """Options of the search phase (the fixed-bit phase uses the TrainConfig as given)."""
+
+    lam: float = 0.1                       # λ of the penalty (any finite number; < 0 rewards bits)
+    candidates: tuple[int, ...] = (2, 4, 8)
+    penalty: str = "bitops"                # "bitops" or "memory"
+    search_epochs: int | None = None       # default: the recipe's epochs
+    alpha_split: str = "val"
+    alpha_lr: float = 0.01
+    temperature: float = 1.0
+    sampling: str = "softmax"              # "softmax" (MixQ's mixture) or "gumbel" (hard samples)
+    alpha_init: str | int = "uniform"      # or a candidate width favoured at the start
+    final_method: str = "qat"
+
+    def validate(self) -> SearchConfig:
+        if not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam):
+            raise ConfigError(f"--lambda must be a finite number, got {self.lam!r}")
+        self.candidates = parse_candidates(self.candidates)
+        checks = [
+            (self.penalty in PENALTY_KINDS, f"unknown penalty {self.penalty!r}; valid: {', '.join(PENALTY_KINDS)}"),
+            (self.alpha_split in ALPHA_SPLITS,
+             f"unknown alpha split {self.alpha_split!r}; valid: {', '.join(ALPHA_SPLITS)}"),
+            (self.final_method in FINAL_METHODS,
+             f"unknown final method {self.final_method!r}; valid: {', '.join(FINAL_METHODS)}"),
+            (self.search_epochs is None or self.search_epochs >= 1,
+             f"--search-epochs must be >= 1, got {self.search_epochs}"),
+            (self.alpha_lr > 0, f"--alpha-lr must be > 0, got {self.alpha_lr}"),
+            (self.alpha_init == "uniform" or self.alpha_init in self.candidates,
+             f"--alpha-init must be 'uniform' or one of the candidates, got {self.alpha_init!r}"),
+            (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["candidates"] = list(self.candidates)
+        return d
+
+
+# ------------------------------------------------------------------------------------------- search steps
+def _alphas(model) -> list[torch.nn.Parameter]:
+    return [m.alpha for m in model.modules() if isinstance(m, RelaxedQuantizer)]
+
+
+def _node_step(task: NodeTask, model, opt_w, opt_a, alphas, pens, split: str) -> float:
+    model.train()
+    opt_w.zero_grad(set_to_none=True)
+    opt_a.zero_grad(set_to_none=True)
+    d = task.data
+    out = model(d.x, d.edge_index)
+    loss_train = F.cross_entropy(out[d.train_mask], d.y[d.train_mask])
+    pen = penalty(pens)
+    if split == "train":
+        (loss_train + pen).backward()
+    else:
+        alpha_loss = F.cross_entropy(out[d.val_mask], d.y[d.val_mask]) + pen
+        grads = torch.autograd.grad(alpha_loss, alphas, retain_graph=True, allow_unused=True)
+        loss_train.backward()
+        for a, g in zip(alphas, grads, strict=True):
+            a.grad = g
+    opt_w.step()
+    opt_a.step()
+    return loss_train.item()
+
+
+def _graph_step(task: GraphTask, model, opt_w, opt_a, alphas, pens, split: str, val_iter) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for batch in task.train_loader:
+        if batch.num_graphs < 2:
+            continue  # BatchNorm cannot normalise one graph's pooled row
+        opt_w.zero_grad(set_to_none=True)
+        opt_a.zero_grad(set_to_none=True)
+        out, y = task._forward(model, batch)
+        loss = F.cross_entropy(out, y)
+        if split == "train":
+            (loss + penalty(pens)).backward()
+            opt_w.step()
+            opt_a.step()
+        else:
+            loss.backward()
+            for a in alphas:
+                a.grad = None
+            opt_w.step()
+            vb = next(val_iter)
+            opt_w.zero_grad(set_to_none=True)
+            out_v, y_v = task._forward(model, vb)
+            (F.cross_entropy(out_v, y_v) + penalty(pens)).backward()
+            opt_a.step()
+        total += loss.item() * batch.num_graphs
+        count += batch.num_graphs
+    return total / max(count, 1)
+
+
+def _cycle(loader):
+    while True:
+        yielded = False
+        for b in loader:
+            if b.num_graphs >= 2:
+                yielded = True
+                yield b
+        if not yielded:
+            raise ConfigError("the validation split has no batch of two or more graphs to search on")
+
+
+def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchConfig, bar=None
+                      ) -> tuple[BitAssignment, float, dict]:
+    """Run the search of one run on ``runner`` (configured with method ``mixq``); returns
+    (assignment, seconds per search epoch, {slot path: E[b] at the end})."""
+    set_seed(seed)
+    model = runner.build()
+    task = runner.task_for(fold)
+    alphas = _alphas(model)
+    if not alphas:
+        raise ConfigError("the model has no quantizer slot to search over")
+    alpha_ids = {id(a) for a in alphas}
+    weights = [p for p in model.parameters() if id(p) not in alpha_ids]
+    c = runner.cfg
+    opt_w = torch.optim.Adam(weights, lr=c.lr, weight_decay=c.weight_decay)
+    opt_a = torch.optim.Adam(alphas, lr=sc.alpha_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt_w, c.lr_step, c.lr_gamma) if c.lr_step else None
+    pens = penalty_modules(model)
+    val_iter = _cycle(task.val_loader) if isinstance(task, GraphTask) and sc.alpha_split == "val" else None
+    seconds = 0.0
+    for _ in range(c.epochs):
+        t0 = time.perf_counter()
+        if isinstance(task, NodeTask):
+            _node_step(task, model, opt_w, opt_a, alphas, pens, sc.alpha_split)
+        else:
+            _graph_step(task, model, opt_w, opt_a, alphas, pens, sc.alpha_split, val_iter)
+        if sched is not None:
+            sched.step()
+        seconds += time.perf_counter() - t0
+        if bar is not None:
+            bar.update(1)
+    expected = {f"{n}": round(float(m.bit_width), 3) for n, m in model.named_modules()
+                if isinstance(m, RelaxedQuantizer)}
+    # Validation accuracy of the searched model itself (relaxed widths; arg-max with gumbel sampling).
+    expected["search_val_acc"] = task.evaluate(model)["val_acc"]
+    return BitAssignment.from_model(model), seconds / c.epochs, expected
+
+
+# ------------------------------------------------------------------------------------------- both phases
+def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path | None = None,
+               save: str | Path | None = None, progress: bool | None = None) -> dict:
+    """Search and train every run of ``cfg`` (seeds or folds); returns the results dict (also written to
+    ``out``; the selected run's fixed-bit model to ``save``). See the module docstring."""
+    from qgnn.env import environment
+    from qgnn.train.checkpoint import save_checkpoint, write_json
+
+    sc.validate()
+    if cfg.method not in ("fp32",) + FINAL_METHODS:
+        raise ConfigError(f"qgnn search trains the found assignment with --final-method; got --method {cfg.method}")
+    top = max(sc.candidates)
+    options = {"candidates": list(sc.candidates), "lambda": float(sc.lam), "penalty": sc.penalty,
+               "temperature": sc.temperature, "sampling": sc.sampling,
+               "init": sc.alpha_init}
+    search_cfg = dataclasses.replace(cfg, method="mixq", bits=top, quant={"options": options})
+    searcher = Runner(search_cfg, root=root, progress=False)
+    if sc.search_epochs:
+        searcher.cfg = dataclasses.replace(searcher.cfg, epochs=sc.search_epochs)
+    final_cfg = dataclasses.replace(cfg, method=sc.final_method, bits=top, quant={})
+    trainer = Runner(final_cfg, root=root, progress=False)
+    base_final = trainer.cfg
+    run_list = _run_list(trainer.cfg)
+    total_epochs = len(run_list) * (searcher.cfg.epochs + trainer.cfg.epochs)
+    bar = tqdm(total=total_epochs, disable=None if progress is None else not progress, unit="ep",
+               desc=f"search {cfg.dataset}/{cfg.model} λ={sc.lam:g}", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    runs, best, best_cfg = [], None, None
+    try:
+        for r, (seed, fold) in enumerate(run_list):
+            assignment, search_spe, expected = search_assignment(searcher, seed, fold, sc, bar)
+            trainer.cfg = dataclasses.replace(base_final, quant={"overrides": assignment.to_overrides()})
+            result, state = trainer._one_run(r, seed, fold, None, runs, best, bar)
+            cost = trainer.cost(state)
+            result.update({"assignment": assignment.bits, "expected_bits": expected,
+                           "search_seconds_per_epoch": search_spe,
+                           "bitops_reduction": cost["bitops_reduction"],
+                           "bitops_reduction_linear": cost["bitops_reduction_linear"],
+                           "avg_bits": cost["avg_bits"], "cost": cost})
+            runs.append(result)
+            if best is None or (result["val_acc"], -result["val_loss"]) > (best["val"], -best["val_loss"]):
+                best = {"index": r, "val": result["val_acc"], "val_loss": result["val_loss"], "state": state}
+                best_cfg = trainer.cfg
+    finally:
+        bar.close()
+    total = time.perf_counter() - t_start
+    keys = [k for k in ("test_acc", "val_acc", "train_acc", "val_loss", "best_epoch") if k in runs[0]]
+    results = {
+        "config": best_cfg.to_dict(),
+        "search": {**sc.to_dict(), "search_epochs": searcher.cfg.epochs,
+                   "assignments": [r["assignment"] for r in runs]},
+        "metrics": summarize_runs(runs, keys),
+        "cost": dict(runs[best["index"]]["cost"]),
+        "cost_runs": {k: summarize([r[k] for r in runs])
+                      for k in ("bitops_reduction", "bitops_reduction_linear", "avg_bits")},
+        "timing": {"search_seconds_per_epoch": summarize([r["search_seconds_per_epoch"] for r in runs])["mean"],
+                   "seconds_per_epoch": summarize([r["seconds_per_epoch"] for r in runs])["mean"],
+                   "total_seconds": total},
+        "runs": [{k: v for k, v in r.items() if k != "cost"} for r in runs],
+        "selected_run": best["index"],
+        "env": environment(),
+    }
+    if save:
+        trainer.cfg = best_cfg
+        save_checkpoint(save, best["state"], trainer.checkpoint_meta(results))
+        results["checkpoint"] = str(save)
+    if out:
+        write_json(out, results)
+    return results

@@ -106,9 +106,10 @@ class _A2QFakeQuant(torch.autograd.Function):
         r = torch.round(u)
         q = torch.maximum(torch.minimum(r, qmax), qmin)
         out = q * s  # exactly dequantize(codes, s): codes q, zero-point 0
-        above, below = u > qmax, u < qmin
-        ds = torch.where(above | below, q, r - u) if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(above, below, ds, s, b, dqmin, dqmax)
+        if any(ctx.needs_input_grad[:3]):  # masks only when a gradient will be asked for
+            above, below = u > qmax, u < qmin
+            ds = torch.where(above | below, q, r - u) if ctx.needs_input_grad[1] else None
+            ctx.save_for_backward(above, below, ds, s, b, dqmin, dqmax)
         return out.to(x.dtype) if x.is_floating_point() else out
 
     @staticmethod
@@ -483,13 +484,11 @@ class A2QQuantizer(Quantizer):
     def _expanded(self, x: Tensor, index: Tensor | None, scale_grad: bool) -> tuple[Tensor, Tensor]:
         """s and b gathered / viewed to broadcast against x (nearest-neighbour: picks the groups)."""
         s, b = self._step(), self._bits()
-        width = None
         if self.layout.granularity == "nn":
             idx = self._assign(x)
             self._last_idx = idx
         if scale_grad and self.grad_scale and s.requires_grad:
-            width = self._width()
-            qmax = a2q_grid(width, self.signed)[1].clamp(min=1)
+            qmax = a2q_grid(self._width(), self.signed)[1].clamp(min=1)
             n = float(max(self.layout.group_size(x), 1))
             if self.layout.granularity == "nn":  # N = rows that picked the group × row size
                 n = torch.bincount(idx, minlength=s.numel()).clamp(min=1).to(s.dtype) * n

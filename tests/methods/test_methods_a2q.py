@@ -166,11 +166,12 @@ def test_graph_tasks_default_to_nearest_neighbour_groups():
     from qgnn.train import TrainConfig
 
     torch.manual_seed(0)
-    cfg = TrainConfig(dataset="synthetic-graph", model="gin", method="a2q", bits=4, task="graph")
+    cfg = TrainConfig(dataset="synthetic-graph", model="gin", method="a2q", bits=4).resolve("graph")
+    assert cfg.quant["options"]["node_strategy"] == "nn"  # resolved, so the results JSON records it
     model = apply_method(build_model("gin", "graph", 8, 2, num_layers=2, hidden=8), cfg)
     assert model.convs[0].nn[0].quant["input"].granularity == "nn"
-    cfg = TrainConfig(dataset="synthetic-graph", model="gin", method="a2q", bits=4, task="graph",
-                      quant={"options": {"node_strategy": "node"}})  # an explicit choice wins
+    cfg = TrainConfig(dataset="synthetic-graph", model="gin", method="a2q", bits=4,
+                      quant={"options": {"node_strategy": "node"}}).resolve("graph")  # an explicit choice wins
     model = apply_method(build_model("gin", "graph", 8, 2, num_layers=2, hidden=8), cfg)
     assert model.convs[0].nn[0].quant["input"].granularity == "node"
 

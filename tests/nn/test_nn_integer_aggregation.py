@@ -199,21 +199,27 @@ def test_fallback_to_the_fake_quant_path(name, change):
     assert torch.equal(y_int, y_fake)
 
 
-def test_quantizer_with_its_own_forward_is_not_trusted():
-    """Only the base Quantizer.forward is known to equal dequantize(quant_int(x)); a subclass that overrides
-    forward (e.g. a relaxed mixture of widths) keeps the fake-quant path."""
+@pytest.mark.parametrize("kind", ["declared", "relaxed"])
+def test_quantizer_not_integer_exact_keeps_the_fake_quant_path(kind):
+    """A quantizer whose output is not dequantize(quant_int(x)) (``integer_exact = False``, e.g. the relaxed
+    mixture of widths) keeps the fake-quant path; the same layer with an exact quantizer switches."""
+    from qgnn.quant import RelaxedQuantizer
 
     class Custom(UniformQuantizer):
-        def forward(self, x, index=None):
-            return super().forward(x, index) * 1.0
+        integer_exact = False
 
     q, x, ei = calibrated("gin", 8)
-    q.set_quantizer("input", Custom(8))
+    q.set_quantizer("input", Custom(8) if kind == "declared" else RelaxedQuantizer((4, 8)))
     q.train()
     util.run(q, x, ei)
     q.eval()
     q.integer_aggregation = True
     assert q.integer_aggregation_mode() is None
+    q.set_quantizer("input", UniformQuantizer(8))
+    q.train()
+    util.run(q, x, ei)
+    q.eval()
+    assert q.integer_aggregation_mode() == "input"
 
 
 @pytest.mark.parametrize("name", ["gcn", "gin_train_eps", "sage_mean"])

@@ -73,10 +73,5 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def apply_method(model: nn.Module, train_cfg) -> nn.Module:
     """The training runner's entry: build a QuantConfig from a TrainConfig and quantize."""
-    quant = dict(train_cfg.quant or {})
-    if train_cfg.method == "a2q" and getattr(train_cfg, "task", None) == "graph":
-        # Per-node tables belong to one fixed graph; graph-level tasks see new graphs every batch, so
-        # A2Q uses its nearest-neighbour groups there unless the config says otherwise.
-        quant["options"] = {"node_strategy": "nn", **quant.get("options", {})}
-    qcfg = QuantConfig(method=train_cfg.method, bits=train_cfg.bits or 8, **quant)
+    qcfg = QuantConfig(method=train_cfg.method, bits=train_cfg.bits or 8, **(train_cfg.quant or {}))
     return quantize_(model, qcfg)

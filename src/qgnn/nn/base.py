@@ -42,8 +42,8 @@ integer codes of the slot that feeds it (``Quantizer.quant_int``), through
 :func:`qgnn.kernels.integer_aggregate`, and is rescaled once (MixQ-GNN, Theorem 1). See each layer's
 ``_integer_source`` for the slot it reads and ``docs/integer.md`` for the exactness argument. The flag is
 ignored (the fake-quant path runs) in training mode, for an aggregation other than sum / mean, and when the
-feeding slot is float, disabled, per node / per row, or held by a quantizer whose forward is not the base
-``Quantizer.forward`` (e.g. a relaxed mixture, whose output is not ``dequantize(quant_int(x))``):
+feeding slot is float, disabled, per node / per row, or held by a quantizer with ``integer_exact = False``
+(e.g. a relaxed mixture, whose output is not ``dequantize(quant_int(x))``):
 :meth:`QuantModule.integer_aggregation_mode` says which path the next forward takes. The flag is a runtime
 choice, not state: it is not saved in the state dict and ``to_float`` drops it. It is an inference path:
 integer codes carry no gradient, so nothing upstream of the aggregation (inputs, weights, prompts) gets a
@@ -260,6 +260,13 @@ class QuantModule:
         return self._integer_source(edge_weighted)
 
     def _integer_source(self, edge_weighted: bool) -> str | None:
+        # A quantized message slot is the last rounding before the sum: only its codes are exact.
+        if self._slot_on("message"):
+            return "message" if self._integer_ready("message") else None
+        return self._integer_node_source(edge_weighted)
+
+    def _integer_node_source(self, edge_weighted: bool) -> str | None:
+        """The node-row slot whose codes the sum reads when messages are not quantized (per layer)."""
         return None
 
     def _integer_reduce(self) -> str | None:
@@ -276,7 +283,7 @@ class QuantModule:
         if not self._slot_on(slot):
             return False
         q = self.quant._modules[slot]
-        if type(q).forward is not Quantizer.forward:  # e.g. a relaxed mixture of grids
+        if not q.integer_exact:  # e.g. a relaxed mixture of grids
             return False
         if q.granularity == "tensor":
             return True
@@ -309,6 +316,25 @@ class QuantModule:
         if codes.numel() == 0:
             return codes, scale, zero_point, x
         return codes, scale, zero_point, dequantize(codes, scale, zero_point).to(x.dtype)
+
+    def _neighbour_sum(self, x, src, dst, n, keep, ekeep, mode, project=None) -> tuple[Tensor, Tensor, int]:
+        """GIN / SAGE: (x̂, AGG_j m_j, message width) with m_j = project(x̂_j) (identity when None), on the
+        integer path ``mode`` ("input" / "message") or the fake-quant one (None)."""
+        if mode == "input":
+            q_x, s_x, z_x, x = self._integer_input("input", x)
+            return x, self._integer_gather(q_x, s_x, z_x, src, dst, n, x), x.size(-1)
+        x = self._q("input", x, keep)
+        x_src = project(x) if project is not None else x
+        if mode == "message":
+            out = self._integer_messages("message", x_src.index_select(0, src), dst, n)
+        else:
+            out = self.aggregate(self._q("message", x_src.index_select(0, src), ekeep), dst, dim_size=n)
+        return x, out, x_src.size(-1)
+
+    def _record_stats(self, n, edges, in_channels, out_channels, heads=1, message_channels=None) -> None:
+        self._last_stats = {"num_nodes": n, "num_edges": edges, "in_channels": in_channels,
+                            "out_channels": out_channels, "heads": heads,
+                            "message_channels": in_channels if message_channels is None else message_channels}
 
     # ------------------------------------------------------------------ forward helpers
     def _q(self, slot: str, x: Tensor, keep: Tensor | None = None) -> Tensor:

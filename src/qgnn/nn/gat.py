@@ -114,14 +114,7 @@ class QuantGATConv(QuantModule, GATConv):
             out = out + res
         if self.bias is not None:
             out = out + self.bias
-        self._last_stats = {
-            "num_nodes": n,
-            "num_edges": edge_index.size(1),
-            "in_channels": x.size(1),
-            "out_channels": ch,
-            "heads": heads,
-            "message_channels": heads * ch,
-        }
+        self._record_stats(n, edge_index.size(1), x.size(1), ch, heads=heads, message_channels=heads * ch)
         out = self._q("output", out, keep)
         if return_attention_weights:
             return out, (edge_index, alpha)

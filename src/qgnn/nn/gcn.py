@@ -54,9 +54,7 @@ class QuantGCNConv(QuantModule, GCNConv):
         super().__init__(*args, **kwargs)
         self._init_quant(quantizers)
 
-    def _integer_source(self, edge_weighted: bool) -> str | None:
-        if self._slot_on("message"):
-            return "message" if self._integer_ready("message") else None
+    def _integer_node_source(self, edge_weighted: bool) -> str | None:
         if not self._integer_ready("xw"):
             return None
         if (edge_weighted or self.normalize) and not self._integer_ready("edge"):
@@ -106,12 +104,5 @@ class QuantGCNConv(QuantModule, GCNConv):
         out = self._q("aggr", out, keep)
         if self.bias is not None:
             out = out + self.bias
-        self._last_stats = {
-            "num_nodes": n,
-            "num_edges": edge_index.size(1),
-            "in_channels": x.size(1),
-            "out_channels": self.out_channels,
-            "heads": 1,
-            "message_channels": xw.size(1),
-        }
+        self._record_stats(n, edge_index.size(1), x.size(1), self.out_channels, message_channels=xw.size(1))
         return self._q("output", out, keep)

@@ -45,9 +45,7 @@ class QuantGINConv(QuantModule, GINConv):
         super().__init__(*args, **kwargs)
         self._init_quant(quantizers)
 
-    def _integer_source(self, edge_weighted: bool) -> str | None:
-        if self._slot_on("message"):
-            return "message" if self._integer_ready("message") else None
+    def _integer_node_source(self, edge_weighted: bool) -> str | None:
         return "input" if self._integer_ready("input") else None
 
     def forward(self, x: Tensor, edge_index: Tensor, size: tuple[int, int] | None = None) -> Tensor:
@@ -58,25 +56,8 @@ class QuantGINConv(QuantModule, GINConv):
         src, dst = self._endpoints(edge_index)
         ekeep = self._edge_keep(mask, dst)
 
-        mode = self.integer_aggregation_mode()
-        if mode == "input":
-            q_x, s_x, z_x, x = self._integer_input("input", x)
-            out = self._integer_gather(q_x, s_x, z_x, src, dst, n, x)
-        else:
-            x = self._q("input", x, keep)
-            if mode == "message":
-                out = self._integer_messages("message", x.index_select(0, src), dst, n)
-            else:
-                msg = self._q("message", x.index_select(0, src), ekeep)
-                out = self.aggregate(msg, dst, dim_size=n)
+        x, out, _ = self._neighbour_sum(x, src, dst, n, keep, ekeep, self.integer_aggregation_mode())
         out = out + (1 + self.eps) * x  # GINConv's expression and order, for bitwise parity
         out = self.nn(self._q("aggr", out, keep))
-        self._last_stats = {
-            "num_nodes": n,
-            "num_edges": edge_index.size(1),
-            "in_channels": x.size(1),
-            "out_channels": out.size(-1),
-            "heads": 1,
-            "message_channels": x.size(1),
-        }
+        self._record_stats(n, edge_index.size(1), x.size(1), out.size(-1))
         return self._q("output", out, keep)

@@ -37,12 +37,6 @@ class QuantLinear(QuantModule, nn.Linear):
         self._init_quant(quantizers)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._last_stats = {
-            "num_nodes": x.numel() // x.shape[-1] if x.shape[-1] else 0,
-            "num_edges": 0,
-            "in_channels": self.in_features,
-            "out_channels": self.out_features,
-            "heads": 1,
-            "message_channels": 0,
-        }
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        self._record_stats(rows, 0, self.in_features, self.out_features, message_channels=0)
         return self._q("output", F.linear(self._q("input", x), self._qw("weight", self.weight), self.bias))

@@ -55,9 +55,7 @@ class QuantSAGEConv(QuantModule, SAGEConv):
     def _projects(self) -> bool:
         return bool(self.project) and hasattr(self, "lin")
 
-    def _integer_source(self, edge_weighted: bool) -> str | None:
-        if self._slot_on("message"):
-            return "message" if self._integer_ready("message") else None
+    def _integer_node_source(self, edge_weighted: bool) -> str | None:
         if self._projects():
             return None  # the messages are relu(lin(x̂)), float values without codes
         return "input" if self._integer_ready("input") else None
@@ -70,32 +68,14 @@ class QuantSAGEConv(QuantModule, SAGEConv):
         src, dst = self._endpoints(edge_index)
         ekeep = self._edge_keep(mask, dst)
 
-        mode = self.integer_aggregation_mode()
-        if mode == "input":
-            q_x, s_x, z_x, x = self._integer_input("input", x)
-            out = self._integer_gather(q_x, s_x, z_x, src, dst, n, x)
-            msg_channels = x.size(-1)
-        else:
-            x = self._q("input", x, keep)
-            x_src = self.lin(x).relu() if self._projects() else x
-            msg_channels = x_src.size(-1)
-            if mode == "message":
-                out = self._integer_messages("message", x_src.index_select(0, src), dst, n)
-            else:
-                msg = self._q("message", x_src.index_select(0, src), ekeep)
-                out = self.aggregate(msg, dst, dim_size=n)
+        project = (lambda h: self.lin(h).relu()) if self._projects() else None
+        x, out, msg_channels = self._neighbour_sum(x, src, dst, n, keep, ekeep, self.integer_aggregation_mode(),
+                                                   project)
         out = self._q("aggr", out, keep)
         out = F.linear(out, self._qw("weight", self.lin_l.weight), self.lin_l.bias)
         if self.root_weight:
             out = out + F.linear(x, self._qw("weight_root", self.lin_r.weight))
         if self.normalize:
             out = F.normalize(out, p=2.0, dim=-1)
-        self._last_stats = {
-            "num_nodes": n,
-            "num_edges": edge_index.size(1),
-            "in_channels": x.size(1),
-            "out_channels": self.out_channels,
-            "heads": 1,
-            "message_channels": msg_channels,
-        }
+        self._record_stats(n, edge_index.size(1), x.size(1), self.out_channels, message_channels=msg_channels)
         return self._q("output", out, keep)

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from qgnn.errors import ConfigError
 
-from .observers import Observer, make_observer
+from .observers import Observer
 from .primitives import binary_fake_quant, calc_qparams, fake_quant, is_binary, qrange, validate_bits
-from .quantizers import Quantizer
+from .quantizers import UniformQuantizer
 
 __all__ = ["RelaxedQuantizer", "parse_candidates", "SAMPLINGS"]
 
@@ -44,20 +44,21 @@ def parse_candidates(candidates) -> tuple[int, ...]:
     return tuple(sorted({validate_bits(b) for b in values}))
 
 
-class RelaxedQuantizer(Quantizer):
+class RelaxedQuantizer(UniformQuantizer):
     """Σ_k softmax(α/T)_k · Q_{b_k}(x) over candidate widths ``candidates`` (see the module docstring).
 
     Args: ``candidates`` (bit-widths, default (2, 4, 8)); ``temperature`` T of the softmax; ``init`` of
     α: ``"uniform"`` (α = 0, every width equally likely, the usual start) or a bit-width from the
-    candidates to favour at the start (its logit set to ``init_logit``); ``observer`` /
-    ``sampling``: ``"softmax"`` (the deterministic mixture above, MixQ-GNN) or ``"gumbel"`` (a hard
+    candidates to favour at the start (its logit set to ``init_logit``); ``sampling``: ``"softmax"`` (the
+    deterministic mixture above, MixQ-GNN) or ``"gumbel"`` (a hard
     Gumbel-softmax sample per forward, SNAS / FBNet style, see :meth:`_mixture_weights`); ``observer`` /
     ``observer_kwargs`` as :class:`~qgnn.quant.UniformQuantizer` (default an EMA of min / max with
-    momentum 0.9); plus the grid options of :class:`~qgnn.quant.Quantizer`. The widest candidate is
-    ``bits`` for the base class (storage of codes before a choice is made).
+    momentum 0.9); plus the grid options of :class:`~qgnn.quant.Quantizer`. It is a UniformQuantizer whose
+    grid width is a choice: ``scale`` / ``zero_point`` / ``quant_int`` read the arg-max width's grid.
     """
 
     kind = "relaxed"
+    integer_exact = False  # its output mixes several grids; quant_int gives the arg-max grid's codes
 
     def __init__(
         self,
@@ -80,8 +81,11 @@ class RelaxedQuantizer(Quantizer):
         if isinstance(candidates, int):
             candidates = (candidates,)
         cands = parse_candidates(candidates)
+        if observer == "ema" and observer_kwargs is None:
+            observer_kwargs = {"momentum": 0.9}
         super().__init__(max(cands), symmetric=symmetric, signed=signed, granularity=granularity,
-                         ch_axis=ch_axis, num_nodes=num_nodes, num_channels=num_channels, estimator=estimator)
+                         ch_axis=ch_axis, num_nodes=num_nodes, num_channels=num_channels, estimator=estimator,
+                         observer=observer, observer_kwargs=observer_kwargs)
         for b in cands:
             if is_binary(b, self.signed) and not self.symmetric:
                 raise ConfigError("candidate width 1 with signed codes is binary and needs symmetric=True")
@@ -92,13 +96,6 @@ class RelaxedQuantizer(Quantizer):
         self.sampling = sampling
         self.candidates = cands
         self.temperature = float(temperature)
-        if isinstance(observer, Observer):
-            self.observer = observer
-        else:
-            kw = {"momentum": 0.9} if observer == "ema" and observer_kwargs is None else (observer_kwargs or {})
-            self.observer = make_observer(observer, granularity=granularity, ch_axis=ch_axis, num_nodes=num_nodes,
-                                          num_channels=num_channels, **kw)
-        self.layout = self.observer.layout
         alpha = torch.zeros(len(cands))
         if init != "uniform":
             if init not in cands:
@@ -137,26 +134,10 @@ class RelaxedQuantizer(Quantizer):
         return self.expected_bits().detach()
 
     # ------------------------------------------------------------------ grids
-    def _table(self, bits: int) -> tuple[Tensor, Tensor]:
+    def _table(self, bits: int | None = None) -> tuple[Tensor, Tensor]:
+        """(scale, zero_point) of the ``bits`` grid over the observed range (default: the arg-max width)."""
         mn, mx = self.observer.range()
-        return calc_qparams(mn, mx, bits, self.symmetric, self.signed)
-
-    @property
-    def scale(self) -> Tensor:
-        """Scale of the currently chosen width's grid."""
-        return self._table(self.chosen_bits())[0]
-
-    @property
-    def zero_point(self) -> Tensor:
-        return self._table(self.chosen_bits())[1]
-
-    def _qparams(self, x, index, observe=True):
-        # quant_int (export) reads the chosen width's grid; the relaxed forward reads every grid.
-        if (observe and self.observer.training) or not self.observer.observed:
-            self.observer.update(x, index)
-        scale, zero_point = self._table(self.chosen_bits())
-        expand = self.layout.expand
-        return expand(scale, x, index), (None if self.symmetric else expand(zero_point, x, index))
+        return calc_qparams(mn, mx, bits or self.chosen_bits(), self.symmetric, self.signed)
 
     @torch.no_grad()
     def quant_int(self, x: Tensor, index: Tensor | None = None):
@@ -177,12 +158,11 @@ class RelaxedQuantizer(Quantizer):
         obs = self.observer
         if obs.training or not obs.observed:
             obs.update(x, index)
-        mn, mx = obs.range()
         expand = self.layout.expand
         p = self._mixture_weights()
         out = None
         for k, (b, qmin, qmax, binary) in enumerate(self._grids):
-            scale, zero_point = calc_qparams(mn, mx, b, self.symmetric, self.signed)
+            scale, zero_point = self._table(b)
             s = expand(scale, x, index)
             if binary:
                 xq = binary_fake_quant(x, s, self.estimator)
@@ -196,5 +176,4 @@ class RelaxedQuantizer(Quantizer):
     def _repr_fields(self):
         fields = [f for f in super()._repr_fields() if not f.startswith("bits=")]
         probs = ", ".join(f"{b}:{float(w):.2f}" for b, w in zip(self.candidates, self.probs().detach(), strict=True))
-        return [f"candidates={list(self.candidates)}", f"probs={{{probs}}}", *fields,
-                f"observer={self.observer.describe()}", f"estimator={self.estimator}"]
+        return [f"candidates={list(self.candidates)}", f"probs={{{probs}}}", *fields]

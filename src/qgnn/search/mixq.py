@@ -20,7 +20,9 @@ Where α learns from (``alpha_split``):
   cannot tell that 2-bit edge weights (which round most 1/deg coefficients to 0 and erase the graph) hurt;
   the validation loss can. For node tasks both losses come from the same forward over the whole graph
   (one forward, two backward passes); for graph tasks α steps on a validation batch after each training
-  batch. The validation split is then used for α and for epoch selection; the test split stays unseen.
+  batch (a train-mode forward, as in DARTS: BatchNorm statistics and activation ranges also see that
+  batch's features; its labels reach only α). The validation split is then used for α and for epoch
+  selection; the test split stays unseen.
 """
 
 from __future__ import annotations
@@ -161,9 +163,9 @@ def _cycle(loader):
 
 
 def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchConfig, bar=None
-                      ) -> tuple[BitAssignment, float, dict]:
+                      ) -> tuple[BitAssignment, float, dict, float]:
     """Run the search of one run on ``runner`` (configured with method ``mixq``); returns
-    (assignment, seconds per search epoch, {slot path: E[b] at the end})."""
+    (assignment, seconds per search epoch, {slot path: E[b] at the end}, the searched model's val acc)."""
     set_seed(seed)
     model = runner.build()
     task = runner.task_for(fold)
@@ -193,8 +195,8 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
     expected = {f"{n}": round(float(m.bit_width), 3) for n, m in model.named_modules()
                 if isinstance(m, RelaxedQuantizer)}
     # Validation accuracy of the searched model itself (relaxed widths; arg-max with gumbel sampling).
-    expected["search_val_acc"] = task.evaluate(model)["val_acc"]
-    return BitAssignment.from_model(model), seconds / c.epochs, expected
+    search_val_acc = task.evaluate(model)["val_acc"]
+    return BitAssignment.from_model(model), seconds / c.epochs, expected, search_val_acc
 
 
 # ------------------------------------------------------------------------------------------- both phases
@@ -227,11 +229,11 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     runs, best, best_cfg = [], None, None
     try:
         for r, (seed, fold) in enumerate(run_list):
-            assignment, search_spe, expected = search_assignment(searcher, seed, fold, sc, bar)
+            assignment, search_spe, expected, search_val = search_assignment(searcher, seed, fold, sc, bar)
             trainer.cfg = dataclasses.replace(base_final, quant={"overrides": assignment.to_overrides()})
             result, state = trainer._one_run(r, seed, fold, None, runs, best, bar)
             cost = trainer.cost(state)
-            result.update({"assignment": assignment.bits, "expected_bits": expected,
+            result.update({"assignment": assignment.bits, "expected_bits": expected, "search_val_acc": search_val,
                            "search_seconds_per_epoch": search_spe,
                            "bitops_reduction": cost["bitops_reduction"],
                            "bitops_reduction_linear": cost["bitops_reduction_linear"],

@@ -61,6 +61,11 @@ class TrainConfig:
         c.lr_step = c.lr_step if c.lr_step is not None else 0
         c.lr_gamma = c.lr_gamma if c.lr_gamma is not None else 1.0
         c.batch_size = c.batch_size if c.batch_size is not None else 32
+        if c.method == "a2q" and task == "graph":
+            # Per-node tables belong to one fixed graph; graph-level tasks see new graphs every batch, so
+            # A2Q uses its nearest-neighbour groups there unless the config says otherwise. Set here, so
+            # the results JSON records it.
+            c.quant["options"] = {"node_strategy": "nn", **c.quant.get("options", {})}
         if c.normalize_features is None:
             c.normalize_features = task == "node"
         c.validate()

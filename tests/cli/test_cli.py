@@ -53,11 +53,36 @@ def test_info_and_python_dash_m():
     assert "triton" in r.stdout and "node datasets:" in r.stdout
 
 
+# Every import of triton is refused, as if it were not installed, and the ones whose importing statement
+# is in qgnn's own code are recorded. torch._dynamo (which PyG imports) probes for triton itself when it is
+# installed, so "triton in sys.modules" would say nothing about qgnn; the importer's file does.
+_TRITON_PROBE = """
+import importlib.util, os, sys
+root = os.path.dirname(importlib.util.find_spec("qgnn").origin)  # located, not imported
+hits = []
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            f = sys._getframe(1)
+            while f is not None and f.f_code.co_filename.startswith("<frozen"):
+                f = f.f_back
+            if f is not None and f.f_code.co_filename.startswith(root):
+                hits.append(f"{f.f_code.co_filename}:{f.f_lineno}")
+            raise ModuleNotFoundError(name)
+        return None
+sys.meta_path.insert(0, Probe())
+try:
+    import qgnn, qgnn.train, qgnn.models, qgnn.data, qgnn.nn, qgnn.methods, qgnn.kernels, qgnn.search, qgnn.cli
+except ImportError as e:
+    hits.append(repr(e))
+import torch
+print(len(hits), torch.cuda.is_initialized(), *hits)
+"""
+
+
 def test_import_qgnn_does_not_import_triton_or_init_cuda():
-    code = ("import sys, qgnn, qgnn.train, qgnn.models, qgnn.data; "
-            "import torch; print('triton' in sys.modules, torch.cuda.is_initialized())")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.stdout.split() == ["False", "False"], r.stderr
+    r = subprocess.run([sys.executable, "-c", _TRITON_PROBE], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split()[:2] == ["0", "False"], r.stdout + r.stderr
 
 
 @needs_data

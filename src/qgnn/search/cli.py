@@ -147,6 +147,7 @@ def cmd_sweep(args) -> int:
         cfg, _ = _configs(args, 0.0)
         fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", progress=False if args.quiet else None)
     summary = {"rows": rows, "fp32_test_acc": fp32["metrics"]["test_acc"]["mean"] * 100 if fp32 else None,
+               "fp32_s_per_epoch": fp32["timing"]["seconds_per_epoch"] if fp32 else None,
                "published_mixq": PUBLISHED_MIXQ.get(args.dataset.lower(), [])}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
     print(format_rows(rows))

@@ -31,7 +31,7 @@ GROUPS = {
                     "--final-method", "dq"],
     "cora-c248-dq": ["--dataset", "cora", "--seeds", "5", "--lambdas", "0.1", "1.0", "--final-method", "dq",
                      "--no-fp32"],
-    "citeseer-c48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "0.1", "3.0", "--candidates", "4", "8",
+    "citeseer-c48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8",
                         "--final-method", "dq", "--no-fp32"],
 }
 

@@ -41,12 +41,25 @@ def _add_train(sub) -> None:
     p.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, default=None,
                    help="row-normalise node features (default: on for node tasks)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--prompt", default=None, choices=["none", "gpf", "gpf-plus", "lorap", "gpf-lorap"],
+                   help="prompts injected after quantization (docs/prompts.md; default none)")
+    p.add_argument("--prompt-k", type=int, default=None, help="basis prompts of GPF-plus / LoRAP (default 40)")
+    p.add_argument("--prompt-rank", type=int, default=None, help="rank r of LoRAP's basis prompts (default 2)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the prompts")
+    p.add_argument("--backbone", default=None, help="host checkpoint (--save) to start the backbone from")
     p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
     p.add_argument("--config", default=None, help="a JSON config (or results file) to start from")
     p.add_argument("--out", default=None, help="results JSON (default runs/<dataset>-<model>-<method>.json)")
     p.add_argument("--save", default=None, help="checkpoint of the selected model (safetensors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = p.add_argument_group("recommendation (--model lightgcn; methods fp32 | qat | lsq | gnaq | bigear)")
+    r.add_argument("--pretrained", default=None, help="FP32 LightGCN checkpoint to start from (gnaq, bigear)")
+    r.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. lambda_rank=0.5 (repeatable; see qgnn.methods.gnaq)")
+    r.add_argument("--static-intervals", action="store_true", help="GNAQ ablation: per-node levels frozen")
+    r.add_argument("--ste", action="store_true", help="GNAQ ablation: straight-through codes instead of RAU")
+    r.add_argument("--no-lambdaloss", action="store_true", help="GNAQ ablation: BPR only (lambda_rank = 0)")
     p.set_defaults(func=cmd_train)
 
 
@@ -63,7 +76,58 @@ def _config_from_args(args):
         explicit = {k: v for k, v in explicit.items() if v != defaults.get(k)}
     base.update(explicit)
     base.pop("task", None)
+    base["prompt"] = _prompt_from_args(args, dict(base.get("prompt") or {}))
+    _rec_options(args, base)
     return TrainConfig.from_dict(base)
+
+
+def _rec_options(args, base: dict) -> None:
+    """--pretrained and the method options / GNAQ ablation flags (recommendation only) go to config["quant"]."""
+    import json
+
+    from qgnn.errors import ConfigError
+
+    given = {}
+    for item in getattr(args, "method_opt", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--method-opt wants KEY=VALUE, got {item!r}")
+        try:
+            given[key] = json.loads(value)
+        except json.JSONDecodeError:
+            given[key] = value
+    for flag, key, value in (("static_intervals", "dynamic", False), ("ste", "estimator", "ste"),
+                             ("no_lambdaloss", "lambda_rank", 0.0)):
+        if getattr(args, flag, False):
+            given[key] = value
+    pretrained = getattr(args, "pretrained", None)
+    if not (given or pretrained):
+        return
+    from qgnn.data.registry import dataset_task
+
+    if dataset_task(base.get("dataset", "cora")) != "rec":
+        raise ConfigError("--pretrained, --method-opt, --static-intervals, --ste and --no-lambdaloss apply to "
+                          "recommendation datasets (--model lightgcn) only")
+    quant = dict(base.get("quant") or {})
+    if given:
+        quant["options"] = {**(quant.get("options") or {}), **given}
+    if pretrained:
+        quant["pretrained"] = pretrained
+    base["quant"] = quant
+
+
+def _prompt_from_args(args, prompt: dict) -> dict:
+    from qgnn.errors import ConfigError
+
+    for key, value in (("kind", args.prompt), ("k", args.prompt_k), ("rank", args.prompt_rank),
+                       ("backbone", args.backbone)):
+        if value is not None:
+            prompt[key] = value
+    if args.freeze_backbone:
+        prompt["freeze_backbone"] = True
+    if prompt and "kind" not in prompt:
+        raise ConfigError("--prompt-k, --prompt-rank, --freeze-backbone and --backbone need --prompt")
+    return {} if prompt.get("kind") == "none" else prompt
 
 
 def _check_names(cfg) -> None:
@@ -75,6 +139,13 @@ def _check_names(cfg) -> None:
 
     tasks = {n: t for t in ("node", "graph", "rec") for n in dataset_names(t)}
     task = lookup("dataset", cfg.dataset, tasks)
+    if task == "rec":
+        from qgnn.train.rec import REC_METHODS, REC_MODELS
+
+        lookup("recommendation model", cfg.model, REC_MODELS)
+        lookup("recommendation method", cfg.method, REC_METHODS)
+        cfg.validate()
+        return
     if task != "rec":
         lookup("model", cfg.model, {m: m for m in model_names(task)})
     methods = dict.fromkeys(METHODS)
@@ -95,6 +166,7 @@ def cmd_train(args) -> int:
     cfg = _config_from_args(args)
     _check_names(cfg)
     bits = f"-w{cfg.bits}" if cfg.bits else ""
+    bits += f"-{cfg.prompt['kind']}" if cfg.prompt else ""
     out = Path(args.out or f"runs/{cfg.dataset.lower()}-{cfg.model.lower()}-{cfg.method.lower()}{bits}.json")
     control = Control()
 
@@ -147,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     from qgnn.search.cli import add_parsers
 
     add_parsers(sub)
+    from qgnn.export.cli import add_parsers as add_export_parsers
+
+    add_export_parsers(sub)
     p = sub.add_parser("info", help="versions, optional backends and the names qgnn knows")
     p.set_defaults(func=cmd_info)
     return parser

@@ -12,6 +12,7 @@ from torch import nn
 
 from qgnn.errors import lookup
 from qgnn.models.graph import GCNGraph, GINGraph
+from qgnn.models.lightgcn import LightGCN
 from qgnn.models.node import GAT, GCN, GIN, SAGE
 
 # (task, model) -> (class, model kwargs, training kwargs)
@@ -33,6 +34,12 @@ _TABLE: dict[str, dict[str, tuple[type, dict, dict]]] = {
         "gcn": (GCNGraph, dict(hidden=64, num_layers=3, dropout=0.5, pooling="mean"),
                 dict(lr=0.01, weight_decay=0.0, epochs=350, patience=350, batch_size=32,
                      lr_step=50, lr_gamma=0.5)),
+    },
+    # LightGCN-PyTorch's gowalla recipe (He et al. 2020); weight_decay is LightGCN's L2 on the batch's ego
+    # embeddings (qgnn.train.rec), not Adam's decay.
+    "rec": {
+        "lightgcn": (LightGCN, dict(hidden=64, num_layers=3, dropout=0.0),
+                     dict(lr=1e-3, weight_decay=1e-4, epochs=1000, patience=50, batch_size=2048)),
     },
 }
 

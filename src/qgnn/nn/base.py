@@ -352,6 +352,26 @@ class QuantModule:
         xq = q(x.index_select(0, keep), keep if slot in NODE_SLOTS else None)
         return x.index_copy(0, keep, xq)
 
+    def _post_aggregate(self, out: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+        """Run PyG's aggregate-forward hooks (``MessagePassing.register_aggregate_forward_hook``) on the
+        aggregate ``out``, as ``propagate`` does in the float layer: ``hook(module, ({"index", "ptr",
+        "dim_size"},), out)``, a non-None result replacing ``out``.
+
+        The quantized layers bypass ``propagate``, so they call this at the float layer's hook point, after
+        the ``aggr`` quantizer where it applies to that tensor directly: GCN (before the bias), SAGE (before
+        ``lin_l``) and GAT (``[N, heads, C]``, before concatenating / averaging heads, residual and bias).
+        GIN: on the neighbour sum Σ_j x̂_j, before ``(1 + eps) x̂_i`` is added and ``aggr`` quantizes the sum.
+        Prompts (``qgnn.prompts``, LoRAP) use this point, so one hook serves float and quantized layers.
+        """
+        hooks = getattr(self, "_aggregate_forward_hooks", None)
+        if not hooks:
+            return out
+        inputs = ({"index": index, "ptr": None, "dim_size": num_nodes},)
+        for hook in list(hooks.values()):
+            res = hook(self, inputs, out)
+            out = res if res is not None else out
+        return out
+
     def _qw(self, slot: str, w: Tensor) -> Tensor:
         q = self.quant._modules.get(slot)
         return w if q is None else q(w)

@@ -109,6 +109,7 @@ class QuantGATConv(QuantModule, GATConv):
         msg = self._q("message", alpha.unsqueeze(-1) * h.index_select(0, src), ekeep)
         out = self.aggregate(msg, dst, dim_size=n)
         out = self._q("aggr", out.view(-1, heads * ch), keep)
+        out = self._post_aggregate(out.view(-1, heads, ch), dst, n).reshape(-1, heads * ch)  # GATConv's [N, H, C]
         out = out if self.concat else out.view(-1, heads, ch).mean(dim=1)
         if res is not None:
             out = out + res

@@ -101,7 +101,7 @@ class QuantGCNConv(QuantModule, GCNConv):
             else:
                 msg = self._q("message", msg, ekeep)
                 out = self.aggregate(msg, dst, dim_size=n)
-        out = self._q("aggr", out, keep)
+        out = self._post_aggregate(self._q("aggr", out, keep), dst, n)
         if self.bias is not None:
             out = out + self.bias
         self._record_stats(n, edge_index.size(1), x.size(1), self.out_channels, message_channels=xw.size(1))

@@ -57,6 +57,7 @@ class QuantGINConv(QuantModule, GINConv):
         ekeep = self._edge_keep(mask, dst)
 
         x, out, _ = self._neighbour_sum(x, src, dst, n, keep, ekeep, self.integer_aggregation_mode())
+        out = self._post_aggregate(out, dst, n)  # where GINConv's propagate fires them: Σ_j x_j
         out = out + (1 + self.eps) * x  # GINConv's expression and order, for bitwise parity
         out = self.nn(self._q("aggr", out, keep))
         self._record_stats(n, edge_index.size(1), x.size(1), out.size(-1))

@@ -71,7 +71,7 @@ class QuantSAGEConv(QuantModule, SAGEConv):
         project = (lambda h: self.lin(h).relu()) if self._projects() else None
         x, out, msg_channels = self._neighbour_sum(x, src, dst, n, keep, ekeep, self.integer_aggregation_mode(),
                                                    project)
-        out = self._q("aggr", out, keep)
+        out = self._post_aggregate(self._q("aggr", out, keep), dst, n)
         out = F.linear(out, self._qw("weight", self.lin_l.weight), self.lin_l.bias)
         if self.root_weight:
             out = out + F.linear(x, self._qw("weight_root", self.lin_r.weight))

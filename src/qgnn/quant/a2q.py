@@ -246,6 +246,20 @@ def _bits_bound(name: str, v) -> float:
     return float(v)
 
 
+def nearest_group(x: Tensor, ranges: Tensor, signed: bool) -> Tensor:
+    """A2Q's nearest-neighbour strategy: the group j of each row of ``x`` with the range r_j = s_j · qmax_j
+    nearest the row's max |x| (max x⁺ when unsigned), argmin_j |f_row − r_j|; ties go to the smaller range.
+    Shared by :class:`A2QQuantizer` and the integer runtime (``qgnn.export.runtime``), which must agree."""
+    rows = x.reshape(x.shape[0], -1)
+    f = (rows.abs() if signed else rows.clamp(min=0)).amax(dim=1)
+    r_sorted, order = ranges.sort()
+    f = f.to(r_sorted.dtype).contiguous()
+    hi = torch.searchsorted(r_sorted, f).clamp_(max=ranges.numel() - 1)
+    lo = (hi - 1).clamp_(min=0)
+    pick = torch.where((f - r_sorted[lo]).abs() <= (r_sorted[hi] - f).abs(), lo, hi)
+    return order[pick]
+
+
 @register_quantizer("a2q")
 class A2QQuantizer(Quantizer):
     """A2Q quantizer: learned step ``s`` and continuous bit-width ``b`` per entry (module docstring).
@@ -502,15 +516,7 @@ class A2QQuantizer(Quantizer):
     @torch.no_grad()
     def _assign(self, x: Tensor) -> Tensor:
         """Group of each row: argmin_j |max|x_row| − s_j · qmax_j| (ties: the smaller range)."""
-        rows = x.detach().reshape(x.shape[0], -1)
-        f = (rows.abs() if self.signed else rows.clamp(min=0)).amax(dim=1)
-        r = self._step() * a2q_grid(self._width(), self.signed)[1]
-        r_sorted, order = r.sort()
-        f = f.to(r_sorted.dtype).contiguous()
-        hi = torch.searchsorted(r_sorted, f).clamp_(max=r.numel() - 1)
-        lo = (hi - 1).clamp_(min=0)
-        pick = torch.where((f - r_sorted[lo]).abs() <= (r_sorted[hi] - f).abs(), lo, hi)
-        return order[pick]
+        return nearest_group(x.detach(), self._step() * a2q_grid(self._width(), self.signed)[1], self.signed)
 
     def _quant(self, x, s, b):
         lo, hi = self._b_range()

@@ -41,6 +41,7 @@ class TrainConfig:
     device: str = "cpu"
     model_kwargs: dict = field(default_factory=dict)
     quant: dict = field(default_factory=dict)   # extra QuantConfig fields: slots, overrides, options, ...
+    prompt: dict = field(default_factory=dict)  # prompts (qgnn.prompts.train): kind, k, rank, freeze_backbone, ...
 
     def resolve(self, task: str) -> TrainConfig:
         """Fill unset fields from the model's recipe for `task`; validate ranges."""
@@ -68,6 +69,9 @@ class TrainConfig:
             c.quant["options"] = {"node_strategy": "nn", **c.quant.get("options", {})}
         if c.normalize_features is None:
             c.normalize_features = task == "node"
+        from qgnn.prompts.train import resolve_prompt
+
+        c.prompt = resolve_prompt(self.prompt)
         c.validate()
         return c
 

@@ -21,6 +21,8 @@ def summarize_runs(runs: list[dict], keys: list[str]) -> dict[str, dict]:
 def _fmt(metric: str, s: dict) -> str:
     # Accuracies are shown in percent, as papers report them.
     scale = 100.0 if metric.endswith("acc") else 1.0
+    if "@" in metric:  # Recall@K / NDCG@K: fractions, reported with 4 decimals as in the LightGCN papers
+        return f"{s['mean']:.4f} ± {s['std']:.4f}"
     return f"{s['mean'] * scale:.2f} ± {s['std'] * scale:.2f}"
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qgnn.errors import CheckpointError, ConfigError, QgnnError
+from qgnn.prompts.train import apply_prompts
 from qgnn.train.checkpoint import load_state, save_checkpoint, save_state
 from qgnn.train.config import TrainConfig
 from qgnn.train.results import summarize_runs
@@ -91,7 +92,8 @@ class Runner:
                  progress: bool | None = None, save_every: float = 60.0, control: Control | None = None):
         task = _dataset_task(cfg.dataset)
         if task == "rec":
-            raise ConfigError(f"{cfg.dataset} is a recommendation dataset; use --model lightgcn (not yet available)")
+            raise ConfigError(f"{cfg.dataset} is a recommendation dataset: train it with run_experiment "
+                              "(qgnn.train.rec.RecRunner)")
         # Resolve first: the loader options (normalize_features) come from the resolved recipe.
         self.cfg = cfg.resolve(task)
         self.ds = load_for(self.cfg, root)
@@ -115,7 +117,7 @@ class Runner:
         c = self.cfg
         model = build_model(c.model, c.task, self.ds.num_features, self.ds.num_classes,
                             hidden=c.hidden, num_layers=c.num_layers, dropout=c.dropout, **c.model_kwargs)
-        return apply_method(model, c).to(self.device)
+        return apply_prompts(apply_method(model, c), c.prompt).to(self.device)
 
     def task_for(self, fold: int | None):
         if self.ds.task == "node":
@@ -230,6 +232,7 @@ class Runner:
 
     def _results(self, runs, best, total) -> dict:
         from qgnn.env import environment
+        from qgnn.prompts import prompt_report
 
         keys = [k for k in ("test_acc", "val_acc", "train_acc", "val_loss", "best_epoch") if k in runs[0]]
         return {
@@ -240,6 +243,7 @@ class Runner:
                        "total_seconds": total},
             "runs": runs,
             "selected_run": best["index"],
+            **({"prompt": {**self.cfg.prompt, **prompt_report(self.build())}} if self.cfg.prompt else {}),
             "env": environment(),
             "_best_state": best["state"],  # popped by save(); not part of the JSON
         }
@@ -293,10 +297,13 @@ def run_experiment(cfg: TrainConfig, *, root=None, out: str | Path | None = None
     """
     from qgnn.train.checkpoint import write_json
 
+    runner_cls = Runner
+    if _dataset_task(cfg.dataset) == "rec":  # recommendation: its own loop, same interface (qgnn.train.rec)
+        from qgnn.train.rec import RecRunner as runner_cls
     anchor = out or save
     state_path = Path(f"{anchor}.state.pt") if anchor else None
-    runner = Runner(cfg, root=root, state_path=state_path, progress=progress, control=control,
-                    save_every=save_every)
+    runner = runner_cls(cfg, root=root, state_path=state_path, progress=progress, control=control,
+                        save_every=save_every)
     results = runner.run(resume=resume)
     best_state = results.pop("_best_state")
     if save:
@@ -320,11 +327,15 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     from qgnn.train.checkpoint import load_checkpoint
 
     state, meta = load_checkpoint(path)
+    if isinstance(meta.get("config"), dict) and meta["config"].get("task") == "rec":
+        from qgnn.train.rec import load_rec_model  # needs the dataset: the training graph is propagated
+
+        return load_rec_model(path)
     try:
         cfg = TrainConfig.from_dict(meta["config"])
         model = build_model(cfg.model, cfg.task, meta["num_features"], meta["num_classes"], hidden=cfg.hidden,
                             num_layers=cfg.num_layers, dropout=cfg.dropout, **cfg.model_kwargs)
-        model = apply_method(model, cfg)
+        model = apply_prompts(apply_method(model, cfg), cfg.prompt, load_backbone=False)
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: metadata does not describe a qgnn model ({e})") from None
     try:

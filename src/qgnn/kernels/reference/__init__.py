@@ -4,6 +4,7 @@ Nothing here imports triton; each function checks its inputs and favours clarity
 
 * :mod:`.integer_aggregate`: integer message passing (MixQ-GNN Theorem 1): ``integer_aggregate``,
   ``integer_accumulate``, ``accumulator_bound``, ``max_in_degree_int32``.
+* :mod:`.lorap`: LoRAP prompt injection ``s + softmax(s W_aᵀ) U V``: ``lorap_inject_reference``.
 """
 
 from .integer_aggregate import (
@@ -14,6 +15,7 @@ from .integer_aggregate import (
     integer_aggregate,
     max_in_degree_int32,
 )
+from .lorap import lorap_inject_reference
 
 __all__ = [
     "INT32_MAX",
@@ -21,5 +23,6 @@ __all__ = [
     "accumulator_bound",
     "integer_accumulate",
     "integer_aggregate",
+    "lorap_inject_reference",
     "max_in_degree_int32",
 ]

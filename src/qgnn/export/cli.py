@@ -1,0 +1,67 @@
+"""`qgnn export run.ckpt model.qgnn.safetensors` and `qgnn eval model.qgnn.safetensors --dataset Cora`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def add_parsers(sub) -> None:
+    from .evaluate import SPLITS
+    from .intops import AGG_BACKENDS, GEMM_BACKENDS
+
+    p = sub.add_parser("export", help="pack a quantized checkpoint into an integer model file",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint of `qgnn train --method qat|lsq|dq|a2q --save`")
+    p.add_argument("out", help="output file, e.g. model.qgnn.safetensors (docs/format.md)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="run an exported model with the integer runtime: accuracy, latency, memory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="a file written by `qgnn export`")
+    p.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--repeats", type=_positive, default=5, help="timed passes; latency is their median")
+    p.add_argument("--gemm", default="auto", choices=GEMM_BACKENDS, help="int8 matmul backend")
+    p.add_argument("--agg", default="auto", choices=AGG_BACKENDS, help="integer aggregation backend")
+    p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_export(args) -> int:
+    from .exporter import export_checkpoint
+
+    path, desc = export_checkpoint(args.checkpoint, args.out)
+    widths = sorted(set(desc["bits"].values()))
+    print(f"wrote {path} ({path.stat().st_size:,} bytes): {desc['task']} model, "
+          f"{len(desc['model']['convs'])} conv layers, {len(desc['bits'])} quantized slots at "
+          f"{'/'.join(map(str, widths))} bits")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from qgnn.train.checkpoint import write_json
+
+    from .evaluate import evaluate_file
+
+    r = evaluate_file(args.model, dataset=args.dataset, root=args.root, split=args.split, repeats=args.repeats,
+                      gemm=args.gemm, agg=args.agg)
+    print(f"{r['file']} on {r['dataset']} ({r['split']}, {r['evaluated']} examples)")
+    print(f"  accuracy     {r['accuracy']:.4f}")
+    print(f"  latency      {r['latency_ms']:.2f} ms (median of {len(r['latency_runs_ms'])})")
+    print(f"  peak memory  {r['peak_memory_bytes'] / 2**20:.2f} MiB (RSS growth during one pass)")
+    print(f"  file size    {r['file_bytes']:,} bytes")
+    print(f"  paths        {', '.join(r['paths'])}")
+    if args.json:
+        write_json(args.json, r)
+    return 0

@@ -1,0 +1,114 @@
+"""GNAQ: node-aware dynamic quantization of LightGCN's embedding table (Li et al., CIKM 2025, arXiv 2508.16516).
+
+What is stored (and used at inference): per node i, b-bit codes q_i ∈ {0..2^b−1}^d and a table of 2^b
+levels L_i; the ego embedding is ê_ij = L_{i, q_ij} (:class:`qgnn.quant.nodewise.NodeLevelQuantizer`), then
+ordinary LightGCN propagation (3 layers, layer mean). Training starts from a pretrained FP32 table E⁰.
+
+* Node-aware initialisation: L_i = 2^b uniform levels over [min_j E⁰_ij, max_j E⁰_ij]; q = nearest level
+  of E⁰, so the initial table is within Δ_i / 2 of E⁰ coordinate by coordinate.
+* Dynamic scaling: the levels are parameters, trained every step with their exact gradient through the
+  gather ê = L[q] (``dynamic=False`` freezes them: the "w/o dynamic scaling" ablation).
+* Relation-aware update (RAU), our reading of the paper's graph relation-aware gradient estimation. A
+  training-only latent update Δ [N, d] (initialised to 0) moves the codes, but only through the graph:
+
+      z = E⁰ + P Δ,    P = D̃^{-1/2} (A + I) D̃^{-1/2}   (first-order aggregation, self loop included)
+      q = nearest-level codes of z (refreshed every step),   ê = L[q]
+
+  In the backward pass the rounding z → ê passes the gradient on unchanged, so Δ receives
+  ∂ℒ/∂Δ = Pᵀ ∂ℒ/∂ê = P ∂ℒ/∂ê: each node's update is the normalised sum of its own and its neighbours'
+  quantization gradients, and a node's codes change only when the propagated update P Δ crosses a level
+  boundary. The STE ablation (``estimator="ste"``) is the same with P = I (z = E⁰ + Δ, the plain
+  straight-through estimator on a latent table).
+* Loss: BPR + λ · LambdaLoss (``lambda_rank``, default 0.5) over each training pair's candidates (its
+  positive and ``candidates`` − 1 = 7 sampled negatives; formula in :mod:`qgnn.train.rec_losses`), plus
+  LightGCN's L2 on the batch rows of ê.
+
+Stored size (``storage()``): ceil(N d b / 8) bytes of packed codes + 4 · N · 2^b bytes of float32 levels.
+The latent E⁰ and Δ are training state only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qgnn.errors import ConfigError, lookup
+from qgnn.models.lightgcn import LightGCN, NormAdj
+from qgnn.quant.nodewise import NodeLevelQuantizer
+from qgnn.train.rec_losses import lambda_loss
+
+ESTIMATORS = {"rau": "rau", "ste": "ste"}
+
+
+class GNAQLightGCN(LightGCN):
+    def __init__(self, num_users: int, num_items: int, *, hidden: int = 64, num_layers: int = 3, bits: int = 2,
+                 dynamic: bool = True, estimator: str = "rau", lambda_rank: float = 0.5, candidates: int = 8):
+        super().__init__(num_users, num_items, hidden=hidden, num_layers=num_layers)
+        if bits is None:
+            raise ConfigError("gnaq needs --bits (1, 2, 4 or 8)")
+        if candidates < 2 or lambda_rank < 0:
+            raise ConfigError(f"gnaq needs candidates >= 2 and lambda_rank >= 0, got {candidates}, {lambda_rank}")
+        del self.embedding  # the stored table is codes + levels; the latent state lives below
+        n = num_users + num_items
+        self.bits, self.dynamic, self.lambda_rank = int(bits), bool(dynamic), float(lambda_rank)
+        self.estimator = lookup("GNAQ estimator", estimator, ESTIMATORS)
+        self.candidates = int(candidates)
+        self.num_negatives = self.candidates - 1 if self.lambda_rank > 0 else 1
+        self.quant = NodeLevelQuantizer(n, self.bits, learnable=self.dynamic)
+        self.register_buffer("e0", torch.zeros(n, hidden))
+        self.register_buffer("codes", torch.zeros(n, hidden, dtype=torch.uint8))
+        self.delta = nn.Parameter(torch.zeros(n, hidden))
+        self.rau_adj: NormAdj | None = None
+
+    def set_graph(self, edge_index: Tensor) -> GNAQLightGCN:
+        dev = self.e0.device
+        self.edge_index = edge_index.to(dev)
+        self.adj = NormAdj(edge_index.cpu(), self.num_nodes).to(dev)
+        self.rau_adj = NormAdj(edge_index.cpu(), self.num_nodes, self_loops=True).to(dev)
+        return self
+
+    @torch.no_grad()
+    def init_from_pretrained(self, weight: Tensor) -> None:
+        """Node-aware initialisation from the FP32 table (module docstring)."""
+        self.e0.copy_(weight)
+        self.delta.zero_()
+        self.quant.initialize(self.e0)
+        self.codes.copy_(self.quant.codes(self.e0))
+
+    def latent(self) -> Tensor:
+        """z = E⁰ + P Δ (RAU) or E⁰ + Δ (STE): what the codes are the nearest levels of."""
+        if self.estimator == "ste":
+            return self.e0 + self.delta
+        if self.rau_adj is None:
+            raise ConfigError("GNAQLightGCN.set_graph(edge_index) must be called first")
+        return self.e0 + self.rau_adj(self.delta)
+
+    @torch.no_grad()
+    def refresh_codes(self) -> Tensor:
+        self.codes.copy_(self.quant.codes(self.latent()))
+        return self.codes
+
+    def ego(self) -> Tensor:
+        if not self.training:  # the stored model: codes and levels only
+            return self.quant.dequantize(self.refresh_codes()).detach()
+        z = self.latent()
+        q = self.quant.codes(z)
+        self.codes.copy_(q)
+        return self.quant.dequantize(q) + (z - z.detach())  # value L[q]; gradient to L exact, to z identity
+
+    def extra_loss(self, eu, ep, en, ex):
+        if self.lambda_rank == 0:
+            return 0.0
+        cand = torch.cat([ep[:, None], en[:, : self.candidates - 1]], 1)
+        scores = (eu[:, None, :] * cand).sum(-1)
+        rel = torch.zeros_like(scores)
+        rel[:, 0] = 1.0
+        return self.lambda_rank * lambda_loss(scores, rel)
+
+    def storage(self) -> dict:
+        return self.quant.nbytes(self.hidden)
+
+    @torch.no_grad()
+    def export(self) -> dict[str, Tensor]:
+        """Packed codes and levels of the current model (``NodeLevelQuantizer.unpack`` reverses it)."""
+        return self.quant.export(self.refresh_codes())

@@ -1,0 +1,233 @@
+"""LightGCN (He et al., SIGIR 2020, "LightGCN: Simplifying and Powering Graph Convolution Network for
+Recommendation") on the user-item bipartite graph.
+
+Users are nodes 0..U-1, items U..U+I-1. With the symmetric normalised adjacency
+Â = D^{-1/2} A D^{-1/2} of the (undirected) training interactions::
+
+    E^(k+1) = Â E^(k),    E_final = (E^(0) + E^(1) + ... + E^(L)) / (L + 1),    ŷ_ui = <e_u, e_i>
+
+E^(0) is the only parameter (the ego embedding table). One propagation is PyG's ``LGConv(normalize=True)``;
+:meth:`LightGCN.propagate_reference` runs exactly that, layer by layer, and is the specification of the fast
+path :class:`NormAdj` (a CSR ``embedding_bag`` product, several times faster than ``torch.sparse.mm`` on
+CPU; its backward is the same product because Â is symmetric). Tests compare the two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv
+
+from qgnn.errors import ConfigError
+
+
+class _SymProduct(torch.autograd.Function):
+    """y = M x for a symmetric sparse M given in CSR; dL/dx = Mᵀ g = M g (the same kernel)."""
+
+    @staticmethod
+    def forward(ctx, x, op):
+        ctx.op = op
+        return op.apply_raw(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.op.apply_raw(g.contiguous()), None
+
+
+class _RowProduct(torch.autograd.Function):
+    """y = (M x)[idx] from the CSR rows idx only; dL/dx = M[idx]ᵀ g."""
+
+    @staticmethod
+    def forward(ctx, x, idx, op):
+        col, w, offsets, _ = op.segments(idx)
+        ctx.idx, ctx.op, ctx.n = idx, op, x.size(0)
+        if col.numel() == 0:
+            return x.new_zeros(len(idx), x.size(1))
+        return F.embedding_bag(col, x, offsets, mode="sum", per_sample_weights=w.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        # M[idx]ᵀ g = M (Sᵀ g) with S the row selection and M symmetric: one full product on a table that is
+        # zero outside idx, several times faster than scattering g over every nonzero of those rows.
+        sg = g.new_zeros(ctx.n, g.size(1)).index_add_(0, ctx.idx, g)
+        return ctx.op.apply_raw(sg), None, None
+
+
+class NormAdj:
+    """The symmetric normalised adjacency D^{-1/2} (A [+ I]) D^{-1/2} of an undirected graph as a CSR operator.
+
+    ``edge_index`` must list every edge in both directions (``RecDataset.bipartite_edge_index`` does);
+    ``self_loops=True`` adds I before normalising (the GCN form, degrees counted with the loop). Degrees of
+    isolated nodes are 0 and their rows stay zero. ``op(x)`` is differentiable in x.
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int, self_loops: bool = False):
+        row, col = edge_index[0].long(), edge_index[1].long()
+        if row.numel():
+            fwd = torch.unique(row * num_nodes + col)
+            bwd = torch.unique(col * num_nodes + row)
+            if fwd.numel() != bwd.numel() or not torch.equal(fwd, bwd):
+                raise ConfigError("NormAdj needs an undirected edge_index (every edge in both directions)")
+            row, col = fwd // num_nodes, fwd % num_nodes  # deduplicated, sorted by (row, col)
+        if self_loops:
+            loops = torch.arange(num_nodes)
+            code = torch.unique(torch.cat([row * num_nodes + col, loops * num_nodes + loops]))
+            row, col = code // num_nodes, code % num_nodes
+        deg = torch.bincount(row, minlength=num_nodes).float()
+        dis = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
+        self.num_nodes = num_nodes
+        self.self_loops = self_loops
+        self.row, self.col = row, col
+        self.weight = dis[row] * dis[col]
+        self.crow = torch.zeros(num_nodes + 1, dtype=torch.long)
+        self.crow[1:] = torch.cumsum(torch.bincount(row, minlength=num_nodes), 0)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.numel())
+
+    def to(self, device) -> NormAdj:
+        for k in ("row", "col", "weight", "crow"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+    def apply_raw(self, x: Tensor) -> Tensor:
+        if self.nnz == 0:
+            return torch.zeros_like(x)
+        w = self.weight.to(x.dtype)
+        return F.embedding_bag(self.col, x, self.crow[:-1], mode="sum", per_sample_weights=w)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _SymProduct.apply(x, self) if x.requires_grad else self.apply_raw(x)
+
+    def segments(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(col, weight, offsets, row position) of the nonzeros of the rows ``idx`` (in that order)."""
+        cnt = self.crow[idx + 1] - self.crow[idx]
+        offsets = torch.cumsum(cnt, 0) - cnt
+        pos = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), cnt)
+        nz = torch.repeat_interleave(self.crow[idx] - offsets, cnt) + torch.arange(int(cnt.sum()), device=idx.device)
+        return self.col[nz], self.weight[nz], offsets, pos
+
+    def rows(self, x: Tensor, idx: Tensor) -> Tensor:
+        """(M x)[idx] at the cost of the nonzeros of those rows; differentiable in x (backward: a scatter)."""
+        return _RowProduct.apply(x, idx, self)
+
+    def dense(self) -> Tensor:
+        """The matrix as a dense tensor (tests, small graphs)."""
+        m = torch.zeros(self.num_nodes, self.num_nodes)
+        m[self.row, self.col] = self.weight
+        return m
+
+
+def layer_mean(x0: Tensor, adj, num_layers: int) -> Tensor:
+    """(x0 + Âx0 + ... + Â^L x0) / (L + 1), one product per layer."""
+    out, h = x0, x0
+    for _ in range(num_layers):
+        h = adj(h)
+        out = out + h
+    return out / (num_layers + 1)
+
+
+def layer_rows(x0: Tensor, adj: NormAdj, num_layers: int, idx: Tensor, separate: bool = False) -> list[Tensor]:
+    """The layers (Â^k x0)[idx], k = 0..L (``separate=True``), or two terms whose sum is Σ_k (Â^k x0)[idx]:
+    (Σ_{k<L} Â^k x0)[idx] and (Â^L x0)[idx]. The first L − 1 products run over the whole graph, the last
+    only on the rows ``idx`` (a training step needs the final embeddings of the batch's nodes only); summing
+    before selecting rows leaves one row scatter in the backward instead of L."""
+    if num_layers == 0:
+        return [x0[idx]]
+    out, h, acc = [], x0, x0
+    for k in range(num_layers):
+        if separate:
+            out.append(h[idx])
+        if k == num_layers - 1:
+            break
+        h = adj(h)
+        if not separate:
+            acc = acc + h
+    if not separate:
+        out.append(acc[idx])
+    out.append(adj.rows(h, idx))
+    return out
+
+
+class LightGCN(nn.Module):
+    """LightGCN: an ego embedding table E^(0) [U + I, hidden] propagated ``num_layers`` times, layer mean.
+
+    Call :meth:`set_graph` with the training interactions before :meth:`forward`. ``forward()`` returns
+    (user table [U, d], item table [I, d]) of final embeddings; the score of (u, i) is their dot product.
+    Initialisation N(0, 0.1²), as the reference implementation (LightGCN-PyTorch).
+    """
+
+    def __init__(self, num_users: int, num_items: int | None = None, *, hidden: int = 64, num_layers: int = 3,
+                 dropout: float = 0.0, out_dim: int | None = None, init_std: float = 0.1):
+        super().__init__()
+        num_items = num_items if num_items is not None else out_dim
+        if num_items is None or num_users < 1 or num_items < 1:
+            raise ConfigError(f"LightGCN needs num_users, num_items >= 1, got {num_users}, {num_items}")
+        if dropout:
+            raise ConfigError(f"LightGCN has no dropout (got --dropout {dropout}); leave it at 0")
+        if num_layers < 0 or hidden < 1:
+            raise ConfigError(f"LightGCN needs num_layers >= 0 and hidden >= 1, got {num_layers}, {hidden}")
+        self.num_users, self.num_items, self.hidden, self.num_layers = num_users, num_items, hidden, num_layers
+        self.embedding = nn.Embedding(num_users + num_items, hidden)
+        nn.init.normal_(self.embedding.weight, std=init_std)
+        self.convs = nn.ModuleList(LGConv(normalize=True) for _ in range(num_layers))  # the reference path
+        self.adj: NormAdj | None = None
+        self.edge_index: Tensor | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_users + self.num_items
+
+    def set_graph(self, edge_index: Tensor) -> LightGCN:
+        """Use this undirected user-item graph (users 0..U-1, items U..U+I-1) for propagation."""
+        dev = self.embedding.weight.device
+        self.edge_index = edge_index.to(dev)
+        self.adj = NormAdj(edge_index.cpu(), self.num_nodes).to(dev)
+        return self
+
+    def _need_graph(self) -> NormAdj:
+        if self.adj is None:
+            raise ConfigError("LightGCN.set_graph(edge_index) must be called before forward()")
+        return self.adj
+
+    def ego(self) -> Tensor:
+        """The table that is propagated (overridden by quantized variants)."""
+        return self.embedding.weight
+
+    def propagate(self, x0: Tensor) -> Tensor:
+        return layer_mean(x0, self._need_graph(), self.num_layers)
+
+    def propagate_reference(self, x0: Tensor) -> Tensor:
+        """The same propagation with PyG ``LGConv`` layers on ``edge_index`` (the specification)."""
+        self._need_graph()
+        out, h = x0, x0
+        for conv in self.convs:
+            h = conv(h, self.edge_index)
+            out = out + h
+        return out / (self.num_layers + 1)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x[: self.num_users], x[self.num_users:]
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        return self.split(self.propagate(self.ego()))
+
+    # hooks of the recommendation loop (qgnn.train.rec); quantized variants override them
+    num_negatives = 1
+
+    def train_forward(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """(ego table [N, d], final embeddings of the nodes ``idx``) for one training step; the ego table gets
+        the L2 term. Equal to ``propagate(ego())[idx]``, computed with :func:`layer_rows`."""
+        ego = self.ego()
+        return ego, sum(layer_rows(ego, self._need_graph(), self.num_layers, idx)) / (self.num_layers + 1)
+
+    def extra_nodes(self, users: Tensor) -> Tensor | None:
+        """Nodes besides the batch's whose final embeddings :meth:`extra_loss` needs ([K, R] or None)."""
+        return None
+
+    def extra_loss(self, eu: Tensor, ep: Tensor, en: Tensor, ex: Tensor | None):
+        """Method-specific loss terms added to BPR + L2 (none for LightGCN): eu, ep [B, d] user and positive,
+        en [B, n, d] negatives, ex [K, R, d] the rows of :meth:`extra_nodes`."""
+        return 0.0

@@ -1,0 +1,335 @@
+"""Inject prompts into an existing model, peft-style: wrap a layer, keep it as ``base_layer``, start as an
+exact no-op, disable or unload at will.
+
+``inject_prompts(model, PromptConfig(kind="lorap"))`` replaces each target message-passing layer
+``convs.i`` by a :class:`PromptedLayer` holding the original as ``convs.i.base_layer`` (its state-dict
+keys gain ``base_layer.``; :func:`unload_prompts` puts the originals back, keys included) and
+
+* a node prompt (``gpf``, ``gpf-plus``) on the input features of the first target (the model's input
+  layer): ``base_layer(prompt(x), ...)``;
+* an aggregation prompt (``lorap``) on every target, applied through PyG's aggregate-forward hook,
+  which the float PyG layers fire inside ``propagate`` and qgnn's quantized layers fire at the same
+  point (:meth:`qgnn.nn.QuantModule._post_aggregate`). The hook is registered on ``base_layer`` for the
+  duration of each forward only, so replacing or quantizing ``base_layer`` later cannot leave a stale
+  hook behind.
+
+Where "after aggregation, before the update" is, per layer (s_i is what LoRAP sees; d its width):
+
+==========  ===============================================================  ==========================
+layer       s_i                                                              d
+==========  ===============================================================  ==========================
+GCNConv     Σ_j ŵ_ij (x̂W)_j after the ``aggr`` quantizer, before the bias     out_channels
+GINConv     Σ_j x̂_j, before (1 + eps) x̂_i is added, ``aggr`` and the MLP      in_channels (MLP input)
+SAGEConv    AGG_j x̂_j after ``aggr``, before lin_l (and the root term)         in_channels
+GATConv     Σ_j α_ij (x̂W)_j per head, after ``aggr``, heads concatenated       heads · out_channels
+==========  ===============================================================  ==========================
+
+Prompts stay float and sit outside every quantizer slot (LoRAP's output is not re-quantized, except by
+GIN's ``aggr`` slot when it is on, which quantizes the sum after the self term). Degree-Quant's
+protective mask does not touch them (all nodes get their prompt). With integer aggregation on
+(eval mode) the prompt is added, in float, to the rescaled integer aggregate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv, GCNConv, GINConv, MessagePassing, SAGEConv
+
+from qgnn.errors import ConfigError, lookup
+
+from .modules import GPF, GPFPlus, LoRAP, PromptModule
+
+__all__ = [
+    "PROMPT_KINDS",
+    "PromptConfig",
+    "PromptedLayer",
+    "aggregation_dim",
+    "disable_prompts",
+    "enable_prompts",
+    "freeze_backbone",
+    "inject_prompts",
+    "load_prompt_state_dict",
+    "prompt_parameters",
+    "prompt_report",
+    "prompt_state_dict",
+    "prompted_layers",
+    "unload_prompts",
+]
+
+# kind -> (node prompt, aggregation prompt)
+_KINDS = {"none": (None, False), "gpf": ("gpf", False), "gpf-plus": ("gpf-plus", False),
+          "lorap": (None, True), "gpf-lorap": ("gpf-plus", True)}
+PROMPT_KINDS = tuple(_KINDS)
+
+
+@dataclass
+class PromptConfig:
+    """Which prompts go where.
+
+    kind: ``none`` | ``gpf`` | ``gpf-plus`` | ``lorap`` | ``gpf-lorap`` (GPF-plus on the input + LoRAP).
+    k: basis prompts (GPF-plus and LoRAP); rank: LoRAP's r. Defaults k = 40, r = 2 (the paper's
+    suggested range per its summary: k ≈ 40, r ≈ 2).
+    targets: module names or regular expressions (full match) of the layers to wrap; None = every
+    message-passing layer (PyG ``MessagePassing``, quantized ones included). The node prompt goes on the
+    first target in module order.
+    backend: LoRAP kernel choice (``auto`` | ``triton`` | ``reference``, see :func:`qgnn.kernels.lorap_backend`).
+    """
+
+    kind: str = "lorap"
+    k: int = 40
+    rank: int = 2
+    targets: list[str] | None = None
+    backend: str = "auto"
+
+    def __post_init__(self):
+        self.kind = lookup("prompt", self.kind, {k: k for k in _KINDS})
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"prompt k (basis prompts) must be an int >= 1, got {self.k!r}")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"prompt rank must be an int >= 1, got {self.rank!r}")
+        if self.targets is not None:
+            self.targets = list(self.targets)
+
+    @property
+    def node(self) -> str | None:
+        return _KINDS[self.kind][0]
+
+    @property
+    def aggregation(self) -> bool:
+        return _KINDS[self.kind][1]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PromptConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown prompt keys: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+class PromptedLayer(nn.Module):
+    """A message-passing layer with prompts: ``base_layer`` (the original, unchanged), ``node_prompt``
+    (applied to the input features) and ``aggr_prompt`` (applied to the aggregate), either may be None.
+    ``prompts_enabled = False`` makes the forward exactly ``base_layer``'s."""
+
+    def __init__(self, base_layer: nn.Module, node_prompt: PromptModule | None = None,
+                 aggr_prompt: PromptModule | None = None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.node_prompt = node_prompt
+        self.aggr_prompt = aggr_prompt
+        self.prompts_enabled = True
+
+    def _aggr_hook(self, module, inputs, out: Tensor) -> Tensor:
+        return self.aggr_prompt(out)
+
+    def forward(self, x, *args, **kwargs):
+        if not self.prompts_enabled:
+            return self.base_layer(x, *args, **kwargs)
+        if self.node_prompt is not None:
+            x = self.node_prompt(x)
+        if self.aggr_prompt is None:
+            return self.base_layer(x, *args, **kwargs)
+        base = self.base_layer
+        handles = [base.register_aggregate_forward_hook(self._aggr_hook),
+                   base.register_message_and_aggregate_forward_hook(self._aggr_hook)]  # PyG's fused path
+        try:
+            return base(x, *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def __getattr__(self, name):
+        # Attributes of the wrapped layer (out_channels, heads, ...) stay reachable, as in peft.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")  # absent while copy / pickle rebuild the object
+            if name == "base_layer" or not modules or "base_layer" not in modules:
+                raise
+            return getattr(modules["base_layer"], name)
+
+
+def aggregation_dim(layer: nn.Module) -> int:
+    """Features per node of the aggregate LoRAP sees in ``layer`` (table in the module docstring)."""
+    if isinstance(layer, GATConv):
+        return layer.heads * layer.out_channels
+    if isinstance(layer, GCNConv):
+        return layer.out_channels
+    if isinstance(layer, SAGEConv):
+        ch = layer.in_channels
+        return ch[0] if isinstance(ch, (tuple, list)) else ch
+    if isinstance(layer, GINConv):
+        first = next((m for m in layer.nn.modules() if isinstance(getattr(m, "in_features", None), int)), None)
+        if first is None:
+            raise ConfigError("GINConv: cannot find the input width of its nn (no module with in_features)")
+        return first.in_features
+    raise ConfigError(f"LoRAP does not know where {type(layer).__name__} aggregates; supported layers: "
+                      "GCNConv, GINConv, SAGEConv, GATConv (and their qgnn.nn.Quant* versions)")
+
+
+def input_dim(layer: nn.Module) -> int:
+    """Features per node entering ``layer`` (for node prompts)."""
+    if isinstance(layer, GINConv):
+        return aggregation_dim(layer)
+    ch = getattr(layer, "in_channels", None)
+    ch = ch[0] if isinstance(ch, (tuple, list)) else ch
+    if not isinstance(ch, int) or ch < 1:
+        raise ConfigError(f"cannot tell the input width of {type(layer).__name__} (in_channels={ch!r})")
+    return ch
+
+
+def prompted_layers(model: nn.Module) -> dict[str, PromptedLayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, PromptedLayer)}
+
+
+def _targets(model: nn.Module, targets: list[str] | None) -> list[tuple[str, nn.Module]]:
+    mods = [(n, m) for n, m in model.named_modules() if n and isinstance(m, MessagePassing)]
+    if targets is None:
+        return mods
+    picked = [(n, m) for n, m in mods if any(t == n or re.fullmatch(t, n) for t in targets)]
+    missing = [t for t in targets if not any(t == n or re.fullmatch(t, n) for n, _ in mods)]
+    if missing:
+        raise ConfigError(f"prompt targets match no message-passing layer: {', '.join(missing)}; layers: "
+                          f"{', '.join(n for n, _ in mods) or 'none'}")
+    return picked
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def inject_prompts(model: nn.Module, config: PromptConfig | dict | str) -> nn.Module:
+    """Wrap the target layers of ``model`` in place (see the module docstring); returns the model.
+
+    Call it after ``quantize_`` (the prompts are then outside every quantizer). The new parameters are
+    created on the device of each layer's first parameter.
+    """
+    if isinstance(config, str):
+        config = PromptConfig(kind=config)
+    elif isinstance(config, dict):
+        config = PromptConfig.from_dict(config)
+    if prompted_layers(model):
+        raise ConfigError("the model already has prompts; unload_prompts(model) first")
+    if config.kind == "none":
+        return model
+    targets = _targets(model, config.targets)
+    if not targets:
+        raise ConfigError(f"{type(model).__name__} has no message-passing layer to prompt")
+    for i, (name, layer) in enumerate(targets):
+        node = None
+        if i == 0 and config.node == "gpf":
+            node = GPF(input_dim(layer))
+        elif i == 0 and config.node == "gpf-plus":
+            node = GPFPlus(input_dim(layer), config.k)
+        aggr = LoRAP(aggregation_dim(layer), config.k, config.rank, config.backend) if config.aggregation else None
+        wrapped = PromptedLayer(layer, node, aggr)
+        p = next(layer.parameters(), None)
+        if p is not None:
+            wrapped.to(p.device)
+        _replace(model, name, wrapped)
+    model.qgnn_prompt_config = config  # recorded like qgnn_config
+    return model
+
+
+def unload_prompts(model: nn.Module) -> nn.Module:
+    """Put every wrapped layer's ``base_layer`` back (original modules, original state-dict keys)."""
+    for name, layer in sorted(prompted_layers(model).items(), key=lambda kv: -kv[0].count(".")):
+        _replace(model, name, layer.base_layer)
+    model.__dict__.pop("qgnn_prompt_config", None)
+    return model
+
+
+def _set_enabled(model: nn.Module, enabled: bool) -> None:
+    for layer in prompted_layers(model).values():
+        layer.prompts_enabled = enabled
+
+
+def disable_prompts(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Turn prompts off (the model computes exactly its host's output). Also a context manager that turns
+    them back on when it exits: ``with disable_prompts(model): ...``."""
+    _set_enabled(model, False)
+
+    @contextlib.contextmanager
+    def _restore():
+        try:
+            yield model
+        finally:
+            _set_enabled(model, True)
+
+    return _restore()
+
+
+def enable_prompts(model: nn.Module) -> None:
+    _set_enabled(model, True)
+
+
+def _is_prompt_key(key: str) -> bool:
+    return ".node_prompt." in f".{key}" or ".aggr_prompt." in f".{key}"
+
+
+def prompt_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """name -> parameter for the prompt parameters only."""
+    return {n: p for n, p in model.named_parameters() if _is_prompt_key(n)}
+
+
+def prompt_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The prompt tensors only, under their full names (what a prompt-only checkpoint stores)."""
+    return {k: v for k, v in model.state_dict().items() if _is_prompt_key(k)}
+
+
+def load_prompt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a :func:`prompt_state_dict` into a model with the same prompts; exact key match required."""
+    mine = set(prompt_state_dict(model))
+    missing, unexpected = sorted(mine - set(state)), sorted(set(state) - mine)
+    if missing or unexpected:
+        raise ConfigError(f"prompt state does not fit the model: missing {missing or 'none'}, "
+                          f"unexpected {unexpected or 'none'}")
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys
+
+
+def _freeze_stats_hook(module, args):
+    # Observers (quantizer ranges) and BatchNorm statistics are backbone state: keep them fixed while the
+    # prompts train. module.train() runs every epoch, so they are put back in eval mode before each forward.
+    from qgnn.quant.observers import Observer
+
+    for m in module.modules():
+        if isinstance(m, (Observer, nn.modules.batchnorm._BatchNorm)) and m.training:
+            m.eval()
+
+
+def freeze_backbone(model: nn.Module, freeze_stats: bool = True) -> list[str]:
+    """``requires_grad = False`` on every parameter but the prompts'; with ``freeze_stats`` the quantizers'
+    range observers and BatchNorm statistics stop updating too. Returns the trainable parameter names."""
+    names = []
+    for n, p in model.named_parameters():
+        keep = _is_prompt_key(n)
+        p.requires_grad_(keep)
+        if keep:
+            names.append(n)
+    if freeze_stats and not getattr(model, "_qgnn_stats_frozen", False):
+        model.register_forward_pre_hook(_freeze_stats_hook)
+        model._qgnn_stats_frozen = True
+    return names
+
+
+def prompt_report(model: nn.Module) -> dict:
+    """``{"kind", "k", "rank", "params", "bytes", "layers"}`` of the model's prompts (bytes: stored in the
+    parameters' own dtype, float32 by default: prompts are not quantized)."""
+    params = prompt_parameters(model)
+    cfg = getattr(model, "qgnn_prompt_config", None)
+    return {"kind": cfg.kind if cfg else "none", "k": cfg.k if cfg else None, "rank": cfg.rank if cfg else None,
+            "params": sum(p.numel() for p in params.values()),
+            "bytes": sum(p.numel() * p.element_size() for p in params.values()),
+            "layers": sorted(prompted_layers(model))}

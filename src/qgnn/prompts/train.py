@@ -1,0 +1,61 @@
+"""Prompts in the training runner: ``TrainConfig.prompt`` -> injected (and optionally frozen-backbone) model.
+
+``TrainConfig.prompt`` is a dict: ``kind``, ``k``, ``rank``, ``targets``, ``backend`` (a
+:class:`~qgnn.prompts.PromptConfig`), plus
+
+* ``freeze_backbone`` (default false): train only the prompts; the host's parameters, quantizer ranges
+  and BatchNorm statistics stay fixed (:func:`~qgnn.prompts.freeze_backbone`). Default: prompts train
+  jointly with the quantized weights, as in the paper.
+* ``backbone``: a ``qgnn train --save`` checkpoint of the host (same dataset, model, method and bits,
+  no prompts) whose weights fill the model before the prompts are injected: prompt tuning on a trained
+  quantized backbone.
+
+The runner calls :func:`apply_prompts` after the quantization method, so prompts sit outside every
+quantizer; ``load_model`` calls it with ``load_backbone=False`` (the checkpoint holds all weights).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from qgnn.errors import CheckpointError, ConfigError
+
+from .inject import PromptConfig, freeze_backbone, inject_prompts
+
+__all__ = ["RUNNER_KEYS", "apply_prompts", "resolve_prompt"]
+
+RUNNER_KEYS = ("freeze_backbone", "backbone")
+
+
+def resolve_prompt(prompt: dict | None) -> dict:
+    """The prompt dict with every default filled in (what the results JSON records); {} for no prompt."""
+    if not prompt or prompt.get("kind", "lorap") == "none":
+        return {}
+    extra = {k: prompt[k] for k in RUNNER_KEYS if k in prompt}
+    cfg = PromptConfig.from_dict({k: v for k, v in prompt.items() if k not in RUNNER_KEYS})
+    out = {**cfg.to_dict(), "freeze_backbone": bool(extra.get("freeze_backbone", False)),
+           "backbone": extra.get("backbone")}
+    if out["backbone"] is not None and not isinstance(out["backbone"], str):
+        raise ConfigError(f"prompt backbone must be a checkpoint path, got {out['backbone']!r}")
+    return out
+
+
+def apply_prompts(model: nn.Module, prompt: dict | None, load_backbone: bool = True) -> nn.Module:
+    """Inject the prompts ``prompt`` describes (see the module docstring); no prompt: the model unchanged."""
+    prompt = resolve_prompt(prompt)
+    if not prompt:
+        return model
+    if load_backbone and prompt["backbone"]:
+        from qgnn.train.checkpoint import load_checkpoint
+
+        state, _ = load_checkpoint(prompt["backbone"])
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"backbone {prompt['backbone']} does not fit this model (same dataset, model, "
+                                  f"method and bits, saved without prompts?): {e}") from None
+    cfg = PromptConfig.from_dict({k: v for k, v in prompt.items() if k not in RUNNER_KEYS})
+    inject_prompts(model, cfg)
+    if prompt["freeze_backbone"]:
+        freeze_backbone(model)
+    return model

@@ -1,0 +1,106 @@
+"""The recommendation path of run_experiment: JSON layout, checkpoint, --pretrained, methods, resume, errors."""
+
+import json
+
+import pytest
+import torch
+
+from qgnn.cli import main
+from qgnn.data.synthetic import random_rec_dataset
+from qgnn.errors import CheckpointError, ConfigError
+from qgnn.train import TrainConfig, load_model, run_experiment
+from qgnn.train.rec import RecTask
+from qgnn.train.runner import Control, Interrupted
+
+FAST = dict(dataset="synthetic-rec", model="lightgcn", epochs=3, batch_size=64, hidden=8, lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rec")
+    res = run_experiment(TrainConfig(**FAST, seeds=2), out=d / "fp32.json", save=d / "fp32.ckpt", progress=False)
+    return d, res
+
+
+def test_fp32_results_layout_and_checkpoint(pretrained):
+    d, res = pretrained
+    on_disk = json.loads((d / "fp32.json").read_text())
+    for k in ("config", "metrics", "timing", "cost", "runs", "env"):
+        assert k in on_disk
+    for k in ("recall@10", "ndcg@10", "recall@20", "ndcg@20"):
+        assert set(res["metrics"][k]) == {"mean", "std", "runs"} and len(res["metrics"][k]["runs"]) == 2
+        assert 0 <= res["metrics"][k]["mean"] <= 1
+    assert res["cost"]["compression"] == 1.0 and res["timing"]["seconds_per_epoch"] > 0
+    model, meta = load_model(d / "fp32.ckpt")
+    assert meta["config"]["method"] == "fp32" and model.embedding.weight.shape[1] == 8
+
+
+@pytest.mark.parametrize("method,bits", [("gnaq", 2), ("qat", 2), ("lsq", 2), ("bigear", 1)])
+def test_quantized_methods_start_from_the_checkpoint(pretrained, method, bits):
+    d, _ = pretrained
+    cfg = TrainConfig(**{**FAST, "epochs": 2}, method=method, bits=bits,
+                      quant={"pretrained": str(d / "fp32.ckpt"), **({"options": {"top_r": 5}} if
+                                                                      method == "bigear" else {})})
+    res = run_experiment(cfg, progress=False)
+    assert res["cost"]["compression"] > 1.5 and res["metrics"]["recall@20"]["mean"] >= 0
+
+
+def test_gnaq_needs_a_pretrained_fp32_checkpoint(tmp_path, pretrained):
+    with pytest.raises(ConfigError, match="--pretrained"):
+        run_experiment(TrainConfig(**FAST, method="gnaq", bits=2), progress=False)
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(CheckpointError):
+        run_experiment(TrainConfig(**FAST, method="gnaq", bits=2, quant={"pretrained": str(bad)}), progress=False)
+
+
+def test_negatives_are_never_training_items():
+    ds = random_rec_dataset(num_users=20, num_items=15, interactions_per_user=10, seed=3)
+    task = RecTask(ds, batch_size=16)
+    users, pos, neg = task.sample(torch.Generator().manual_seed(0), 4)
+    assert users.numel() == ds.train.size(1)
+    assert not task.train_idx.contains(users[:, None].expand_as(neg), neg).any()
+    assert task.train_idx.contains(users, pos).all()
+
+
+def test_interrupt_and_resume_give_the_same_result(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 4})
+    full = run_experiment(cfg, progress=False)
+    ctl = Control()
+    ctl.on_epoch_end.append(lambda r, e: setattr(ctl, "stop_requested", e == 1))
+    out = tmp_path / "r.json"
+    with pytest.raises(Interrupted):
+        run_experiment(cfg, out=out, control=ctl, progress=False)
+    resumed = run_experiment(cfg, out=out, resume=True, progress=False)
+    assert resumed["metrics"]["recall@20"] == full["metrics"]["recall@20"]
+
+
+def test_cli_rec_errors_and_options(tmp_path, capsys):
+    assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--method", "nope"]) == 2
+    assert "unknown recommendation method" in capsys.readouterr().err
+    assert main(["train", "--dataset", "synthetic-node", "--pretrained", "x.ckpt"]) == 2
+    assert "recommendation datasets" in capsys.readouterr().err
+    out = tmp_path / "g.json"
+    assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--method", "gnaq", "--bits", "2",
+                 "--epochs", "1", "--quiet", "--out", str(out)]) == 2  # no --pretrained
+    assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--epochs", "1", "--hidden", "8",
+                 "--quiet", "--out", str(out), "--save", str(tmp_path / "p.ckpt")]) == 0
+    assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--method", "gnaq", "--bits", "2",
+                 "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(out), "--pretrained",
+                 str(tmp_path / "p.ckpt"), "--ste", "--static-intervals", "--method-opt", "candidates=4"]) == 0
+    opts = json.loads(out.read_text())["config"]["quant"]["options"]
+    assert opts == {"estimator": "ste", "dynamic": False, "candidates": 4}
+
+
+def test_fused_adam_matches_the_loop_implementation():
+    from qgnn.train.rec import make_adam
+
+    a = torch.nn.Parameter(torch.randn(50, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    oa, ob = make_adam([a], 0.01), torch.optim.Adam([b], lr=0.01)
+    for step in range(3):
+        g = torch.randn(50, 4, generator=torch.Generator().manual_seed(step))
+        a.grad, b.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+    assert torch.allclose(a, b, atol=1e-6)

@@ -206,6 +206,9 @@ def cmd_info(args) -> int:
     from qgnn.methods import method_names
 
     print(f"methods: {', '.join(method_names())}")
+    from qgnn.train.rec import REC_METHODS, REC_MODELS
+
+    print(f"recommendation models: {', '.join(sorted(REC_MODELS))}; methods: {', '.join(sorted(REC_METHODS))}")
     from qgnn.data import cache_dir, resolve_root
 
     print(f"data root: {resolve_root(None)}  cache: {cache_dir()}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qgnn.errors import ConfigError
-from qgnn.export.intops import GraphPlan, int8_matmul, int_linear, resolve_gemm
+from qgnn.export.intops import CENTRED_BLOCK, GraphPlan, centred_matmul_float, int8_matmul, int_linear, resolve_gemm
 from qgnn.kernels import INT32_MAX, integer_accumulate
 
 BACKENDS = ("reference", "int_mm", "float")
@@ -49,6 +49,29 @@ def test_int_linear_zero_points():
         want = ac @ wc.t()
         for b in BACKENDS:
             assert torch.equal(int_linear(a, za, w, zw, backend=b).long(), want), (za, zw, b)
+
+
+@pytest.mark.parametrize("k", [1, 64, CENTRED_BLOCK, CENTRED_BLOCK + 1, 1433])
+def test_centred_matmul_float_is_the_integer_sum(k):
+    # centred codes of an 8-bit grid at their extremes (±255) and at random: one float GEMM per K block
+    # must give exactly Σ_k (a − z_a)(w − z_w), what int_linear computes
+    g = torch.Generator().manual_seed(k)
+    ac = torch.randint(-255, 256, (11, k), generator=g)
+    wc = torch.randint(-255, 256, (6, k), generator=g)
+    ac[0], wc[0] = 255, 255
+    ac[1], wc[1] = -255, 255
+    want = ac @ wc.t()
+    got = centred_matmul_float(ac.float(), wc.float().t().contiguous())
+    fits = want.abs() <= 1 << 24
+    assert got.dtype == torch.float32
+    assert torch.equal(got[fits].long(), want[fits])  # exact wherever float32 holds the integer
+    assert torch.equal(got, want.double().float())  # elsewhere: float32's rounding of the exact sum
+    a8, w8 = randint8((11, k), 5), randint8((6, k), 6)
+    za, zw = torch.tensor(-3), torch.tensor([1, -2, 3, 0, 4, 7])
+    cent = centred_matmul_float((a8.float() - za), (w8.float() - zw.view(-1, 1).float()).t().contiguous())
+    assert torch.equal(cent, int_linear(a8, za, w8, zw, backend="reference").float())
+    with pytest.raises(ConfigError, match="centred_matmul_float"):
+        centred_matmul_float(torch.zeros(2, 3), torch.zeros(4, 2))
 
 
 def test_float_backend_needs_full_precision():

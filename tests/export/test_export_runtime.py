@@ -96,9 +96,19 @@ def test_row_chunks_change_nothing(method, tmp_path, monkeypatch):
     if method == "a2q":
         scramble_a2q_widths(m)  # per-node tables: chunks must index them from their first row
     im = roundtrip(m, tmp_path)
-    whole = im(D.x, D.edge_index)  # 160 nodes: below CHUNK_ROWS, one pass
-    monkeypatch.setattr(runtime, "CHUNK_ROWS", 17)
+    whole = im(D.x, D.edge_index)  # 160 nodes: below MIN_CHUNK_ROWS, one pass
+    monkeypatch.setattr(runtime, "MIN_CHUNK_ROWS", 17)
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 1)
+    assert runtime.chunk_rows(D.x.size(1)) == 17
     assert torch.equal(roundtrip(m, tmp_path)(D.x, D.edge_index), whole)
+
+
+def test_chunk_rows_bound_the_chunk_size():
+    from qgnn.export.runtime import CHUNK_ELEMENTS, MIN_CHUNK_ROWS, chunk_rows
+
+    assert chunk_rows(1433) * 1433 <= CHUNK_ELEMENTS  # wide inputs: a bounded buffer
+    assert chunk_rows(64) == CHUNK_ELEMENTS // 64  # narrow inputs: large chunks, few calls
+    assert chunk_rows(10**9) == MIN_CHUNK_ROWS
 
 
 def test_backends_bit_identical(tmp_path):

@@ -44,7 +44,8 @@ from torch import Tensor
 from qgnn.errors import ConfigError
 from qgnn.kernels import INT32_MAX, integer_accumulate
 
-__all__ = ["GEMM_BACKENDS", "AGG_BACKENDS", "int8_matmul", "int_linear", "GraphPlan", "scipy_available"]
+__all__ = ["GEMM_BACKENDS", "AGG_BACKENDS", "int8_matmul", "int_linear", "centred_matmul_float", "GraphPlan",
+           "scipy_available"]
 
 GEMM_BACKENDS = ("auto", "reference", "int_mm", "float")
 AGG_BACKENDS = ("auto", "reference", "scipy", "float_csr")
@@ -123,6 +124,33 @@ def int_linear(a: Tensor, z_a: Tensor | None, w: Tensor, z_w: Tensor | None, w_r
         if za is not None:
             acc += k * za.reshape(-1, 1) * zw.reshape(1, -1)
     return acc
+
+
+CENTRED_BLOCK = 258  # 258 · 255 · 255 < 2^24: K block whose centred int8-grid dot products float32 holds
+
+
+def centred_matmul_float(ac: Tensor, wc_t: Tensor) -> Tensor:
+    """``acc[n, o] = Σ_k ac_nk · wc_t[k, o]`` for *centred* codes held as float32 integers
+    (``ac = q_a − z_a``, ``wc_t = (q_w − z_w)ᵀ``, both of magnitude <= 255 on an int8 grid), exact, as
+    float32 integers (int32's values when they fit 2^24, else float32's rounding of them).
+
+    The zero-point expansion of :func:`int_linear` needs four int32 passes over [N, O] / [N, K]; on
+    centred values one float GEMM per K block of CENTRED_BLOCK does it all: every product has
+    magnitude <= 255² < 2^16 and every partial sum of a block <= 2^24, which float32 represents exactly
+    in any summation order, so each block *is* the integer sum (blocks are added in float64, exact to
+    2^53). The runtime's CPU path for narrow layers (GIN's 64-wide MLPs), where the elementwise passes,
+    not the GEMM, dominate."""
+    if ac.dim() != 2 or wc_t.dim() != 2 or ac.size(1) != wc_t.size(0):
+        raise ConfigError(f"centred_matmul_float needs [N, K] and [K, O], got {tuple(ac.shape)} and "
+                          f"{tuple(wc_t.shape)}")
+    k = ac.size(1)
+    if k <= CENTRED_BLOCK:
+        return ac @ wc_t
+    acc = None
+    for start in range(0, k, CENTRED_BLOCK):
+        part = (ac[:, start:start + CENTRED_BLOCK] @ wc_t[start:start + CENTRED_BLOCK]).to(torch.float64)
+        acc = part if acc is None else acc.add_(part)
+    return acc.to(torch.float32)
 
 
 class GraphPlan:

@@ -48,7 +48,7 @@ from qgnn.quant import dequantize, quantize
 from qgnn.quant.a2q import nearest_group
 
 from .format import read_file
-from .intops import GraphPlan, int_linear
+from .intops import GraphPlan, centred_matmul_float, int_linear, resolve_gemm
 from .packing import packed_nbytes, unpack_bits
 
 __all__ = ["IntModel", "load_int_model", "ActQuant", "WeightQ", "QTensor"]
@@ -197,6 +197,9 @@ class WeightQ:
         self.q8 = (self.codes - self.offset).to(torch.int8).reshape(self.shape[0], -1)
         self.z8 = (self.zero_point - self.offset).to(torch.int32)
         self.rowsum = self.q8.to(torch.int32).sum(1)
+        # centred codes (q − z)ᵀ as float32 integers, for intops.centred_matmul_float
+        zc = self.z8.view(-1, 1) if self.z8.numel() > 1 else self.z8.reshape(())
+        self.centred_t = (self.q8.to(torch.int32) - zc).to(torch.float32).t().contiguous()
         rows = [-1] + [1] * (len(self.shape) - 1)
         s = self.scale.view(rows) if self.scale.numel() > 1 else self.scale.reshape(())
         z = self.zero_point.view(rows) if self.zero_point.numel() > 1 else self.zero_point.reshape(())
@@ -258,29 +261,64 @@ def _requant(q: ActQuant | None, x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-class Ctx:
-    """Per-forward settings and the record of which path each op took."""
+class GraphCache:
+    """The graph plans (:class:`~qgnn.export.intops.GraphPlan`, GCN's normalised edge weights) of the last
+    graph a model saw, shared by its layers: each form of the graph (raw, with self-loops, normalised) is
+    built once per graph, not once per layer (five GIN layers on a fresh batch: one CSR build, not five),
+    and reused across calls on the same graph (a node task's one graph). The graph is held by reference
+    and identified by object and version, so an edited or different edge_index rebuilds."""
 
-    def __init__(self, gemm: str, agg: str):
+    def __init__(self):
+        self._key = None
+        self._plans: dict = {}
+
+    def get(self, edge_index: Tensor, n: int, form: tuple, build: Callable[[], object]):
+        key = (id(edge_index), edge_index._version, n)
+        if self._key is None or self._key[0] is not edge_index or self._key[1:] != key[1:]:
+            self._key = (edge_index, *key[1:])  # the tensor itself: its id cannot be reused while held
+            self._plans = {}
+        if form not in self._plans:
+            self._plans[form] = build()
+        return self._plans[form]
+
+
+class Ctx:
+    """Per-forward settings, the model's graph cache and the record of which path each op took."""
+
+    def __init__(self, gemm: str, agg: str, graphs: GraphCache | None = None):
         self.gemm, self.agg = gemm, agg
+        self.graphs = graphs if graphs is not None else GraphCache()
         self.paths: dict[str, str] = {}
 
 
 def _linear(name: str, x: Tensor | QTensor, w: WeightQ | Tensor, bias: Tensor | None, ctx: Ctx) -> Tensor:
     """``x̂ Ŵᵀ + b``: integer when x is a QTensor with one scale per row and W is quantized."""
     if isinstance(x, QTensor) and isinstance(w, WeightQ) and x.row_factorable:
-        a, za = x.int8()
-        acc = int_linear(a, za, w.q8, w.z8, w.rowsum, ctx.gemm)
-        ctx.paths[name] = "int8 x int8 -> int32"
         s = x.scale.reshape(-1, 1) * w.row_scale().view(1, -1) if x.scale.dim() else x.scale * w.row_scale()
-        y = acc.to(torch.float32).mul_(s)
+        if resolve_gemm(ctx.gemm, x.codes.device, x.codes.size(0), w.shape[1], w.shape[0]) == "float":
+            # the same exact integer sums, on centred codes: one GEMM, no zero-point passes
+            y = centred_matmul_float(x.centered(torch.float32), w.centred_t).mul_(s)
+        else:
+            a, za = x.int8()
+            y = int_linear(a, za, w.q8, w.z8, w.rowsum, ctx.gemm).to(torch.float32).mul_(s)
+        ctx.paths[name] = "int8 x int8 -> int32"
         return y if bias is None else y + bias
     ctx.paths[name] = "float (fake-quant)"
     xf = x.dequant() if isinstance(x, QTensor) else x
     return F.linear(xf, w.dequant if isinstance(w, WeightQ) else w, bias)
 
 
-CHUNK_ROWS = 256  # rows quantized and multiplied at a time: bounds the code buffers, stays in cache
+# Rows quantized and multiplied at a time: about CHUNK_ELEMENTS input values (4 MB of float32) per chunk,
+# so no full-size code or float copy of a wide input is held, while narrow inputs (64 channels: 16k rows)
+# run in one or few chunks: each chunk costs a fixed ~0.5 ms of quantize / GEMM call overhead, which with
+# fixed 256-row chunks made GIN on REDDIT-BINARY (~14k nodes per batch) 5x slower than FP32.
+CHUNK_ELEMENTS = 1 << 20
+MIN_CHUNK_ROWS = 256
+
+
+def chunk_rows(in_features: int) -> int:
+    """Rows per chunk for an input of ``in_features`` columns (at least MIN_CHUNK_ROWS)."""
+    return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(1, in_features))
 
 
 def _quant_linear(name: str, x: Tensor, q: ActQuant | None, w: WeightQ | Tensor, bias: Tensor | None,
@@ -290,11 +328,12 @@ def _quant_linear(name: str, x: Tensor, q: ActQuant | None, w: WeightQ | Tensor,
     of a wide input (Cora: 2,708 x 1,433) is ever held; the result is the same as one pass."""
     if q is None:
         return _linear(name, x, w, bias, ctx)
-    if not isinstance(w, WeightQ) or q.granularity == "channel" or x.size(0) <= CHUNK_ROWS:
+    rows = chunk_rows(x.size(1) if x.dim() == 2 else 1)
+    if not isinstance(w, WeightQ) or q.granularity == "channel" or x.size(0) <= rows:
         return _linear(name, q(x), w, bias, ctx)
     out = x.new_empty((x.size(0), w.shape[0]))
-    for start in range(0, x.size(0), CHUNK_ROWS):
-        out[start:start + CHUNK_ROWS] = _linear(name, q(x[start:start + CHUNK_ROWS], start), w, bias, ctx)
+    for start in range(0, x.size(0), rows):
+        out[start:start + rows] = _linear(name, q(x[start:start + rows], start), w, bias, ctx)
     return out
 
 
@@ -377,25 +416,21 @@ class GCN(_Conv):
         self.weight = _weight(layer, "weight", tensors, where)
         o = layer["options"]
         self.normalize, self.improved, self.add_self_loops = o["normalize"], o["improved"], o["add_self_loops"]
-        self._cache = None
 
-    def graph(self, edge_index, n):
-        """(plan, normalised edge weights or None), cached for the last graph (held by reference)."""
-        c = self._cache
-        if c is not None and c[0] is edge_index and c[1] == edge_index._version and c[2] == n:
-            return c[3], c[4]
-        w = None
-        ei = edge_index
-        if self.normalize:
-            ei, w = gcn_norm(edge_index, None, n, self.improved, self.add_self_loops, self.flow, torch.float32)
-        src, dst = self._endpoints(ei)
-        plan = GraphPlan(src, dst, n)
-        self._cache = (edge_index, edge_index._version, n, plan, w)
-        return plan, w
+    def graph(self, edge_index, n, ctx):
+        """(plan, normalised edge weights or None), from the model's graph cache."""
+        def build():
+            w, ei = None, edge_index
+            if self.normalize:
+                ei, w = gcn_norm(edge_index, None, n, self.improved, self.add_self_loops, self.flow, torch.float32)
+            return GraphPlan(*self._endpoints(ei), n), w
+
+        form = ("gcn", self.flow, self.normalize, self.improved, self.add_self_loops)
+        return ctx.graphs.get(edge_index, n, form, build)
 
     def __call__(self, x, edge_index, ctx):
         n = x.size(0)
-        plan, w = self.graph(edge_index, n)
+        plan, w = self.graph(edge_index, n, ctx)
         xw = _quant_linear(f"{self.name}.xw", x, self.q.get("input"), self.weight, None, ctx)
         qh, qe = self.q.get("xw"), self.q.get("edge")
         h = qh(xw) if qh is not None else None
@@ -416,14 +451,9 @@ class GCN(_Conv):
         return self._finish(out, ctx)
 
 
-def _raw_plan(conv, edge_index, n):
-    c = conv._cache
-    if c is not None and c[0] is edge_index and c[1] == edge_index._version and c[2] == n:
-        return c[3]
-    src, dst = conv._endpoints(edge_index)
-    plan = GraphPlan(src, dst, n)
-    conv._cache = (edge_index, edge_index._version, n, plan)
-    return plan
+def _raw_plan(conv, edge_index, n, ctx):
+    """The plan of the graph as given (GIN, SAGE), from the model's graph cache."""
+    return ctx.graphs.get(edge_index, n, ("raw", conv.flow), lambda: GraphPlan(*conv._endpoints(edge_index), n))
 
 
 class GIN(_Conv):
@@ -434,11 +464,10 @@ class GIN(_Conv):
         if self.reduce is None:
             raise CheckpointError(f"{where}: GIN aggregation {layer['options']['aggr']!r} is not supported")
         self.nn = [_build(sub, tensors, f"{where}.nn.{i}") for i, sub in enumerate(layer["nn"])]
-        self._cache = None
 
     def __call__(self, x, edge_index, ctx):
         n = x.size(0)
-        plan = _raw_plan(self, edge_index, n)
+        plan = _raw_plan(self, edge_index, n, ctx)
         xq = self._in(x)
         if isinstance(xq, QTensor) and xq.column_factorable:
             # the self term (1 + ε) x̂_i is added in float after the rescale, as QuantGINConv's integer mode
@@ -470,11 +499,10 @@ class SAGE(_Conv):
         self.normalize = bool(o["normalize"])
         self.weight = _weight(layer, "weight", tensors, where)
         self.root = _weight(layer, "weight_root", tensors, where) if layer.get("root_weight") else None
-        self._cache = None
 
     def __call__(self, x, edge_index, ctx):
         n = x.size(0)
-        plan = _raw_plan(self, edge_index, n)
+        plan = _raw_plan(self, edge_index, n, ctx)
         xq = self._in(x)
         deg = plan.deg.clamp(min=1).to(torch.float32).view(-1, 1)
         aggr_q = self.q.get("aggr")
@@ -516,24 +544,20 @@ class GAT(_Conv):
         self.add_self_loops, self.fill_value = bool(o["add_self_loops"]), o["fill_value"]
         self.weight = _weight(layer, "weight", tensors, where)
         self.att = _weight(layer, "att", tensors, where)  # [2, H, C]: att_src, att_dst
-        self._cache = None
 
-    def graph(self, edge_index, n):
-        c = self._cache
-        if c is not None and c[0] is edge_index and c[1] == edge_index._version and c[2] == n:
-            return c[3]
-        ei = edge_index
-        if self.add_self_loops:
-            ei, _ = remove_self_loops(ei)
-            ei, _ = add_self_loops(ei, num_nodes=n)
-        src, dst = self._endpoints(ei)
-        plan = GraphPlan(src, dst, n)
-        self._cache = (edge_index, edge_index._version, n, plan)
-        return plan
+    def graph(self, edge_index, n, ctx):
+        def build():
+            ei = edge_index
+            if self.add_self_loops:
+                ei, _ = remove_self_loops(ei)
+                ei, _ = add_self_loops(ei, num_nodes=n)
+            return GraphPlan(*self._endpoints(ei), n)
+
+        return ctx.graphs.get(edge_index, n, ("self_loops" if self.add_self_loops else "raw", self.flow), build)
 
     def __call__(self, x, edge_index, ctx):
         n, heads, ch = x.size(0), self.heads, self.ch
-        plan = self.graph(edge_index, n)
+        plan = self.graph(edge_index, n, ctx)
         xw = _quant_linear(f"{self.name}.xw", x, self.q.get("input"), self.weight, None, ctx)
         qh = self.q.get("xw")
         h = qh(xw) if qh is not None else None
@@ -614,6 +638,7 @@ class IntModel:
         except KeyError as e:
             raise CheckpointError(f"export descriptor lacks {e}") from None
         self.paths: dict[str, str] = {}
+        self._graphs = GraphCache()  # shared by the layers (see GraphCache)
 
     @torch.no_grad()
     def __call__(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> Tensor:
@@ -623,7 +648,7 @@ class IntModel:
         if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ConfigError("edge_index must be a [2, num_edges] integer tensor")
         x = x.to(torch.float32)
-        ctx = Ctx(self.gemm, self.agg)
+        ctx = Ctx(self.gemm, self.agg, self._graphs)
         if self.arch == "node_stack":
             for i, conv in enumerate(self.convs):
                 x = conv(x, edge_index, ctx)

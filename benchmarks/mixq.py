@@ -31,6 +31,12 @@ GROUPS = {
                     "--final-method", "dq"],
     "cora-c248-dq": ["--dataset", "cora", "--seeds", "5", "--lambdas", "0.1", "1.0", "--final-method", "dq",
                      "--no-fp32"],
+    # weights {2, 4, 8}, activations {4, 8}: a 2-bit first-layer weight is what passes 8x (a 2-bit activation
+    # costs 13-16 points, a 2-bit weight ~1 point: fixed-bit probe W2A4 in layer 0 = 81.18 ± 1.14 at 10.6x)
+    "cora-w248-a48-dq": ["--dataset", "cora", "--seeds", "5", "--lambdas", "1.0", "3.0", "--candidates", "4", "8",
+                         "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--no-fp32"],
+    "citeseer-w248-a48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8",
+                             "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--no-fp32"],
     "citeseer-c48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8",
                         "--final-method", "dq", "--no-fp32"],
 }
@@ -60,6 +66,8 @@ def render() -> None:
         for row in summary["rows"]:
             run = json.loads((d.parent / f"search-l{row['lambda']:g}.json").read_text())
             cands = run["search"]["candidates"]
+            if run["search"].get("weight_candidates"):
+                cands = f"W {run['search']['weight_candidates']} A {cands}"
             lines.append(
                 f"| {name} | {row['lambda']:g} | {cands} | {run['search'].get('final_method', 'qat')} | "
                 f"{row['test_acc']:.2f} ± {row['test_std']:.2f} | "

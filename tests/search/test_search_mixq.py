@@ -210,6 +210,31 @@ def test_search_pipeline_on_synthetic_graph(tmp_path, monkeypatch):
         assert {s: model.get_submodule(name).slot_bits(s) for s in slots} == slots
 
 
+def test_weight_slots_take_their_own_candidates(tmp_path, monkeypatch):
+    from qgnn.data.synthetic import random_node_dataset
+    from qgnn.search.mixq import SearchConfig, run_search
+    from qgnn.train import TrainConfig
+    from qgnn.train import runner as runner_mod
+
+    model = _mixq_gcn(candidates=[4, 8], weight_candidates=[2, 4, 8])
+    relaxed = {n: m for n, m in model.named_modules() if isinstance(m, RelaxedQuantizer)}
+    assert relaxed and all(tuple(m.candidates) == ((2, 4, 8) if n.endswith("weight") else (4, 8))
+                           for n, m in relaxed.items())
+    ds = random_node_dataset(num_nodes=60, num_features=8, seed=0)
+    monkeypatch.setattr(runner_mod, "load_for", lambda cfg, root=None: ds)
+    monkeypatch.setattr(runner_mod, "_dataset_task", lambda name: "node")
+    # a large λ pushes every slot to its narrowest candidate: weights to 2 bits, activations only to 4
+    res = run_search(TrainConfig(dataset="synthetic", model="gcn", seeds=1, epochs=2),
+                     SearchConfig(lam=50.0, candidates=(4, 8), weight_candidates=(2, 4, 8), search_epochs=30,
+                                  alpha_lr=0.5), progress=False)
+    bits = [(slot, b) for slots in res["runs"][0]["assignment"].values() for slot, b in slots.items()]
+    assert {b for slot, b in bits if slot == "weight"} == {2}
+    assert {b for slot, b in bits if slot != "weight"} == {4}
+    assert res["search"]["weight_candidates"] == [2, 4, 8]
+    with pytest.raises(ConfigError, match="every candidate set"):
+        SearchConfig(candidates=(4, 8), weight_candidates=(2, 4), alpha_init=8).validate()
+
+
 @pytest.mark.parametrize("kw,match", [({"lam": math.nan}, "finite"), ({"candidates": ()}, "empty"),
                                       ({"penalty": "flops"}, "penalty"), ({"alpha_split": "test"}, "split")])
 def test_search_config_rejects_bad_input(kw, match):

@@ -44,6 +44,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs of the fixed-bit training (recipe default)")
     p.add_argument("--search-epochs", type=int, default=None, help="epochs of the search (default: --epochs)")
     p.add_argument("--candidates", type=_bits, nargs="+", default=[2, 4, 8], help="candidate bit-widths")
+    p.add_argument("--weight-candidates", type=_bits, nargs="+", default=None,
+                   help="the weight slots' own candidate widths (default: --candidates)")
     p.add_argument("--penalty", default="bitops", help="bitops (E[BitOPs] / FP32) | memory (stored bits)")
     p.add_argument("--alpha-split", default="val", help="val (bi-level, default) | train (MixQ-GNN's)")
     p.add_argument("--alpha-lr", type=float, default=0.01)
@@ -79,7 +81,8 @@ def _configs(args, lam):
     init = int(args.alpha_init) if args.alpha_init.isdigit() else args.alpha_init
     cfg = TrainConfig(dataset=args.dataset, model=args.model, seeds=args.seeds, seed=args.seed, folds=args.folds,
                       epochs=args.epochs, device=args.device)
-    sc = SearchConfig(lam=lam, candidates=tuple(args.candidates), penalty=args.penalty,
+    wc = None if args.weight_candidates is None else tuple(args.weight_candidates)
+    sc = SearchConfig(lam=lam, candidates=tuple(args.candidates), weight_candidates=wc, penalty=args.penalty,
                       search_epochs=args.search_epochs, alpha_split=args.alpha_split, alpha_lr=args.alpha_lr,
                       sampling=args.sampling, alpha_init=init, final_method=args.final_method)
     return cfg, sc.validate()

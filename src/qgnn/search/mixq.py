@@ -59,6 +59,7 @@ class SearchConfig:
 
     lam: float = 0.1                       # λ of the penalty (any finite number; < 0 rewards bits)
     candidates: tuple[int, ...] = (2, 4, 8)
+    weight_candidates: tuple[int, ...] | None = None  # weight slots' own set (default: candidates)
     penalty: str = "bitops"                # "bitops" or "memory"
     search_epochs: int | None = None       # default: the recipe's epochs
     alpha_split: str = "val"
@@ -72,6 +73,9 @@ class SearchConfig:
         if not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam):
             raise ConfigError(f"--lambda must be a finite number, got {self.lam!r}")
         self.candidates = parse_candidates(self.candidates)
+        if self.weight_candidates is not None:
+            self.weight_candidates = parse_candidates(self.weight_candidates)
+        every = set(self.candidates) & set(self.weight_candidates or self.candidates)
         checks = [
             (self.penalty in PENALTY_KINDS, f"unknown penalty {self.penalty!r}; valid: {', '.join(PENALTY_KINDS)}"),
             (self.alpha_split in ALPHA_SPLITS,
@@ -81,8 +85,8 @@ class SearchConfig:
             (self.search_epochs is None or self.search_epochs >= 1,
              f"--search-epochs must be >= 1, got {self.search_epochs}"),
             (self.alpha_lr > 0, f"--alpha-lr must be > 0, got {self.alpha_lr}"),
-            (self.alpha_init == "uniform" or self.alpha_init in self.candidates,
-             f"--alpha-init must be 'uniform' or one of the candidates, got {self.alpha_init!r}"),
+            (self.alpha_init == "uniform" or self.alpha_init in every,
+             f"--alpha-init must be 'uniform' or a width in every candidate set, got {self.alpha_init!r}"),
             (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
         ]
         for ok, msg in checks:
@@ -93,6 +97,7 @@ class SearchConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["candidates"] = list(self.candidates)
+        d["weight_candidates"] = None if self.weight_candidates is None else list(self.weight_candidates)
         return d
 
 
@@ -210,8 +215,9 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     sc.validate()
     if cfg.method not in ("fp32",) + FINAL_METHODS:
         raise ConfigError(f"qgnn search trains the found assignment with --final-method; got --method {cfg.method}")
-    top = max(sc.candidates)
+    top = max(sc.candidates + (sc.weight_candidates or ()))
     options = {"candidates": list(sc.candidates), "lambda": float(sc.lam), "penalty": sc.penalty,
+               "weight_candidates": None if sc.weight_candidates is None else list(sc.weight_candidates),
                "temperature": sc.temperature, "sampling": sc.sampling,
                "init": sc.alpha_init}
     search_cfg = dataclasses.replace(cfg, method="mixq", bits=top, quant={"options": options})

@@ -20,8 +20,13 @@ reference (``integer_accumulate``). For honesty also torch's float32 CSR SpMM on
 (``fp32_torch_csr``), a faster FP32 kernel than PyG's default edge_index path. Each
 variant's peak memory is measured in a fresh subprocess (RSS growth above the inputs).
 
+Part 3 (``--only rec``, section ``export-rec``), LightGCN on ml-100k: GNAQ 2-bit and QAT 2-bit checkpoints
+fine-tuned from the FP32 one with benchmarks/recsys.py's recipe, exported; file and table bytes against FP32,
+Recall@20 / NDCG@20 of the fake-quant model and of the runtime (identical), full-ranking latency.
+
     OMP_NUM_THREADS=1 python benchmarks/export.py
     OMP_NUM_THREADS=1 python benchmarks/export.py --only agg --edges 1000000
+    OMP_NUM_THREADS=1 python benchmarks/export.py --only rec
 """
 
 from __future__ import annotations
@@ -275,6 +280,127 @@ def agg_bench(args) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------
+# recommendation: LightGCN embedding tables (GNAQ per-node levels, QAT per-tensor grid)
+# --------------------------------------------------------------------------------------------------
+
+# (method, bits): fine-tuned from the FP32 LightGCN checkpoint with benchmarks/recsys.py's recipe, one seed
+REC_CASES = [("gnaq", 2), ("qat", 2)]
+
+
+def rec_train(method, bits, retrain):
+    """The FP32 checkpoint of `benchmarks/recsys.py ml100k` when it exists (else one seed of its recipe here),
+    and a quantized one fine-tuned from it: recsys.py's ML100K + QUANT_EPOCHS recipe, lr 5e-3, one seed."""
+    import recsys
+    from qgnn.train import TrainConfig, run_experiment
+
+    fp32 = recsys.RESULTS_DIR / "recsys-ml100k-fp32.ckpt"
+    if not fp32.exists() or retrain:
+        fp32 = RUNS / "ml100k-lightgcn-fp32.ckpt"
+        if not fp32.exists() or retrain:
+            cfg = TrainConfig(model="lightgcn", **{**recsys.ML100K, "seeds": 1})
+            run_experiment(cfg, out=RUNS / "ml100k-lightgcn-fp32.json", save=fp32, progress=False)
+    tag = f"ml100k-lightgcn-{method}{bits}"
+    ckpt = RUNS / f"{tag}.ckpt"
+    if not ckpt.exists() or retrain:
+        cfg = TrainConfig(model="lightgcn", method=method, bits=bits,
+                          **{**recsys.ML100K, **recsys.QUANT_EPOCHS, "seeds": 1, "lr": 5e-3},
+                          quant={"pretrained": str(fp32)})
+        run_experiment(cfg, out=RUNS / f"{tag}.json", save=ckpt, progress=False)
+    return fp32, ckpt
+
+
+def rec_case(method, bits, args) -> dict:
+    """Export one quantized LightGCN; parity, sizes and full-ranking latency against its fake-quant model."""
+    from qgnn.data import load_dataset
+    from qgnn.export import export_checkpoint, load_int_model
+    from qgnn.export.measure import median_latency, peak_memory
+    from qgnn.train import load_model
+    from qgnn.train.rec import RecTask
+    from qgnn.train.rec_metrics import topk_ranking
+
+    fp32_ckpt, ckpt = rec_train(method, bits, args.retrain)
+    out = RUNS / f"ml100k-lightgcn-{method}{bits}.qgnn.safetensors"
+    export_checkpoint(ckpt, out)
+    load_s, _ = median_latency(lambda: load_int_model(out), repeats=args.repeats, warmup=1)
+    im = load_int_model(out)
+    fq, _ = load_model(ckpt)
+    fp, _ = load_model(fp32_ckpt)
+    task = RecTask(load_dataset("ml-100k"))
+    im.set_graph(task.edge_index)
+    r = {"dataset": "ml-100k", "method": method, "bits": bits, "checkpoint": str(ckpt.relative_to(ROOT)),
+         "fp32_checkpoint": str(fp32_ckpt.relative_to(ROOT))}
+    with torch.no_grad():
+        ue, ie = fq()
+        ue2, ie2 = im()
+        users = torch.arange(ue.size(0))
+        excl = [task.train_idx, task.val_idx]  # the test protocol's exclusions
+        a, _ = topk_ranking(ue, ie, users, excl, 20)
+        b, _ = topk_ranking(ue2, ie2, users, excl, 20)
+        r["parity"] = {"ego_identical": bool(torch.equal(fq.ego(), im.ego)),
+                       "embeddings_identical": bool(torch.equal(ue, ue2) and torch.equal(ie, ie2)),
+                       "max_abs_score_diff": float((ue @ ie.T - ue2 @ ie2.T).abs().max()),
+                       "users": int(users.numel()), "users_top20_differ": int((a != b).any(1).sum())}
+    r["metrics"] = {"fp32": task.evaluate(fp, "test"), "fake_quant": task.evaluate(fq, "test"),
+                    "runtime": task.evaluate(im, "test")}
+    r["parity"]["metrics_identical"] = r["metrics"]["fake_quant"] == r["metrics"]["runtime"]
+    n, d = im.num_nodes, im.hidden
+    r["size"] = {"file_bytes": out.stat().st_size, "fp32_checkpoint_bytes": fp32_ckpt.stat().st_size,
+                 "quant_checkpoint_bytes": ckpt.stat().st_size, "table_bytes": im.table_bytes,
+                 "fp32_table_bytes": 4 * n * d, "nodes": n, "hidden": d}
+    r["size"]["file_ratio"] = r["size"]["fp32_checkpoint_bytes"] / r["size"]["file_bytes"]
+    r["size"]["table_ratio"] = r["size"]["fp32_table_bytes"] / r["size"]["table_bytes"]
+    runners = {"fp32": fp, "fake_quant": fq, "runtime": im}
+    r["latency_ms"], r["peak_mb"] = {"runtime_load": load_s * 1e3}, {}
+    for name, m in runners.items():  # all latencies first: peak_memory changes malloc settings
+        med, _ = median_latency(lambda m=m: task.evaluate(m, "test"), repeats=args.repeats, warmup=1)
+        r["latency_ms"][name] = med * 1e3
+    for name, m in runners.items():
+        r["peak_mb"][name] = peak_memory(lambda m=m: task.evaluate(m, "test")) / 2**20
+    return r
+
+
+def rec_report(rows, command) -> str:
+    lines = ["## Packed export of LightGCN embedding tables (ml-100k)", "",
+             "GNAQ: per-node b-bit codes + 2^b float32 levels per node; QAT: per-tensor b-bit grid (scale and "
+             "zero-point inline in the JSON header). Each quantized checkpoint is fine-tuned from the FP32 "
+             "LightGCN of `benchmarks/recsys.py ml100k` (3 layers, d = 64; up to 300 epochs, patience 30, the "
+             "best of 3 seeds on validation) "
+             "with that script's recipe (15 epochs, patience 5, lr 5e-3), one seed, cached under "
+             "runs/export-bench/. Metrics: full ranking on the test split, training and validation items "
+             "excluded. Latency: one full-ranking test pass (propagation + scoring + top-K of the 943 users), "
+             "median; the runtime's load (read, validate, decode the table) separately.", "",
+             f"Command: `{command}` (CPU, one thread, a shared 2-core machine: latencies are noisy; "
+             f"{time.strftime('%Y-%m-%d')}).", "",
+             "| method | bits | file B (FP32 ckpt B, ratio) | table B (FP32 table B, ratio) | "
+             "quantized training ckpt B | "
+             "R@20 FP32 / fake-quant / runtime | N@20 FP32 / fake-quant / runtime | identical (ego, embeddings, "
+             "metrics; users with a different top-20) | full-ranking ms FP32 / FQ / runtime (load) | "
+             "peak MB FP32 / FQ / runtime |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s, m, p, t, pk = r["size"], r["metrics"], r["parity"], r["latency_ms"], r["peak_mb"]
+        yes = lambda v: "yes" if v else "NO"  # noqa: E731
+        lines.append(
+            f"| {r['method']} | {r['bits']} | {s['file_bytes']:,} ({s['fp32_checkpoint_bytes']:,}, "
+            f"{s['file_ratio']:.2f}x) | {s['table_bytes']:,} ({s['fp32_table_bytes']:,}, {s['table_ratio']:.2f}x) | "
+            f"{s['quant_checkpoint_bytes']:,} | "
+            + " / ".join(f"{m[k]['recall@20']:.4f}" for k in ("fp32", "fake_quant", "runtime")) + " | "
+            + " / ".join(f"{m[k]['ndcg@20']:.4f}" for k in ("fp32", "fake_quant", "runtime")) + " | "
+            f"{yes(p['ego_identical'])}, {yes(p['embeddings_identical'])}, {yes(p['metrics_identical'])}; "
+            f"{p['users_top20_differ']} of {p['users']} | "
+            f"{t['fp32']:.1f} / {t['fake_quant']:.1f} / {t['runtime']:.1f} ({t['runtime_load']:.1f}) | "
+            f"{pk['fp32']:.1f} / {pk['fake_quant']:.1f} / {pk['runtime']:.1f} |")
+    lines += ["", "File ratio: the whole export file (JSON header included) against the FP32 LightGCN checkpoint "
+              "(its 2625 x 64 float32 table + header). Table: the stored codes + levels (GNAQ) or codes + scale "
+              "and zero-point (QAT) against 4 bytes per entry. The quantized *training* checkpoints keep FP32 "
+              "training state (GNAQ: E⁰, Δ, codes and levels; QAT: the FP32 table), hence their size. The "
+              "runtime decodes the table to float32 once at load and propagates it with LightGCN's own "
+              "propagation (qgnn.models.lightgcn.NormAdj), so at inference it costs what the FP32 model costs; "
+              "the saving is storage."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------
 
@@ -324,7 +450,7 @@ def report(models, agg, args, commands):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--only", choices=["models", "agg", "none"], default=None)
+    p.add_argument("--only", choices=["models", "agg", "rec", "none"], default=None)
     p.add_argument("--cases", type=int, nargs="*", default=None, help="indices into CASES")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--nodes", type=int, default=100_000)
@@ -345,6 +471,14 @@ def main():
     models, agg = [], []
     if args.report_only:
         args.only = "none"
+    if args.only in (None, "rec"):  # LightGCN embedding tables: their own JSON and section (export-rec)
+        rows = [rec_case(method, bits, args) for method, bits in REC_CASES]
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        write_json("export-rec", {"command": command_line(), "rows": rows})
+        update_section("export-rec", rec_report(rows, command_line()))
+        if args.only == "rec":
+            return
     if args.only in (None, "models"):
         for i, (ds, model, bits, over) in enumerate(CASES):
             if args.cases is not None and i not in args.cases:

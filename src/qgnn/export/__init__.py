@@ -7,6 +7,8 @@
 * :mod:`.intops`: int8 x int8 -> int32 matmul and integer aggregation backends, each beside its reference.
 * :mod:`.runtime`: ``IntModel`` / ``load_int_model``, inference on integer codes.
 * :mod:`.evaluate`, :mod:`.measure`, :mod:`.cli`: ``qgnn export`` and ``qgnn eval``.
+* :mod:`.rec_format`, :mod:`.rec_export`, :mod:`.rec`: LightGCN embedding tables (GNAQ, QAT, LSQ): layout,
+  export, and ``RecIntModel`` (decoded table + LightGCN propagation) with its full-ranking evaluation.
 """
 
 from .exporter import export_checkpoint, export_model

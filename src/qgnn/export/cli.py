@@ -21,7 +21,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("export", help="pack a quantized checkpoint into an integer model file",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint of `qgnn train --method qat|lsq|dq|a2q --save`")
+    p.add_argument("checkpoint", help="checkpoint of `qgnn train --method qat|lsq|dq|a2q --save` (LightGCN: "
+                                       "--method gnaq|qat|lsq)")
     p.add_argument("out", help="output file, e.g. model.qgnn.safetensors (docs/format.md)")
     p.set_defaults(func=cmd_export)
 
@@ -43,6 +44,11 @@ def cmd_export(args) -> int:
 
     path, desc = export_checkpoint(args.checkpoint, args.out)
     widths = sorted(set(desc["bits"].values()))
+    if desc["task"] == "rec":
+        m = desc["model"]
+        print(f"wrote {path} ({path.stat().st_size:,} bytes): LightGCN, {m['num_users']} users + {m['num_items']} "
+              f"items x {m['hidden']}, {m['table']['kind']} table at {widths[0]} bits")
+        return 0
     print(f"wrote {path} ({path.stat().st_size:,} bytes): {desc['task']} model, "
           f"{len(desc['model']['convs'])} conv layers, {len(desc['bits'])} quantized slots at "
           f"{'/'.join(map(str, widths))} bits")
@@ -56,11 +62,19 @@ def cmd_eval(args) -> int:
 
     r = evaluate_file(args.model, dataset=args.dataset, root=args.root, split=args.split, repeats=args.repeats,
                       gemm=args.gemm, agg=args.agg)
-    print(f"{r['file']} on {r['dataset']} ({r['split']}, {r['evaluated']} examples)")
-    print(f"  accuracy     {r['accuracy']:.4f}")
+    if r.get("task") == "rec":
+        print(f"{r['file']} on {r['dataset']} ({r['split']}, {r['evaluated']} users, full ranking)")
+        for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
+            print(f"  {k:<12} {r[k]:.4f}")
+    else:
+        print(f"{r['file']} on {r['dataset']} ({r['split']}, {r['evaluated']} examples)")
+        print(f"  accuracy     {r['accuracy']:.4f}")
     print(f"  latency      {r['latency_ms']:.2f} ms (median of {len(r['latency_runs_ms'])})")
     print(f"  peak memory  {r['peak_memory_bytes'] / 2**20:.2f} MiB (RSS growth during one pass)")
     print(f"  file size    {r['file_bytes']:,} bytes")
+    if r.get("task") == "rec":
+        print(f"  table        {r['table_bytes']:,} bytes (codes + levels / scale; FP32 table "
+              f"{r['fp32_table_bytes']:,} bytes, {r['fp32_table_bytes'] / r['table_bytes']:.2f}x smaller)")
     print(f"  paths        {', '.join(r['paths'])}")
     if args.json:
         write_json(args.json, r)

@@ -85,6 +85,10 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
     """Evaluate an export file; returns accuracy, latency, peak memory, file size and the ops' paths."""
     path = Path(path)
     model = model or load_int_model(path, gemm=gemm, agg=agg)
+    if model.desc.get("task") == "rec":  # LightGCN: Recall / NDCG @10, @20 (qgnn.export.rec)
+        from .rec import evaluate_rec
+
+        return evaluate_rec(path, model, dataset, root, split, repeats)
     cfg, inputs = eval_inputs(model.desc, dataset, root, split)
     outs = run_all(model, inputs)  # warm-up: builds and caches the graph plans (IntModel runs without grad)
     acc, n = _accuracy(outs, inputs)

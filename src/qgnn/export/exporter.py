@@ -308,8 +308,13 @@ def export_model(model: nn.Module, config: dict | None = None, num_features: int
                  num_classes: int | None = None) -> tuple[dict[str, Tensor], dict]:
     """``(tensors, descriptor)`` of a quantized qgnn model (node stack or graph readout model)."""
     from qgnn.models.graph import _GraphModel
+    from qgnn.models.lightgcn import LightGCN
     from qgnn.models.node import GAT, _Stack
 
+    if isinstance(model, LightGCN):  # recommendation: the quantized embedding table (qgnn.export.rec_export)
+        from .rec_export import export_rec_model
+
+        return export_rec_model(model, config)
     model = model.eval()
     w = _Writer()
     convs = [_conv(w, m, f"convs.{i}") for i, m in enumerate(model.convs)]

@@ -263,6 +263,10 @@ def tensor_specs(desc: dict) -> dict[str, tuple[str, tuple[int, ...], str]]:
     """name -> (dtype, shape, where) of every tensor ``desc`` refers to; ConfigError on a bad descriptor."""
     if not isinstance(desc, dict):
         _fail("the descriptor must be a JSON object")
+    if desc.get("task") == "rec":  # LightGCN embedding tables: their own layout
+        from .rec_format import rec_tensor_specs
+
+        return rec_tensor_specs(desc)
     model = desc.get("model")
     if not isinstance(model, dict):
         _fail("descriptor has no 'model' object")

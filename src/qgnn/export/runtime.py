@@ -678,6 +678,10 @@ def load_int_model(path: str | os.PathLike, gemm: str = "auto", agg: str = "auto
     """Read and validate an export file (never unpickles) and build its :class:`IntModel`."""
     tensors, desc = read_file(Path(path))
     try:
+        if desc.get("task") == "rec":  # LightGCN: decoded table + propagation (qgnn.export.rec)
+            from .rec import RecIntModel
+
+            return RecIntModel(tensors, desc)
         return IntModel(tensors, desc, gemm=gemm, agg=agg)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

@@ -35,6 +35,14 @@ GROUPS = {
     # costs 13-16 points, a 2-bit weight ~1 point: fixed-bit probe W2A4 in layer 0 = 81.18 ± 1.14 at 10.6x)
     "cora-w248-a48-dq": ["--dataset", "cora", "--seeds", "5", "--lambdas", "1.0", "3.0", "--candidates", "4", "8",
                          "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--no-fp32"],
+    # larger λ: λ = 1 and 3 kept W4 in the first layer (82.22 at 7.94x); λ = 10 moved its expected width to
+    # 3.6-3.75 bits but the arg-max stayed 4 (81.70 at 7.95x): Adam steps α by ~alpha_lr whatever the
+    # gradient's scale, so in 200 epochs α moves ~2 at 0.01; a faster α (0.05) lets the penalty finish the move
+    "cora-w248-a48-dq-hi": ["--dataset", "cora", "--seeds", "5", "--lambdas", "10.0", "--candidates", "4",
+                            "8", "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--no-fp32"],
+    "cora-w248-a48-dq-alr": ["--dataset", "cora", "--seeds", "5", "--lambdas", "1.0", "10.0", "--candidates", "4",
+                             "8", "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--alpha-lr", "0.05",
+                             "--no-fp32"],
     "citeseer-w248-a48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8",
                              "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--no-fp32"],
     "citeseer-c48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8",

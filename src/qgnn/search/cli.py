@@ -131,6 +131,17 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _write_summary(out_dir: Path, rows: list[dict], fp32: dict | None, dataset: str) -> dict:
+    """sweep.json: the rows so far, the FP32 reference (when run) and the published points."""
+    from qgnn.train.checkpoint import write_json
+
+    summary = {"rows": rows, "fp32_test_acc": fp32["metrics"]["test_acc"]["mean"] * 100 if fp32 else None,
+               "fp32_s_per_epoch": fp32["timing"]["seconds_per_epoch"] if fp32 else None,
+               "published_mixq": PUBLISHED_MIXQ.get(dataset.lower(), [])}
+    write_json(out_dir / "sweep.json", summary)
+    return summary
+
+
 def cmd_sweep(args) -> int:
     from qgnn.search.mixq import run_search
     from qgnn.train import run_experiment
@@ -146,13 +157,11 @@ def cmd_sweep(args) -> int:
                          progress=False if args.quiet else None)
         rows.append(_row(res))
         print(format_rows(rows[-1:]))
+        _write_summary(out_dir, rows, None, args.dataset)  # after every λ: a stopped sweep keeps its rows
     if not args.no_fp32:
         cfg, _ = _configs(args, 0.0)
         fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", progress=False if args.quiet else None)
-    summary = {"rows": rows, "fp32_test_acc": fp32["metrics"]["test_acc"]["mean"] * 100 if fp32 else None,
-               "fp32_s_per_epoch": fp32["timing"]["seconds_per_epoch"] if fp32 else None,
-               "published_mixq": PUBLISHED_MIXQ.get(args.dataset.lower(), [])}
-    (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
+    summary = _write_summary(out_dir, rows, fp32, args.dataset)
     print(format_rows(rows))
     if fp32:
         print(f"FP32: {summary['fp32_test_acc']:.2f}")

@@ -1,0 +1,118 @@
+"""A2Q (Zhu et al., ICLR 2023): learned per-node bit-widths (issue: mixed precision), beside FP32.
+
+Every experiment runs through `qgnn.train.run_experiment`, exactly as
+`qgnn train --dataset D --model M --method a2q --bits 4` does (the recipe's epochs, validation-based
+selection; graph tasks: the nearest-neighbour strategy, set by the recipe), and writes
+benchmarks/results/a2q-<name>.json; the FP32 run of the same protocol beside it writes
+a2q-<name>-fp32.json (skipped when it exists, unless --force). The `a2q` section of docs/results.md is
+rebuilt from those files.
+
+Reported: test accuracy; average bits of all quantized operands, of the activations (node features, what
+A2Q learns per node) and of the weights; feature compression = 32 / activation bits (the A2Q paper's
+"compression" counts the node features); model bytes (weights + every per-node / per-channel table).
+
+    OMP_NUM_THREADS=1 python benchmarks/a2q.py --only gcn-cora
+    OMP_NUM_THREADS=1 python benchmarks/a2q.py --only gin-reddit-binary --folds 1 --epochs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import RESULTS_DIR, command_line, pct, update_section, write_json  # noqa: E402
+
+EXPERIMENTS = {
+    "gcn-cora": dict(dataset="cora", model="gcn", seeds=5),
+    "gcn-citeseer": dict(dataset="citeseer", model="gcn", seeds=5),
+    "gin-reddit-binary": dict(dataset="reddit-binary", model="gin"),
+}
+TARGETS = {"gcn-cora": ">= 80 at <= 2.5 avg bits", "gin-reddit-binary": ">= 88"}
+PUBLISHED = {"gcn-cora": "A2Q abstract: 1.70 bits average, up to 18.6x compression",
+             "gin-reddit-binary": "88.85 (MixQ-GNN's rerun of A2Q)"}
+
+
+def _met(name: str, acc: float, bits: float) -> str:
+    if name == "gcn-cora":
+        return " (met)" if acc >= 80 and bits <= 2.5 else " (not met)"
+    if name == "gin-reddit-binary":
+        return " (met)" if acc >= 88 else " (not met)"
+    return ""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", default=None, choices=sorted(EXPERIMENTS))
+    p.add_argument("--bits", type=int, default=4, help="A2Q's starting / largest width")
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--folds", type=int, default=None, help="graph tasks: run only the first N folds")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--root", default=None)
+    p.add_argument("--force", action="store_true", help="rerun the FP32 reference even if its JSON exists")
+    p.add_argument("--render", action="store_true", help="only rebuild the docs section")
+    args = p.parse_args(argv)
+    if not args.render:
+        from qgnn.train import TrainConfig, run_experiment
+
+        for name in args.only or list(EXPERIMENTS):
+            kw = dict(EXPERIMENTS[name])
+            if args.seeds is not None:
+                kw["seeds"] = args.seeds
+            cfg = TrainConfig(**kw, method="a2q", bits=args.bits, folds=args.folds, epochs=args.epochs,
+                              device=args.device)
+            for tag, c in ((f"a2q-{name}-fp32", dataclasses.replace(cfg, method="fp32", bits=None)),
+                           (f"a2q-{name}", cfg)):
+                if tag.endswith("-fp32") and (RESULTS_DIR / f"{tag}.json").exists() and not args.force:
+                    continue
+                res = run_experiment(c, root=args.root, progress=False)
+                res["command"] = command_line()
+                write_json(tag, res)
+                print(tag, pct(res["metrics"]["test_acc"]), flush=True)
+    render()
+    return 0
+
+
+def render() -> None:
+    rows = ["| experiment | protocol | test acc (%) | FP32 same protocol (%) | avg bits (all / activations / "
+            "weights) | feature compression | model bytes (FP32 / A2Q) | s / epoch (FP32) | target | published |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    commands = set()
+    for name in EXPERIMENTS:
+        path = RESULTS_DIR / f"a2q-{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        fp_path = RESULTS_DIR / f"a2q-{name}-fp32.json"
+        fp = json.loads(fp_path.read_text()) if fp_path.exists() else None
+        if fp and len(fp["runs"]) != len(r["runs"]) or fp and fp["config"]["epochs"] != r["config"]["epochs"]:
+            fp = None  # another protocol: not comparable
+        c, m, cost = r["config"], r["metrics"], r["cost"]
+        proto = f"{c['seeds']} seeds" if c["task"] == "node" else f"{len(r['runs'])} of 10 folds"
+        proto += f", {c['epochs']} epochs"
+        acc, act = 100 * m["test_acc"]["mean"], cost["avg_bits_activations"]
+        fp_txt = pct(fp["metrics"]["test_acc"]) if fp else "not run"
+        fp_t = f" ({fp['timing']['seconds_per_epoch']:.3f})" if fp else ""
+        rows.append(
+            f"| {name} | {proto} | {pct(m['test_acc'])} | {fp_txt} | {cost['avg_bits']:.2f} / {act:.2f} / "
+            f"{cost['avg_bits_weights']:.2f} | {32 / act:.1f}x | {cost['model_bytes_fp32']} / {cost['model_bytes']} "
+            f"| {r['timing']['seconds_per_epoch']:.3f}{fp_t} | {TARGETS.get(name, '')}"
+            f"{_met(name, acc, cost['avg_bits']) if name in TARGETS else ''} | {PUBLISHED.get(name, '')} |")
+        commands.add(r.get("command", ""))
+    update_section(
+        "a2q",
+        "## A2Q: learned per-node bit-widths\n\n"
+        "A2Q at its defaults (docs/methods.md: starting width 4, memory penalty toward 2 average bits on the "
+        "node features, local gradient on); validation-based selection; mean ± population std. Average bits "
+        "are element-weighted over the quantized operands of one forward (cost model, docs/cost.md); feature "
+        "compression is 32 / activation bits; model bytes count the weights at their widths plus every "
+        "per-node and per-channel step / width table. Average bits and bytes are those of the selected run.\n\n"
+        + "\n".join(rows) + "\n\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in sorted(commands) if c))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -88,16 +89,35 @@ def main(argv=None) -> int:
 
 
 def _fp32_reference(cfg: dict) -> dict | None:
-    """The FP32 result with the same dataset, model and protocol, from any results JSON."""
+    """The FP32 result with the same dataset, model and protocol, from any results JSON.
+
+    Graph tasks: an FP32 run over more folds also serves, restricted to the folds the quantized run has
+    (its runs of folds 0..N-1 are exactly what an N-fold run trains: each fold's seed is seed + fold)."""
     for path in sorted(RESULTS_DIR.glob("*.json")):
         try:
             r = json.loads(path.read_text())
             c = r["config"]
         except (KeyError, TypeError, json.JSONDecodeError):
             continue
-        if c.get("method") == "fp32" and all(c.get(k) == cfg.get(k) for k in PROTOCOL_KEYS):
-            if c["task"] == "node" or len(r["runs"]) == _runs(cfg):
+        same = [k for k in PROTOCOL_KEYS if k != "folds"]
+        if c.get("method") != "fp32" or not all(c.get(k) == cfg.get(k) for k in same):
+            continue
+        if c["task"] == "node":
+            if c.get("folds") == cfg.get("folds"):
                 return r
+            continue
+        if len(r["runs"]) == _runs(cfg) and c.get("folds") == cfg.get("folds"):
+            return r
+        if c.get("seeds") == 1 == cfg.get("seeds") and (c.get("folds") or 10) > (cfg.get("folds") or 10):
+            runs = [run for run in r["runs"] if run["fold"] < cfg["folds"]]
+            if len(runs) == _runs(cfg):
+                acc = [run["test_acc"] for run in runs]
+                mean = statistics.fmean(acc)
+                return {**r, "runs": runs, "subset_of": f"folds 0-{cfg['folds'] - 1} of {path.name}",
+                        "metrics": {**r["metrics"], "test_acc": {"mean": mean, "std": statistics.pstdev(acc),
+                                                                 "runs": acc}},
+                        "timing": {**r["timing"], "seconds_per_epoch": statistics.fmean(
+                            run["seconds_per_epoch"] for run in runs)}}
     return None
 
 

@@ -101,7 +101,57 @@ def render() -> None:
         "of the same sweep (the FP32 runs follow the searches in that process).")
     if fp32_lines:
         text += "\n\n" + "\n".join(fp32_lines)
+    plots = [p for p in (pareto_plot(d) for d in ("cora", "citeseer")) if p]
+    if plots:
+        text += "\n\nAll rows against MixQ-GNN's logged points (linear measure), the Pareto front of the qgnn rows " \
+                "as a line: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "."
     update_section("mixq", "## Mixed precision: MixQ-GNN search\n\n" + text)
+
+
+def pareto_plot(dataset: str) -> Path | None:
+    """docs/mixq-pareto-<dataset>.png: every sweep row of ``dataset`` (test accuracy against the linear
+    reduction), the front of rows no other row beats on both axes, FP32, and MixQ-GNN's logged points."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from qgnn.search.cli import PUBLISHED_MIXQ
+
+    pts, fp32 = [], []
+    for d in sorted(RESULTS_DIR.glob("mixq-*/sweep.json")):
+        summary = json.loads(d.read_text())
+        for row in summary["rows"]:
+            run = json.loads((d.parent / f"search-l{row['lambda']:g}.json").read_text())
+            if run["config"]["dataset"].lower() == dataset:
+                pts.append((row["bitops_reduction_linear"], row["test_acc"], row["test_std"]))
+                if summary.get("fp32_test_acc") is not None:
+                    fp32.append(summary["fp32_test_acc"])
+    if not pts:
+        return None
+    front = sorted(p for p in pts if not any(q[0] >= p[0] and q[1] > p[1] or q[0] > p[0] and q[1] >= p[1]
+                                             for q in pts))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o", capsize=3,
+                alpha=0.6, label="qgnn MixQ search + fixed-bit training (5 seeds)")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="C0", label="qgnn Pareto front")
+    pub = PUBLISHED_MIXQ.get(dataset, [])
+    ax.scatter([p[1] for p in pub], [p[0] for p in pub], marker="x", s=60, color="r", label="MixQ-GNN (logs)")
+    if fp32:
+        ax.scatter([1.0], [fp32[0]], marker="*", s=120, color="k", label="FP32")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("reduction, linear in bits (MixQ-GNN's measure)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{dataset}: GCN, mixed precision")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = RESULTS_DIR.parent.parent / "docs" / f"mixq-pareto-{dataset}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _ratio(a, b) -> str:

@@ -6,7 +6,9 @@ layer computes in eval mode (``qgnn.nn``), on codes:
 
 * **Linear** (QuantLinear, GCN's X·W, SAGE's lin_l / lin_r, GAT's lin, GIN's MLP):
   ``acc = Σ_k (q_x − z_x)(q_w − z_w)`` in int32 (:func:`~qgnn.export.intops.int_linear`), then
-  ``y = s_x s_w · acc + b``: one float rescale.
+  ``y = s_x s_w · acc + b``: one float rescale. On CPU at full float32 matmul precision the same exact
+  integer sums come from one float GEMM on the centred codes (:func:`~qgnn.export.intops.centred_matmul_float`,
+  exact by the 2^24 bound), which skips int_linear's zero-point passes.
 * **Aggregation** (MixQ-GNN, Moustafa et al. 2025, Theorem 1): ``acc_i = Σ_j (q_e,ij − z_e)(q_h,j − z_h)``
   over the graph (:class:`~qgnn.export.intops.GraphPlan`), then ``s_e s_h · acc``: GCN sums the ``xw``
   codes weighted by the codes of the normalised adjacency; GIN the input codes (its self term

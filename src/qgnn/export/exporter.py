@@ -82,16 +82,8 @@ class _Writer:
             if g not in ("tensor", "channel"):
                 raise ConfigError(f"{name}: A2Q weights are per tensor or per output channel, got {g}")
             entries = 1 if g == "tensor" else weight.shape[0]
-        elif g == "channel":
-            entries = channels
-        elif g == "node":
-            entries = q.layout.num_nodes
-            d["num_nodes"] = entries
-        elif g == "nn":
-            entries = q.layout.groups
-            d["groups"] = entries
         else:
-            entries = 1
+            entries = self._act_entries(q, name, g, channels, d)
         d.update(self._tables(q, name, entries))
         if widths.numel() != entries:
             raise ConfigError(f"{name}: A2Q width table has {widths.numel()} entries, expected {entries}")
@@ -120,17 +112,24 @@ class _Writer:
         d = self.grid(q, name)
         g = q.granularity
         d["granularity"] = g
+        d.update(self._tables(q, name, self._act_entries(q, name, g, channels, d)))
+        return d
+
+    @staticmethod
+    def _act_entries(q, name: str, g: str, channels: int | None, d: dict) -> int:
+        """How many (scale, zero-point) entries an activation quantizer of granularity ``g`` holds; the
+        per-node and nearest-neighbour sizes go into the descriptor ``d`` (the runtime needs them)."""
         if g == "channel":
             if q.layout.ch_axis not in (-1, 1):
                 raise ConfigError(f"{name}: per-channel activations must use the last axis")
-            entries = channels
-        elif g == "node":
-            entries = q.layout.num_nodes
-            d["num_nodes"] = entries
-        else:
-            entries = 1
-        d.update(self._tables(q, name, entries))
-        return d
+            return channels
+        if g == "node":
+            d["num_nodes"] = q.layout.num_nodes
+            return q.layout.num_nodes
+        if g == "nn":
+            d["groups"] = q.layout.groups
+            return q.layout.groups
+        return 1
 
     def weight(self, q: Quantizer | None, w: Tensor, name: str) -> tuple[dict | None, str | None]:
         """(quantized descriptor, None) or (None, float tensor name)."""

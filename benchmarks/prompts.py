@@ -22,6 +22,12 @@ prompts alone are trained on that frozen backbone (`qgnn train --prompt P --free
 host.ckpt`, same seed), their epoch selected on validation again. Zero-initialised prompts start from exactly
 the host, so this asks whether a correction on top of a trained quantized model helps, seed by seed (paired
 differences), where the joint grid asks whether training both together does.
+
+Ranges (`--ranges`): per seed, the host and the host + prompt are trained as in the grid and saved; the grid
+width scale · (qmax − qmin) of each layer's input quantizer is read back from the selected models. A prompt's
+output is the next layer's input, so a prompt that widens that range coarsens the grid of every feature.
+
+    OMP_NUM_THREADS=1 python benchmarks/prompts.py --ranges --models gcn --datasets cora --hosts qat dq --prompts lorap
 """
 
 from __future__ import annotations
@@ -152,6 +158,80 @@ def run_tune(args) -> None:
                     render()
 
 
+def _input_ranges(model) -> dict[str, float]:
+    """Each layer's input-quantizer grid width, scale · (qmax − qmin) (mean over its scale table), keyed by
+    the host's module name (a prompted layer's ``base_layer.`` dropped, so host and prompted models pair)."""
+    from qgnn.quant.quantizers import Quantizer
+
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, Quantizer) and name.endswith("quant.input") and mod.enabled:
+            out[name.replace("base_layer.", "")] = float(mod.scale.float().mean()) * (mod.qmax - mod.qmin)
+    return out
+
+
+def run_ranges(args) -> None:
+    """Host vs host + prompt, per seed: the input-quantizer ranges of the selected models (module docstring)."""
+    import dataclasses
+    import statistics as st
+
+    from qgnn.train import run_experiment
+    from qgnn.train.runner import load_model
+
+    work = RESULTS_DIR.parent.parent / "runs" / "prompts-ranges"
+    for model in args.models:
+        for dataset in args.datasets:
+            for host in args.hosts:
+                for prompt in [p for p in args.prompts if p != "none"]:
+                    name = f"prompts-ranges-{model}-{dataset}-{host}{args.bits}-{prompt}"
+                    if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
+                        continue
+                    runs = []
+                    for seed in range(args.seeds):
+                        run = {"seed": seed}
+                        for kind in ("none", prompt):
+                            cfg = dataclasses.replace(
+                                _cfg(model, dataset, host, args.bits, kind, 1, args.epochs, args.device), seed=seed)
+                            ckpt = work / f"{model}-{dataset}-{host}{args.bits}-{kind}-seed{seed}.ckpt"
+                            res = run_experiment(cfg, root=args.root, save=ckpt, progress=False)
+                            run[kind] = {"ranges": _input_ranges(load_model(ckpt)[0]),
+                                         **{k: res["metrics"][k]["mean"] for k in ("train_acc", "val_acc",
+                                                                                   "test_acc")}}
+                        runs.append(run)
+                        print(name, run, flush=True)
+                    layers = list(runs[0]["none"]["ranges"])
+                    ratio = {ly: [r[prompt]["ranges"][ly] / r["none"]["ranges"][ly] for r in runs] for ly in layers}
+                    write_json(name, {"model": model, "dataset": dataset, "host": host, "bits": args.bits,
+                                      "prompt": prompt, "runs": runs,
+                                      "range_ratio_median": {ly: st.median(v) for ly, v in ratio.items()},
+                                      "command": command_line()})
+                    render()
+
+
+def ranges_table(commands: set) -> str:
+    """Input-quantizer ranges of host vs host + prompt (``--ranges``), per layer, paired by seed."""
+    rows = ["| model | dataset | host (INT4) | prompt | seeds | layer input | range host → prompted (median) "
+            "| ratio (median, min–max) | val acc host → prompted |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(RESULTS_DIR.glob("prompts-ranges-*.json")):
+        t = json.loads(path.read_text())
+        runs, p = t["runs"], t["prompt"]
+        val = (statistics.fmean(r["none"]["val_acc"] for r in runs), statistics.fmean(r[p]["val_acc"] for r in runs))
+        for ly in runs[0]["none"]["ranges"]:
+            h = statistics.median(r["none"]["ranges"][ly] for r in runs)
+            q = statistics.median(r[p]["ranges"][ly] for r in runs)
+            rat = [r[p]["ranges"][ly] / r["none"]["ranges"][ly] for r in runs]
+            rows.append(f"| {t['model']} | {t['dataset']} | {t['host']}{t['bits']} | {p} | {len(runs)} | {ly} | "
+                        f"{h:.3g} → {q:.3g} | {statistics.median(rat):.2f} ({min(rat):.2f}–{max(rat):.2f}) | "
+                        f"{100 * val[0]:.2f} → {100 * val[1]:.2f} |")
+        commands.add(t["command"])
+    if len(rows) == 2:
+        return ""
+    return ("\n\nWhat a prompt does to the host's quantizers (`--ranges`): per seed the host and the host + prompt "
+            "are trained (joint, as in the grid) and the grid width scale · (qmax − qmin) of every layer's input "
+            "quantizer is read from the selected model. A prompt's output feeds the next layer's input quantizer; "
+            "a wider range there is a coarser grid for every feature.\n\n" + "\n".join(rows))
+
+
 def _load(name):
     path = RESULTS_DIR / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -208,6 +288,7 @@ def render() -> None:
         "LoRAP kernel on CPU is the plain-torch reference — no GPU was available, so the fused Triton kernel was "
         "only checked for correctness, through the Triton interpreter):\n\n" + "\n".join(timing)
         + tune_table(commands)
+        + ranges_table(commands)
         + "\n\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in sorted(commands)))
 
 
@@ -244,10 +325,14 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
     p.add_argument("--timing", action="store_true", help="measure LoRAP's training overhead instead")
     p.add_argument("--tune", action="store_true", help="prompt tuning on each seed's frozen, trained host")
+    p.add_argument("--ranges", action="store_true",
+                   help="host vs host + prompt per seed: the input-quantizer ranges of the selected models")
     p.add_argument("--render", action="store_true", help="only rebuild the docs section from the JSON files")
     args = p.parse_args(argv)
     if args.render:
         render()
+    elif args.ranges:
+        run_ranges(args)
     elif args.tune:
         run_tune(args)
     elif args.timing:

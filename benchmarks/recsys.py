@@ -3,6 +3,7 @@
   python benchmarks/recsys.py ml100k            # FP32 / qat2 / lsq2 / gnaq2 / bigear1, 3 seeds each
   python benchmarks/recsys.py ablation          # GNAQ 2-bit ablations on ml-100k (after ml100k)
   python benchmarks/recsys.py gowalla-speed     # epoch and test-pass time; GNAQ vs BiGeaR epoch time
+  python benchmarks/recsys.py gowalla-step      # training step: layer-by-layer reference vs fused, one process
   python benchmarks/recsys.py gowalla-fp32 --epochs N   # FP32 LightGCN for N epochs: the figure reached
 
 Quantized runs start from the selected FP32 checkpoint of the same dataset (benchmarks/results/...ckpt).
@@ -145,15 +146,64 @@ def gowalla_speed(args) -> None:
         scale = -(-pairs.size(1) // 2048) / QUANT_BATCHES
         res[f"{name}_epoch"] = {"wall_s": (time.perf_counter() - t) * scale, "cpu_s": (time.process_time() - c) * scale,
                                 "measured_batches": QUANT_BATCHES, "setup": prep}
-    nb = -(-ds.train.size(1) // 2048)
-    res["batches_per_epoch"] = nb
+    res["batches_per_epoch"] = -(-ds.train.size(1) // 2048)
     res["train_interactions"] = int(ds.train.size(1))
     res["test_after_one_epoch"] = test
     write_json("recsys-gowalla-speed", {"command": command_line(), **res})
+    render_gowalla_speed()
+    print(json.dumps(res, indent=1))
+
+
+def gowalla_step(args) -> None:
+    """FP32 training steps, the layer-by-layer autograd reference (`layer_rows`) vs the fused
+    `layer_mean_rows` that `LightGCN.train_forward` uses, alternating blocks of batches in this process."""
+    import statistics
+
+    import torch
+
+    from qgnn.models.lightgcn import layer_rows
+    from qgnn.train.rec import RecRunner
+
+    runner = RecRunner(TrainConfig(dataset="gowalla", model="lightgcn", epochs=1, seeds=1), progress=False)
+    model, task = runner.build(), runner.task
+    opt = runner._optim(model)
+    fused = model.train_forward
+
+    def reference(idx):
+        ego = model.ego()
+        return ego[idx], sum(layer_rows(ego, model._need_graph(), model.num_layers, idx)) / (model.num_layers + 1)
+
+    pairs, gen = task.train_pairs, torch.Generator().manual_seed(0)
+    perm = torch.randperm(pairs.size(1), generator=gen)
+    block = args.step_batches
+    times = {"reference": [], "fused": []}
+    for rep in range(args.step_repeats):
+        for name, fwd in (("reference", reference), ("fused", fused)):
+            model.train_forward = fwd
+            task.train_pairs = pairs[:, perm[(2 * rep + (name == "fused")) * block * 2048:][: block * 2048]]
+            c = time.process_time()
+            task.train_epoch(model, opt, gen, runner.cfg.weight_decay)
+            times[name].append((time.process_time() - c) / block)
+    task.train_pairs, model.train_forward = pairs, fused
+    med = {k: statistics.median(v) for k, v in times.items()}
+    write_json("recsys-gowalla-step", {"command": command_line(), "batches_per_block": block,
+                                       "cpu_s_per_batch": times, "median_cpu_s_per_batch": med,
+                                       "fused_over_reference": med["fused"] / med["reference"]})
+    print(f"reference {med['reference']:.3f} CPU s / batch, fused {med['fused']:.3f}: "
+          f"{med['fused'] / med['reference']:.3f}", flush=True)
+    render_gowalla_speed()
+
+
+def render_gowalla_speed() -> None:
+    path = RESULTS_DIR / "recsys-gowalla-speed.json"
+    if not path.exists():
+        return
+    res = json.loads(path.read_text())
+    ds_train = res["train_interactions"]
     e, tp = res["fp32_epoch"], res["fp32_test_pass"]
     g, b = res["gnaq2_epoch"], res["bigear1_epoch"]
     per_batch_ref = REF_EPOCH_S / -(-810128 // 2048)
-    ni = ds.train.size(1)
+    ni, nb = ds_train, res["batches_per_epoch"]
     rows = [
         f"| FP32 training epoch ({nb} batches, {ni} interactions) | {e['wall_s']:.1f} | {e['cpu_s']:.1f} | "
         f"{REF_EPOCH_S:.0f} s (396 batches, 810128 interactions) | {REF_EPOCH_S / e['cpu_s']:.1f}x per epoch, "
@@ -166,16 +216,24 @@ def gowalla_speed(args) -> None:
         f"| BiGeaR-style 1-bit epoch (same) | {b['wall_s']:.1f} | {b['cpu_s']:.1f} | | "
         f"+ {b['setup']['cpu_s']:.1f} CPU s for the teacher's top-100 lists, once |",
     ]
+    step, step_md = RESULTS_DIR / "recsys-gowalla-step.json", []
+    if step.exists():
+        st = json.loads(step.read_text())
+        m = st["median_cpu_s_per_batch"]
+        step_md = ["", f"`{st['command']}`", "",
+                   f"Training step, same process, alternating blocks of {st['batches_per_block']} batches "
+                   f"({len(st['cpu_s_per_batch']['fused'])} blocks each): layer-by-layer autograd reference "
+                   f"{m['reference']:.3f} CPU s / batch, fused `layer_mean_rows` {m['fused']:.3f} "
+                   f"(ratio {st['fused_over_reference']:.2f})."]
     md = "\n".join([
         "### LightGCN on gowalla: epoch and test-pass time (batch 2048, d = 64, 3 layers, one CPU thread)", "",
-        f"`{command_line()}`", "",
+        f"`{res['command']}`", "",
         "| | wall s | CPU s | reference (LightGCN-PyTorch) | speed-up / ratio |", "|---|---|---|---|---|", *rows, "",
         f"Our epoch visits the {ni} training interactions left after carving 10 % of them for validation; the",
         "per-batch speed-up compares equal batch sizes. Wall time depends on the other jobs sharing the two",
-        "cores; CPU time much less so.",
+        "cores; CPU time much less so.", *step_md,
     ])
     update_section("recsys-gowalla-speed", md)
-    print(json.dumps(res, indent=1))
 
 
 def gowalla_fp32(args) -> None:
@@ -196,13 +254,16 @@ CPU s), validation pass {t['eval_seconds_per_epoch']:.1f} s, total {t['total_sec
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["ml100k", "ablation", "gowalla-speed", "gowalla-fp32"])
+    p.add_argument("what", choices=["ml100k", "ablation", "gowalla-speed", "gowalla-step", "gowalla-fp32"])
+    p.add_argument("--step-batches", type=int, default=10, help="gowalla-step: batches per timed block")
+    p.add_argument("--step-repeats", type=int, default=3, help="gowalla-step: blocks per variant")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--quant-lr", type=float, default=5e-3, help="lr of the quantized fine-tuning (all methods)")
     p.add_argument("--reuse-fp32", action="store_true", help="ml100k: keep the FP32 results and checkpoint")
     p.add_argument("--methods", default="qat,lsq,bigear,gnaq", help="ml100k: quantized methods to run")
     args = p.parse_args()
-    {"ml100k": ml100k, "ablation": ablation, "gowalla-speed": gowalla_speed, "gowalla-fp32": gowalla_fp32}[
+    {"ml100k": ml100k, "ablation": ablation, "gowalla-speed": gowalla_speed,
+     "gowalla-step": gowalla_step, "gowalla-fp32": gowalla_fp32}[
         args.what.replace("_", "-")](args)
 
 

@@ -52,13 +52,32 @@ def test_row_restricted_training_forward_matches_full_propagation():
     model, _ = _model(1)
     idx = torch.tensor([0, 3, 3, 31, 45, 69])  # duplicates and users and items
     x = model.embedding.weight
-    _, rows = model.train_forward(idx)
+    ego_rows, rows = model.train_forward(idx)
     full = model.propagate_reference(x)[idx]
     assert torch.allclose(rows, full, atol=1e-6)
-    g = torch.randn_like(rows)
-    ga = torch.autograd.grad((rows * g).sum(), x)[0]
-    gb = torch.autograd.grad((model.propagate_reference(x)[idx] * g).sum(), x)[0]
+    assert torch.equal(ego_rows, x[idx])
+    g, h = torch.randn_like(rows), torch.randn_like(rows)
+    ga = torch.autograd.grad((rows * g).sum() + (ego_rows * h).sum(), x)[0]
+    gb = torch.autograd.grad((model.propagate_reference(x)[idx] * g).sum() + (x[idx] * h).sum(), x)[0]
     assert torch.allclose(ga, gb, atol=1e-6)
+    # one of the two outputs alone (the other gets no gradient)
+    ego_rows, rows = model.train_forward(idx)
+    ga = torch.autograd.grad(rows.sum(), x)[0]
+    gb = torch.autograd.grad(model.propagate_reference(x)[idx].sum(), x)[0]
+    assert torch.allclose(ga, gb, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_layer_mean_rows_at_few_layers_and_isolated_nodes(layers):
+    from qgnn.models.lightgcn import layer_mean, layer_mean_rows
+
+    adj = NormAdj(torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]]), 5)  # nodes 3 and 4 isolated
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([4, 1, 3, 1])
+    mean, ego = layer_mean_rows(x, adj, layers, idx)
+    assert torch.allclose(mean, layer_mean(x, adj, layers)[idx])
+    assert torch.equal(mean[0], x[4].detach() / (layers + 1))  # an isolated node keeps its own share only
+    assert torch.autograd.gradcheck(lambda t: layer_mean_rows(t, adj, layers, idx), (x,))
 
 
 def test_layer_rows_separate_gives_each_layer():

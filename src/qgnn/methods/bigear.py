@@ -71,7 +71,7 @@ class BiGeaRLightGCN(LightGCN):
 
     def train_forward(self, idx):
         ego = self.embedding.weight
-        return ego, self.binarize(layer_rows(ego, self._need_graph(), self.num_layers, idx, separate=True))
+        return ego[idx], self.binarize(layer_rows(ego, self._need_graph(), self.num_layers, idx, separate=True))
 
     @torch.no_grad()
     def prepare(self, task) -> None:

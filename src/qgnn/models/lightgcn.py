@@ -40,11 +40,8 @@ class _RowProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, idx, op):
-        col, w, offsets, _ = op.segments(idx)
         ctx.idx, ctx.op, ctx.n = idx, op, x.size(0)
-        if col.numel() == 0:
-            return x.new_zeros(len(idx), x.size(1))
-        return F.embedding_bag(col, x, offsets, mode="sum", per_sample_weights=w.to(x.dtype))
+        return op.rows_raw(x, idx)
 
     @staticmethod
     def backward(ctx, g):
@@ -52,6 +49,40 @@ class _RowProduct(torch.autograd.Function):
         # zero outside idx, several times faster than scattering g over every nonzero of those rows.
         sg = g.new_zeros(ctx.n, g.size(1)).index_add_(0, ctx.idx, g)
         return ctx.op.apply_raw(sg), None, None
+
+
+class _LayerMeanRows(torch.autograd.Function):
+    """(F[idx], x0[idx]) with F = (x0 + Âx0 + ... + Â^L x0) / (L + 1), in one autograd node.
+
+    Backward, with z = Sᵀ g_F / (L + 1) (S the row selection idx) and Â symmetric:
+    dL/dx0 = Sᵀ g_x0 + Σ_{k=0..L} Â^k z, accumulated in place into one table: L products and no
+    intermediate tables per layer, where the layer-by-layer autograd graph keeps a gradient table per
+    layer, a zero-filled scatter per row selection and an addition per sum."""
+
+    @staticmethod
+    def forward(ctx, x0, idx, op, num_layers):
+        ctx.idx, ctx.op, ctx.num_layers, ctx.n = idx, op, num_layers, x0.size(0)
+        x0 = x0.detach()  # the products need no autograd bookkeeping here
+        acc, h = x0[idx], x0
+        for _ in range(num_layers - 1):
+            h = op.apply_raw(h)
+            acc += h[idx]
+        if num_layers:
+            acc += op.rows_raw(h, idx)  # the last layer is only needed on the rows idx
+        return acc / (num_layers + 1), x0[idx]
+
+    @staticmethod
+    def backward(ctx, g_mean, g_ego):
+        idx, op = ctx.idx, ctx.op
+        z = g_mean.new_zeros(ctx.n, g_mean.size(1)).index_add_(0, idx, g_mean / (ctx.num_layers + 1))
+        grad = z.clone()
+        if g_ego is not None:
+            grad.index_add_(0, idx, g_ego)
+        h = z
+        for _ in range(ctx.num_layers):
+            h = op.apply_raw(h)
+            grad += h
+        return grad, None, None, None
 
 
 class NormAdj:
@@ -109,6 +140,13 @@ class NormAdj:
         nz = torch.repeat_interleave(self.crow[idx] - offsets, cnt) + torch.arange(int(cnt.sum()), device=idx.device)
         return self.col[nz], self.weight[nz], offsets, pos
 
+    def rows_raw(self, x: Tensor, idx: Tensor) -> Tensor:
+        """(M x)[idx] from the nonzeros of those rows, not differentiable (see :meth:`rows`)."""
+        col, w, offsets, _ = self.segments(idx)
+        if col.numel() == 0:
+            return x.new_zeros(len(idx), x.size(1))
+        return F.embedding_bag(col, x, offsets, mode="sum", per_sample_weights=w.to(x.dtype))
+
     def rows(self, x: Tensor, idx: Tensor) -> Tensor:
         """(M x)[idx] at the cost of the nonzeros of those rows; differentiable in x (backward: a scatter)."""
         return _RowProduct.apply(x, idx, self)
@@ -127,6 +165,13 @@ def layer_mean(x0: Tensor, adj, num_layers: int) -> Tensor:
         h = adj(h)
         out = out + h
     return out / (num_layers + 1)
+
+
+def layer_mean_rows(x0: Tensor, adj: NormAdj, num_layers: int, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """(F[idx], x0[idx]) for F = (x0 + Âx0 + ... + Â^L x0) / (L + 1): what a LightGCN training step needs
+    (final embeddings of the batch's nodes, and their ego rows for the L2 term). L − 1 products over the
+    whole graph and the last on the rows idx only; differentiable in x0 (:class:`_LayerMeanRows`)."""
+    return _LayerMeanRows.apply(x0, idx, adj, num_layers)
 
 
 def layer_rows(x0: Tensor, adj: NormAdj, num_layers: int, idx: Tensor, separate: bool = False) -> list[Tensor]:
@@ -218,10 +263,9 @@ class LightGCN(nn.Module):
     num_negatives = 1
 
     def train_forward(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """(ego table [N, d], final embeddings of the nodes ``idx``) for one training step; the ego table gets
-        the L2 term. Equal to ``propagate(ego())[idx]``, computed with :func:`layer_rows`."""
-        ego = self.ego()
-        return ego, sum(layer_rows(ego, self._need_graph(), self.num_layers, idx)) / (self.num_layers + 1)
+        """(ego rows ego()[idx], final embeddings propagate(ego())[idx]) of the nodes ``idx`` for one training
+        step; the ego rows get the L2 term. Computed with :func:`layer_mean_rows`."""
+        return tuple(reversed(layer_mean_rows(self.ego(), self._need_graph(), self.num_layers, idx)))
 
     def extra_nodes(self, users: Tensor) -> Tensor | None:
         """Nodes besides the batch's whose final embeddings :meth:`extra_loss` needs ([K, R] or None)."""

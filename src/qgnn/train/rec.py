@@ -84,14 +84,14 @@ class RecTask:
             b, extra = u.numel(), model.extra_nodes(u)
             nodes = [u, nu + p, nu + j.flatten()] + ([extra.flatten()] if extra is not None else [])
             uniq, inv = torch.unique(torch.cat(nodes), return_inverse=True)
-            ego, rows = model.train_forward(uniq)
+            ego_rows, rows = model.train_forward(uniq)
             # one gather per part: slicing a single gathered tensor would give every slice a backward that
             # zero-fills the whole gathered tensor
             nj = 2 * b + j.numel()
             eu, ep, en = rows[inv[:b]], rows[inv[b: 2 * b]], rows[inv[2 * b: nj]].view(b, j.size(1), -1)
             ex = rows[inv[nj:]].view(extra.size(0), extra.size(1), -1) if extra is not None else None
             bpr = F.softplus((eu * en[:, 0]).sum(-1) - (eu * ep).sum(-1)).mean()
-            e0 = ego[uniq][inv[: 3 * b] if j.size(1) == 1 else torch.cat([inv[: 2 * b], inv[2 * b:: j.size(1)][:b]])]
+            e0 = ego_rows[inv[: 3 * b] if j.size(1) == 1 else torch.cat([inv[: 2 * b], inv[2 * b:: j.size(1)][:b]])]
             reg = 0.5 * e0.pow(2).sum() / b  # ‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖² (first negative), one row gather
             loss = bpr + weight_decay * reg + model.extra_loss(eu, ep, en, ex)
             loss.backward()

@@ -177,13 +177,15 @@ def gowalla_step(args) -> None:
     perm = torch.randperm(pairs.size(1), generator=gen)
     block = args.step_batches
     times = {"reference": [], "fused": []}
-    for rep in range(args.step_repeats):
-        for name, fwd in (("reference", reference), ("fused", fused)):
+    variants = [("reference", reference), ("fused", fused)]
+    for rep in range(-1, args.step_repeats):  # rep -1: one untimed warm-up block of each
+        for i, (name, fwd) in enumerate(variants if rep % 2 else variants[::-1]):  # alternate who goes first
             model.train_forward = fwd
-            task.train_pairs = pairs[:, perm[(2 * rep + (name == "fused")) * block * 2048:][: block * 2048]]
+            task.train_pairs = pairs[:, perm[(2 * (rep + 1) + i) * block * 2048:][: block * 2048]]
             c = time.process_time()
             task.train_epoch(model, opt, gen, runner.cfg.weight_decay)
-            times[name].append((time.process_time() - c) / block)
+            if rep >= 0:
+                times[name].append((time.process_time() - c) / block)
     task.train_pairs, model.train_forward = pairs, fused
     med = {k: statistics.median(v) for k, v in times.items()}
     write_json("recsys-gowalla-step", {"command": command_line(), "batches_per_block": block,

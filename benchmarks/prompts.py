@@ -118,6 +118,18 @@ def run_timing(args) -> None:
     render()
 
 
+def _pending(args, kind: str):
+    """(model, dataset, host, prompt, result name) of every cell of a per-seed study (``--tune``, ``--ranges``)
+    whose JSON does not exist yet (all of them with --force)."""
+    for model in args.models:
+        for dataset in args.datasets:
+            for host in args.hosts:
+                for prompt in [p for p in args.prompts if p != "none"]:
+                    name = f"prompts-{kind}-{model}-{dataset}-{host}{args.bits}-{prompt}"
+                    if args.force or not (RESULTS_DIR / f"{name}.json").exists():
+                        yield model, dataset, host, prompt, name
+
+
 def run_tune(args) -> None:
     """Host, then prompts on the frozen host, per seed (module docstring)."""
     import dataclasses
@@ -126,36 +138,30 @@ def run_tune(args) -> None:
     from qgnn.train import run_experiment
 
     work = RESULTS_DIR.parent.parent / "runs" / "prompts-tune"
-    for model in args.models:
-        for dataset in args.datasets:
-            for host in args.hosts:
-                for prompt in [p for p in args.prompts if p != "none"]:
-                    name = f"prompts-tune-{model}-{dataset}-{host}{args.bits}-{prompt}"
-                    if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
-                        continue
-                    runs = []
-                    for seed in range(args.seeds):
-                        base = _cfg(model, dataset, host, args.bits, "none", 1, args.epochs, args.device)
-                        base = dataclasses.replace(base, seed=seed)
-                        ckpt = work / f"{model}-{dataset}-{host}{args.bits}-seed{seed}.ckpt"
-                        h = run_experiment(base, root=args.root, save=ckpt, progress=False)
-                        tuned_cfg = dataclasses.replace(base, prompt={"kind": prompt, "freeze_backbone": True,
-                                                                      "backbone": str(ckpt)})
-                        t = run_experiment(tuned_cfg, root=args.root, progress=False)
-                        runs.append({"seed": seed, "host_test": h["metrics"]["test_acc"]["mean"],
-                                     "host_val": h["metrics"]["val_acc"]["mean"],
-                                     "tuned_test": t["metrics"]["test_acc"]["mean"],
-                                     "tuned_val": t["metrics"]["val_acc"]["mean"],
-                                     "tuned_best_epoch": t["metrics"]["best_epoch"]["mean"]})
-                        print(name, runs[-1], flush=True)
-                    diff = [r["tuned_test"] - r["host_test"] for r in runs]
-                    res = {"model": model, "dataset": dataset, "host": host, "bits": args.bits, "prompt": prompt,
-                           "runs": runs, "host_test": st.mean(r["host_test"] for r in runs),
-                           "tuned_test": st.mean(r["tuned_test"] for r in runs),
-                           "paired_diff_mean": st.mean(diff), "paired_diff_std": st.pstdev(diff),
-                           "tuned_config": t["config"], "command": command_line()}
-                    write_json(name, res)
-                    render()
+    for model, dataset, host, prompt, name in _pending(args, "tune"):
+        runs = []
+        for seed in range(args.seeds):
+            base = _cfg(model, dataset, host, args.bits, "none", 1, args.epochs, args.device)
+            base = dataclasses.replace(base, seed=seed)
+            ckpt = work / f"{model}-{dataset}-{host}{args.bits}-seed{seed}.ckpt"
+            h = run_experiment(base, root=args.root, save=ckpt, progress=False)
+            tuned_cfg = dataclasses.replace(base, prompt={"kind": prompt, "freeze_backbone": True,
+                                                          "backbone": str(ckpt)})
+            t = run_experiment(tuned_cfg, root=args.root, progress=False)
+            runs.append({"seed": seed, "host_test": h["metrics"]["test_acc"]["mean"],
+                         "host_val": h["metrics"]["val_acc"]["mean"],
+                         "tuned_test": t["metrics"]["test_acc"]["mean"],
+                         "tuned_val": t["metrics"]["val_acc"]["mean"],
+                         "tuned_best_epoch": t["metrics"]["best_epoch"]["mean"]})
+            print(name, runs[-1], flush=True)
+        diff = [r["tuned_test"] - r["host_test"] for r in runs]
+        res = {"model": model, "dataset": dataset, "host": host, "bits": args.bits, "prompt": prompt,
+               "runs": runs, "host_test": st.mean(r["host_test"] for r in runs),
+               "tuned_test": st.mean(r["tuned_test"] for r in runs),
+               "paired_diff_mean": st.mean(diff), "paired_diff_std": st.pstdev(diff),
+               "tuned_config": t["config"], "command": command_line()}
+        write_json(name, res)
+        render()
 
 
 def _input_ranges(model) -> dict[str, float]:
@@ -179,33 +185,27 @@ def run_ranges(args) -> None:
     from qgnn.train.runner import load_model
 
     work = RESULTS_DIR.parent.parent / "runs" / "prompts-ranges"
-    for model in args.models:
-        for dataset in args.datasets:
-            for host in args.hosts:
-                for prompt in [p for p in args.prompts if p != "none"]:
-                    name = f"prompts-ranges-{model}-{dataset}-{host}{args.bits}-{prompt}"
-                    if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
-                        continue
-                    runs = []
-                    for seed in range(args.seeds):
-                        run = {"seed": seed}
-                        for kind in ("none", prompt):
-                            cfg = dataclasses.replace(
-                                _cfg(model, dataset, host, args.bits, kind, 1, args.epochs, args.device), seed=seed)
-                            ckpt = work / f"{model}-{dataset}-{host}{args.bits}-{kind}-seed{seed}.ckpt"
-                            res = run_experiment(cfg, root=args.root, save=ckpt, progress=False)
-                            run[kind] = {"ranges": _input_ranges(load_model(ckpt)[0]),
-                                         **{k: res["metrics"][k]["mean"] for k in ("train_acc", "val_acc",
-                                                                                   "test_acc")}}
-                        runs.append(run)
-                        print(name, run, flush=True)
-                    layers = list(runs[0]["none"]["ranges"])
-                    ratio = {ly: [r[prompt]["ranges"][ly] / r["none"]["ranges"][ly] for r in runs] for ly in layers}
-                    write_json(name, {"model": model, "dataset": dataset, "host": host, "bits": args.bits,
-                                      "prompt": prompt, "runs": runs,
-                                      "range_ratio_median": {ly: st.median(v) for ly, v in ratio.items()},
-                                      "command": command_line()})
-                    render()
+    for model, dataset, host, prompt, name in _pending(args, "ranges"):
+        runs = []
+        for seed in range(args.seeds):
+            run = {"seed": seed}
+            for kind in ("none", prompt):
+                cfg = dataclasses.replace(
+                    _cfg(model, dataset, host, args.bits, kind, 1, args.epochs, args.device), seed=seed)
+                ckpt = work / f"{model}-{dataset}-{host}{args.bits}-{kind}-seed{seed}.ckpt"
+                res = run_experiment(cfg, root=args.root, save=ckpt, progress=False)
+                run[kind] = {"ranges": _input_ranges(load_model(ckpt)[0]),
+                             **{k: res["metrics"][k]["mean"] for k in ("train_acc", "val_acc",
+                                                                       "test_acc")}}
+            runs.append(run)
+            print(name, run, flush=True)
+        layers = list(runs[0]["none"]["ranges"])
+        ratio = {ly: [r[prompt]["ranges"][ly] / r["none"]["ranges"][ly] for r in runs] for ly in layers}
+        write_json(name, {"model": model, "dataset": dataset, "host": host, "bits": args.bits,
+                          "prompt": prompt, "runs": runs,
+                          "range_ratio_median": {ly: st.median(v) for ly, v in ratio.items()},
+                          "command": command_line()})
+        render()
 
 
 def ranges_table(commands: set) -> str:

@@ -28,6 +28,13 @@ width scale · (qmax − qmin) of each layer's input quantizer is read back from
 output is the next layer's input, so a prompt that widens that range coarsens the grid of every feature.
 
     OMP_NUM_THREADS=1 python benchmarks/prompts.py --ranges --models gcn --datasets cora --hosts qat dq --prompts lorap
+
+Prompt learning rate (`--prompt-lrs LR ...`): the grid's prompt cells again, the prompt parameters in an Adam
+group of their own at each rate (the host's keep the recipe's); per cell the rate is chosen on mean validation
+accuracy among these and the grid's (the recipe's lr), and its test accuracy is compared with the host's.
+
+    OMP_NUM_THREADS=1 python benchmarks/prompts.py --prompt-lrs 0.001 0.0001 --models gcn --datasets cora \
+        --hosts qat dq --prompts lorap
 """
 
 from __future__ import annotations
@@ -54,12 +61,78 @@ def _name(model, dataset, host, bits, prompt):
     return f"prompts-{model}-{dataset}-fp32" if host == "fp32" else f"prompts-{model}-{dataset}-{host}{bits}-{prompt}"
 
 
-def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device):
+def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device, prompt_lr=None):
     from qgnn.train import TrainConfig
 
     quant = dict(method=host, bits=bits) if host != "fp32" else dict(method="fp32")
+    extra = {"lr": prompt_lr} if prompt_lr else {}
     return TrainConfig(dataset=dataset, model=model, seeds=seeds, epochs=epochs, device=device, **quant,
-                       prompt={} if prompt == "none" or host == "fp32" else {"kind": prompt})
+                       prompt={} if prompt == "none" or host == "fp32" else {"kind": prompt, **extra})
+
+
+def _lr_name(model, dataset, host, bits, prompt, lr):
+    return f"prompts-lr-{model}-{dataset}-{host}{bits}-{prompt}-{lr:g}"
+
+
+def run_lr_sweep(args) -> None:
+    """The prompts' own learning rate (``--prompt-lrs``): each cell's prompt trained jointly, as in the grid,
+    at each of these learning rates (the host's parameters keep the recipe's); the rate is then chosen per
+    cell on mean validation accuracy, among these and the grid's default (the recipe's lr)."""
+    from qgnn.train import run_experiment
+
+    for model in args.models:
+        for dataset in args.datasets:
+            for host in args.hosts:
+                for prompt in [p for p in args.prompts if p != "none"]:
+                    for lr in args.prompt_lrs:
+                        name = _lr_name(model, dataset, host, args.bits, prompt, lr)
+                        if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
+                            continue
+                        cfg = _cfg(model, dataset, host, args.bits, prompt, args.seeds, args.epochs, args.device,
+                                   prompt_lr=lr)
+                        res = run_experiment(cfg, root=args.root, progress=False)
+                        res["command"] = command_line()
+                        write_json(name, res)
+                        print(name, "val", pct(res["metrics"]["val_acc"]), "test", pct(res["metrics"]["test_acc"]),
+                              flush=True)
+                        render()
+
+
+def lr_table(commands: set) -> str:
+    """Per cell: host, the prompt at each learning rate (val / test), and the rate chosen on validation."""
+    cells: dict[tuple, dict] = {}
+    for path in sorted(RESULTS_DIR.glob("prompts-lr-*.json")):
+        r = json.loads(path.read_text())
+        c = r["config"]
+        key = (c["model"], c["dataset"], c["method"], c["bits"], c["prompt"]["kind"])
+        cells.setdefault(key, {})[c["prompt"]["lr"]] = r
+        commands.add(r["command"])
+    rows = ["| model | dataset | host (INT4) | prompt | host val / test | prompt lr: val / test | chosen on val "
+            "| chosen test − host | beats host? |", "|---|---|---|---|---|---|---|---|---|"]
+    wins = 0
+    for (model, dataset, host, bits, prompt), by_lr in sorted(cells.items()):
+        hres, dres = _load(_name(model, dataset, host, bits, "none")), _load(_name(model, dataset, host, bits, prompt))
+        if hres is None:
+            continue
+        if dres is not None:
+            by_lr = {**by_lr, dres["config"]["lr"]: dres}  # the grid's prompt trains at the recipe's lr
+
+        def vt(r):
+            return 100 * r["metrics"]["val_acc"]["mean"], 100 * r["metrics"]["test_acc"]["mean"]
+
+        lr_txt = ", ".join(f"{lr:g}: {vt(r)[0]:.2f} / {vt(r)[1]:.2f}" for lr, r in sorted(by_lr.items()))
+        best = max(by_lr, key=lambda lr: (vt(by_lr[lr])[0], -lr))
+        d = vt(by_lr[best])[1] - vt(hres)[1]
+        wins += d > 0
+        rows.append(f"| {model} | {dataset} | {host}{bits} | {prompt} | {vt(hres)[0]:.2f} / {vt(hres)[1]:.2f} | "
+                    f"{lr_txt} | {best:g} | {d:+.2f} | {'yes' if d > 0 else 'no'} |")
+    if len(rows) == 2:
+        return ""
+    return ("\n\nThe prompts' own learning rate (`--prompt-lrs`; the host's parameters keep the recipe's lr, the "
+            "prompts train jointly as in the grid, the largest rate being the recipe's, from the grid): mean "
+            "validation / test accuracy over the same seeds; the rate is chosen per cell on mean validation "
+            f"accuracy (ties: the smaller rate). With the chosen rate the prompt beats its host in {wins} of "
+            f"{len(rows) - 2} cells.\n\n" + "\n".join(rows))
 
 
 def run_grid(args) -> None:
@@ -288,6 +361,7 @@ def render() -> None:
         "LoRAP kernel on CPU is the plain-torch reference — no GPU was available, so the fused Triton kernel was "
         "only checked for correctness, through the Triton interpreter):\n\n" + "\n".join(timing)
         + tune_table(commands)
+        + lr_table(commands)
         + ranges_table(commands)
         + "\n\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in sorted(commands)))
 
@@ -327,10 +401,14 @@ def main(argv=None) -> int:
     p.add_argument("--tune", action="store_true", help="prompt tuning on each seed's frozen, trained host")
     p.add_argument("--ranges", action="store_true",
                    help="host vs host + prompt per seed: the input-quantizer ranges of the selected models")
+    p.add_argument("--prompt-lrs", nargs="+", type=float, default=None,
+                   help="train each prompt cell at each of these prompt learning rates (choice on validation)")
     p.add_argument("--render", action="store_true", help="only rebuild the docs section from the JSON files")
     args = p.parse_args(argv)
     if args.render:
         render()
+    elif args.prompt_lrs:
+        run_lr_sweep(args)
     elif args.ranges:
         run_ranges(args)
     elif args.tune:

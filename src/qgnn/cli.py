@@ -45,6 +45,9 @@ def _add_train(sub) -> None:
                    help="prompts injected after quantization (docs/prompts.md; default none)")
     p.add_argument("--prompt-k", type=int, default=None, help="basis prompts of GPF-plus / LoRAP (default 40)")
     p.add_argument("--prompt-rank", type=int, default=None, help="rank r of LoRAP's basis prompts (default 2)")
+    p.add_argument("--prompt-lr", type=float, default=None, help="learning rate of the prompts (default: --lr)")
+    p.add_argument("--prompt-weight-decay", type=float, default=None,
+                   help="weight decay of the prompts (default: the run's)")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the prompts")
     p.add_argument("--backbone", default=None, help="host checkpoint (--save) to start the backbone from")
     p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
@@ -120,13 +123,15 @@ def _prompt_from_args(args, prompt: dict) -> dict:
     from qgnn.errors import ConfigError
 
     for key, value in (("kind", args.prompt), ("k", args.prompt_k), ("rank", args.prompt_rank),
-                       ("backbone", args.backbone)):
+                       ("backbone", args.backbone), ("lr", args.prompt_lr),
+                       ("weight_decay", args.prompt_weight_decay)):
         if value is not None:
             prompt[key] = value
     if args.freeze_backbone:
         prompt["freeze_backbone"] = True
     if prompt and "kind" not in prompt:
-        raise ConfigError("--prompt-k, --prompt-rank, --freeze-backbone and --backbone need --prompt")
+        raise ConfigError("--prompt-k, --prompt-rank, --prompt-lr, --prompt-weight-decay, --freeze-backbone and "
+                          "--backbone need --prompt")
     return {} if prompt.get("kind") == "none" else prompt
 
 

@@ -91,3 +91,18 @@ def test_layer_rows_separate_gives_each_layer():
     for k in range(4):
         assert torch.allclose(layers[k], h[idx], atol=1e-6)
         h = dense @ h
+
+
+@pytest.mark.parametrize("rows", [[4, 1, 3], [0], [], [6, 5], [2, 0, 1]])
+def test_product_of_a_row_sparse_table_matches_the_full_product(rows):
+    # nodes 3, 4 isolated, and the last rows (5, 6) too: their bags start past every kept nonzero
+    adj = NormAdj(torch.tensor([[0, 1, 1, 2, 0, 2], [1, 0, 2, 1, 2, 0]]), 7)
+    rows = torch.tensor(rows, dtype=torch.long)
+    values = torch.randn(len(rows), 3, dtype=torch.float64)
+    x = torch.zeros(7, 3, dtype=torch.float64)
+    x[rows] = values
+    assert torch.allclose(adj.apply_from_rows(values, rows), adj.apply_raw(x))
+    assert torch.allclose(adj.apply_from_rows(values, rows), adj.dense().double() @ x)
+    empty = NormAdj(torch.zeros(2, 0, dtype=torch.long), 3)
+    assert torch.equal(empty.apply_from_rows(torch.ones(1, 2), torch.tensor([1])), torch.zeros(3, 2))
+

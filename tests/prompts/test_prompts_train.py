@@ -65,3 +65,37 @@ def test_prompt_options_need_a_prompt(capsys):
     assert "need --prompt" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unknown prompt keys"):
         TrainConfig(dataset="synthetic-node", prompt={"kind": "lorap", "alpha": 1}).resolve("node")
+
+
+def test_prompt_lr_and_weight_decay_form_their_own_optimizer_group():
+    from qgnn.prompts import prompt_parameters
+    from qgnn.train.runner import Runner
+
+    cfg = TrainConfig(dataset="synthetic-node", model="gcn", method="qat", bits=4, epochs=2, lr=0.01,
+                      weight_decay=5e-4, prompt={"kind": "lorap", "lr": 1e-3, "weight_decay": 0})
+    runner = Runner(cfg)
+    model = runner.build()
+    opt, _ = runner._optim(model)
+    prompts = {id(p) for p in prompt_parameters(model).values()}
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert prompts and all(by_param[i]["lr"] == 1e-3 and by_param[i]["weight_decay"] == 0.0 for i in prompts)
+    others = [g for i, g in by_param.items() if i not in prompts]
+    assert others and all(g["lr"] == 0.01 and g["weight_decay"] == 5e-4 for g in others)
+    assert len(by_param) == sum(1 for p in model.parameters() if p.requires_grad)  # each parameter once
+    # unset: one group, the run's settings for the prompts too
+    plain = Runner(TrainConfig(dataset="synthetic-node", model="gcn", method="qat", bits=4, prompt={"kind": "lorap"}))
+    assert len(plain._optim(plain.build())[0].param_groups) == 1
+
+
+@pytest.mark.parametrize("bad", [{"lr": 0}, {"lr": -1e-3}, {"weight_decay": -1}, {"lr": "fast"}, {"lr": True}])
+def test_bad_prompt_optimizer_settings_are_named(bad):
+    with pytest.raises(ConfigError, match=f"prompt {next(iter(bad))}"):
+        TrainConfig(dataset="synthetic-node", prompt={"kind": "lorap", **bad}).resolve("node")
+
+
+def test_cli_prompt_lr_reaches_the_config(tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["train", *COMMON, "--method", "qat", "--bits", "4", "--prompt", "lorap", "--prompt-lr", "0.002",
+                 "--prompt-weight-decay", "0", "--out", str(out)]) == 0
+    prompt = json.loads(out.read_text())["config"]["prompt"]
+    assert prompt["lr"] == 0.002 and prompt["weight_decay"] == 0.0

@@ -9,6 +9,11 @@
 * ``backbone``: a ``qgnn train --save`` checkpoint of the host (same dataset, model, method and bits,
   no prompts) whose weights fill the model before the prompts are injected: prompt tuning on a trained
   quantized backbone.
+* ``lr`` / ``weight_decay`` (default: the run's): the optimizer settings of the prompt parameters
+  alone (their own Adam parameter group). Adam moves every parameter by about lr per step whatever its
+  gradient's scale, so a zero-initialised prompt grows at the host's lr to the size of the weights within
+  a few dozen steps, however small the aggregate it corrects (GCN on Cora: ‖s_i‖ ≈ 0.34); a smaller lr
+  (or a stronger decay) keeps it a correction. For Adam this is the same as LoRA's output scale α / r.
 
 The runner calls :func:`apply_prompts` after the quantization method, so prompts sit outside every
 quantizer; ``load_model`` calls it with ``load_backbone=False`` (the checkpoint holds all weights).
@@ -22,9 +27,9 @@ from qgnn.errors import CheckpointError, ConfigError
 
 from .inject import PromptConfig, freeze_backbone, inject_prompts
 
-__all__ = ["RUNNER_KEYS", "apply_prompts", "resolve_prompt"]
+__all__ = ["RUNNER_KEYS", "apply_prompts", "prompt_optimizer_options", "resolve_prompt"]
 
-RUNNER_KEYS = ("freeze_backbone", "backbone")
+RUNNER_KEYS = ("freeze_backbone", "backbone", "lr", "weight_decay")
 
 
 def resolve_prompt(prompt: dict | None) -> dict:
@@ -37,7 +42,21 @@ def resolve_prompt(prompt: dict | None) -> dict:
            "backbone": extra.get("backbone")}
     if out["backbone"] is not None and not isinstance(out["backbone"], str):
         raise ConfigError(f"prompt backbone must be a checkpoint path, got {out['backbone']!r}")
+    for key, positive in (("lr", True), ("weight_decay", False)):
+        value = extra.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (positive and value == 0):
+            raise ConfigError(f"prompt {key} must be a number {'> 0' if positive else '>= 0'} (or absent: the "
+                              f"run's), got {value!r}")
+        out[key] = float(value)
     return out
+
+
+def prompt_optimizer_options(prompt: dict | None) -> dict:
+    """The Adam options of the prompt parameter group (``lr``, ``weight_decay`` where set; {} = the run's)."""
+    prompt = resolve_prompt(prompt)
+    return {k: prompt[k] for k in ("lr", "weight_decay") if k in prompt}
 
 
 def apply_prompts(model: nn.Module, prompt: dict | None, load_backbone: bool = True) -> nn.Module:

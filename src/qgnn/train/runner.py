@@ -125,12 +125,21 @@ class Runner:
         return GraphTask(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)
 
     def _optim(self, model):
+        from qgnn.prompts import prompt_parameters
+        from qgnn.prompts.train import prompt_optimizer_options
+
         params = [p for p in model.parameters() if p.requires_grad]
+        # Prompts with their own lr / weight decay (TrainConfig.prompt) form a group of their own.
+        prompt_opts = prompt_optimizer_options(self.cfg.prompt)
+        prompt_ids = {id(p) for p in prompt_parameters(model).values()} if prompt_opts else set()
+        prompts = [p for p in params if id(p) in prompt_ids]
+        params = [p for p in params if id(p) not in prompt_ids]
         # Parameters marked qgnn_no_weight_decay (MixQ's bit logits α) are not decayed: decay would pull
         # them toward the uniform mixture, a preference for no width in particular.
         plain = [p for p in params if not getattr(p, "qgnn_no_weight_decay", False)]
         no_decay = [p for p in params if getattr(p, "qgnn_no_weight_decay", False)]
-        groups = [{"params": plain}] + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+        groups = [{"params": plain}, {"params": no_decay, "weight_decay": 0.0}, {"params": prompts, **prompt_opts}]
+        groups = [g for g in groups if g["params"]]
         opt = torch.optim.Adam(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         sched = (torch.optim.lr_scheduler.StepLR(opt, self.cfg.lr_step, self.cfg.lr_gamma)
                  if self.cfg.lr_step else None)

@@ -48,6 +48,8 @@ def _add_train(sub) -> None:
     p.add_argument("--prompt-lr", type=float, default=None, help="learning rate of the prompts (default: --lr)")
     p.add_argument("--prompt-weight-decay", type=float, default=None,
                    help="weight decay of the prompts (default: the run's)")
+    p.add_argument("--prompt-align", type=float, default=None,
+                   help="weight of the aggregation-alignment loss of LoRAP (docs/prompts.md; default 0, off)")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the prompts")
     p.add_argument("--backbone", default=None, help="host checkpoint (--save) to start the backbone from")
     p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
@@ -124,14 +126,14 @@ def _prompt_from_args(args, prompt: dict) -> dict:
 
     for key, value in (("kind", args.prompt), ("k", args.prompt_k), ("rank", args.prompt_rank),
                        ("backbone", args.backbone), ("lr", args.prompt_lr),
-                       ("weight_decay", args.prompt_weight_decay)):
+                       ("weight_decay", args.prompt_weight_decay), ("align", args.prompt_align)):
         if value is not None:
             prompt[key] = value
     if args.freeze_backbone:
         prompt["freeze_backbone"] = True
     if prompt and "kind" not in prompt:
-        raise ConfigError("--prompt-k, --prompt-rank, --prompt-lr, --prompt-weight-decay, --freeze-backbone and "
-                          "--backbone need --prompt")
+        raise ConfigError("--prompt-k, --prompt-rank, --prompt-lr, --prompt-weight-decay, --prompt-align, "
+                          "--freeze-backbone and --backbone need --prompt")
     return {} if prompt.get("kind") == "none" else prompt
 
 

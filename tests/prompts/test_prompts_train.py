@@ -96,6 +96,6 @@ def test_bad_prompt_optimizer_settings_are_named(bad):
 def test_cli_prompt_lr_reaches_the_config(tmp_path):
     out = tmp_path / "p.json"
     assert main(["train", *COMMON, "--method", "qat", "--bits", "4", "--prompt", "lorap", "--prompt-lr", "0.002",
-                 "--prompt-weight-decay", "0", "--out", str(out)]) == 0
+                 "--prompt-weight-decay", "0", "--prompt-align", "0.5", "--out", str(out)]) == 0
     prompt = json.loads(out.read_text())["config"]["prompt"]
-    assert prompt["lr"] == 0.002 and prompt["weight_decay"] == 0.0
+    assert prompt["lr"] == 0.002 and prompt["weight_decay"] == 0.0 and prompt["align"] == 0.5

@@ -37,6 +37,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, MessagePassing, SAGEConv
 
@@ -78,6 +79,7 @@ class PromptConfig:
     message-passing layer (PyG ``MessagePassing``, quantized ones included). The node prompt goes on the
     first target in module order.
     backend: LoRAP kernel choice (``auto`` | ``triton`` | ``reference``, see :func:`qgnn.kernels.lorap_backend`).
+    align: weight λ of the aggregation-alignment loss (0 = off, the default; see :class:`PromptedLayer`).
     """
 
     kind: str = "lorap"
@@ -85,9 +87,14 @@ class PromptConfig:
     rank: int = 2
     targets: list[str] | None = None
     backend: str = "auto"
+    align: float = 0.0
 
     def __post_init__(self):
         self.kind = lookup("prompt", self.kind, {k: k for k in _KINDS})
+        if isinstance(self.align, bool) or not isinstance(self.align, int | float) or self.align < 0:
+            raise ConfigError(f"prompt align (weight of the aggregation-alignment loss) must be a number >= 0, "
+                              f"got {self.align!r}")
+        self.align = float(self.align)
         if not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"prompt k (basis prompts) must be an int >= 1, got {self.k!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -118,34 +125,104 @@ class PromptConfig:
 class PromptedLayer(nn.Module):
     """A message-passing layer with prompts: ``base_layer`` (the original, unchanged), ``node_prompt``
     (applied to the input features) and ``aggr_prompt`` (applied to the aggregate), either may be None.
-    ``prompts_enabled = False`` makes the forward exactly ``base_layer``'s."""
+    ``prompts_enabled = False`` makes the forward exactly ``base_layer``'s.
+
+    Aggregation alignment (``align`` = λ > 0, training only): LoRAP is meant to correct the error that
+    quantization leaves in the aggregate, f(X, A) − f(Q(X), A) (Liu et al. 2026 motivate it with
+    argmin ‖f(X, A) − f(Q(X), A)‖_F). Trained on the task loss alone, the prompt gets no direct signal of that
+    error (and, on 140 labelled Cora nodes, just more capacity). With ``align`` each training forward also
+    runs this layer with its quantizers off, on the same input, to get the float aggregate s* (a detached
+    target), and :meth:`penalty` adds
+
+        λ · ‖s_q + P(s_q) − s*‖²_F / ‖s*‖²_F,   s_q the quantized aggregate, detached,
+
+    over every node of the batch (labelled or not). s_q is detached so that only the prompt learns from
+    this term: the host trains on the task loss as without it. Cost: one more float forward of the layer per
+    step. Our addition, not the paper's training objective as far as we could check (docs/prompts.md).
+    """
 
     def __init__(self, base_layer: nn.Module, node_prompt: PromptModule | None = None,
-                 aggr_prompt: PromptModule | None = None):
+                 aggr_prompt: PromptModule | None = None, align: float = 0.0):
         super().__init__()
         self.base_layer = base_layer
         self.node_prompt = node_prompt
         self.aggr_prompt = aggr_prompt
         self.prompts_enabled = True
+        self.align = float(align)
+        self._align_loss: Tensor | None = None
 
     def _aggr_hook(self, module, inputs, out: Tensor) -> Tensor:
         return self.aggr_prompt(out)
 
+    def _run_hooked(self, hook, x, *args, **kwargs):
+        base = self.base_layer
+        handles = [base.register_aggregate_forward_hook(hook),
+                   base.register_message_and_aggregate_forward_hook(hook)]  # PyG's fused path
+        try:
+            return base(x, *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _float_aggregate(self, x, *args, **kwargs) -> Tensor | None:
+        """This layer's aggregate with its quantizers off (no gradient, no statistics updated)."""
+        from qgnn.quant.quantizers import Quantizer
+
+        quantizers = [m for m in self.base_layer.modules() if isinstance(m, Quantizer) and m.enabled]
+        # BatchNorm (GIN's MLP) stays in training mode, as in the real pass, but must not fold this extra
+        # pass into its running statistics
+        norms = [m for m in self.base_layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and m.training and m.track_running_stats]
+        saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                 for m in norms]
+        seen: list[Tensor] = []
+
+        def capture(module, inputs, out):
+            seen.append(out.detach())
+            return out
+
+        # the same random draws as the real pass that follows (dropout, Degree-Quant's masks): the target
+        # sees the same masks, and the real pass the same numbers as without alignment
+        devices = [x.device] if isinstance(x, Tensor) and x.is_cuda else []
+        try:
+            for q in quantizers:
+                q.enabled = False
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                self._run_hooked(capture, x, *args, **kwargs)
+        finally:
+            for q in quantizers:
+                q.enabled = True
+            for m, (momentum, mean, var, count) in zip(norms, saved, strict=True):
+                m.momentum = momentum
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        return seen[0] if seen else None
+
     def forward(self, x, *args, **kwargs):
+        self._align_loss = None
         if not self.prompts_enabled:
             return self.base_layer(x, *args, **kwargs)
         if self.node_prompt is not None:
             x = self.node_prompt(x)
         if self.aggr_prompt is None:
             return self.base_layer(x, *args, **kwargs)
-        base = self.base_layer
-        handles = [base.register_aggregate_forward_hook(self._aggr_hook),
-                   base.register_message_and_aggregate_forward_hook(self._aggr_hook)]  # PyG's fused path
-        try:
-            return base(x, *args, **kwargs)
-        finally:
-            for h in handles:
-                h.remove()
+        if not (self.align > 0 and self.training and torch.is_grad_enabled()):
+            return self._run_hooked(self._aggr_hook, x, *args, **kwargs)
+        target = self._float_aggregate(x, *args, **kwargs)
+
+        def prompt_and_align(module, inputs, out):
+            if target is not None and target.shape == out.shape:
+                corrected = self.aggr_prompt(out.detach())
+                self._align_loss = self.align * (corrected - target).pow(2).sum() / target.pow(2).sum().clamp_min(
+                    1e-12)
+            return self.aggr_prompt(out)
+
+        return self._run_hooked(prompt_and_align, x, *args, **kwargs)
+
+    def penalty(self) -> Tensor | float:
+        """The aggregation-alignment term of the last training forward (0.0 when off)."""
+        return self._align_loss if self._align_loss is not None else 0.0
 
     def __getattr__(self, name):
         # Attributes of the wrapped layer (out_channels, heads, ...) stay reachable, as in peft.
@@ -233,7 +310,7 @@ def inject_prompts(model: nn.Module, config: PromptConfig | dict | str) -> nn.Mo
         elif i == 0 and config.node == "gpf-plus":
             node = GPFPlus(input_dim(layer), config.k)
         aggr = LoRAP(aggregation_dim(layer), config.k, config.rank, config.backend) if config.aggregation else None
-        wrapped = PromptedLayer(layer, node, aggr)
+        wrapped = PromptedLayer(layer, node, aggr, align=config.align)
         p = next(layer.parameters(), None)
         if p is not None:
             wrapped.to(p.device)

@@ -67,11 +67,12 @@ def _name(model, dataset, host, bits, prompt):
     return f"prompts-{model}-{dataset}-fp32" if host == "fp32" else f"prompts-{model}-{dataset}-{host}{bits}-{prompt}"
 
 
-def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device, prompt_lr=None, align=None):
+def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device, prompt_lr=None, align=None, normalize=False):
     from qgnn.train import TrainConfig
 
     quant = dict(method=host, bits=bits) if host != "fp32" else dict(method="fp32")
-    extra = ({"lr": prompt_lr} if prompt_lr else {}) | ({"align": align} if align else {})
+    extra = (({"lr": prompt_lr} if prompt_lr else {}) | ({"align": align} if align else {})
+             | ({"normalize": True} if normalize else {}))
     return TrainConfig(dataset=dataset, model=model, seeds=seeds, epochs=epochs, device=device, **quant,
                        prompt={} if prompt == "none" or host == "fp32" else {"kind": prompt, **extra})
 
@@ -80,8 +81,8 @@ def _lr_name(model, dataset, host, bits, prompt, lr):
     return f"prompts-lr-{model}-{dataset}-{host}{bits}-{prompt}-{lr:g}"
 
 
-def _align_name(model, dataset, host, bits, prompt, align):
-    return f"prompts-align-{model}-{dataset}-{host}{bits}-{prompt}-{align:g}"
+def _align_name(model, dataset, host, bits, prompt, align, normalize=False):
+    return f"prompts-align-{model}-{dataset}-{host}{bits}-{prompt}-{align:g}" + ("-norm" if normalize else "")
 
 
 def run_align(args) -> None:
@@ -94,11 +95,11 @@ def run_align(args) -> None:
             for host in args.hosts:
                 for prompt in [p for p in args.prompts if p != "none"]:
                     for align in args.aligns:
-                        name = _align_name(model, dataset, host, args.bits, prompt, align)
+                        name = _align_name(model, dataset, host, args.bits, prompt, align, args.normalize)
                         if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
                             continue
                         cfg = _cfg(model, dataset, host, args.bits, prompt, args.seeds, args.epochs, args.device,
-                                   align=align)
+                                   align=align, normalize=args.normalize)
                         res = run_experiment(cfg, root=args.root, progress=False)
                         res["command"] = command_line()
                         write_json(name, res)
@@ -113,18 +114,19 @@ def align_table(commands: set) -> str:
     for path in sorted(RESULTS_DIR.glob("prompts-align-*.json")):
         r = json.loads(path.read_text())
         c = r["config"]
-        cells.setdefault((c["model"], c["dataset"], c["method"], c["bits"], c["prompt"]["kind"]), {})[
-            c["prompt"]["align"]] = r
+        variant = c["prompt"]["kind"] + (" (normalised logits)" if c["prompt"].get("normalize") else "")
+        cells.setdefault((c["model"], c["dataset"], c["method"], c["bits"], variant), {})[c["prompt"]["align"]] = r
         commands.add(r["command"])
     rows = ["| model | dataset | host (INT4) | prompt | host val / test | λ: val / test (λ = 0: the grid) "
             "| λ chosen on val | chosen test − host | beats host? | s / epoch host → λ chosen |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     wins = 0
     for (model, dataset, host, bits, prompt), by_align in sorted(cells.items()):
-        hres, dres = _load(_name(model, dataset, host, bits, "none")), _load(_name(model, dataset, host, bits, prompt))
+        hres = _load(_name(model, dataset, host, bits, "none"))
+        dres = _load(_name(model, dataset, host, bits, prompt.split(" ")[0]))
         if hres is None:
             continue
-        if dres is not None:
+        if dres is not None and "normalised" not in prompt:
             by_align = {0.0: dres, **by_align}
 
         def vt(r):
@@ -139,7 +141,8 @@ def align_table(commands: set) -> str:
                     f"{txt} | {best:g} | {d:+.2f} | {'yes' if d > 0 else 'no'} | {spe[0]:.3f} → {spe[1]:.3f} |")
     if len(rows) == 2:
         return ""
-    return ("\n\nAggregation alignment (`--aligns`, `PromptConfig.align` = λ): the prompt trained jointly as in the "
+    return ("\n\nAggregation alignment (`--aligns`, `PromptConfig.align` = λ; `--normalize`: LoRAP with normalised "
+            "logits softmax(W_a s_i / rms(s_i)), `PromptConfig.normalize`): the prompt trained jointly as in the "
             "grid, plus λ‖s_q + P(s_q) − s*‖² / ‖s*‖² per prompted layer, s* the layer's aggregate with its "
             "quantizers off (same input, same random draws), s_q detached so that only the prompt learns from "
             "it (our addition; docs/prompts.md). Mean validation / test accuracy over the same seeds; λ chosen "
@@ -480,7 +483,8 @@ def main(argv=None) -> int:
                    help="train each prompt cell at each of these prompt learning rates (choice on validation)")
     p.add_argument("--render", action="store_true", help="only rebuild the docs section from the JSON files")
     p.add_argument("--aligns", nargs="+", type=float, default=None,
-                   help="train each prompt cell with each of these aggregation-alignment weights λ")
+                   help="train each prompt cell with each of these aggregation-alignment weights λ (0: off)")
+    p.add_argument("--normalize", action="store_true", help="with --aligns: LoRAP with normalised logits")
     args = p.parse_args(argv)
     if args.render:
         render()

@@ -211,3 +211,24 @@ def test_graph_model_zero_init_with_batches():
     ref = m(batch.x, batch.edge_index, batch.batch)
     inject_prompts(m, "gpf-lorap")
     assert torch.equal(m(batch.x, batch.edge_index, batch.batch), ref)
+
+
+def test_lorap_normalised_logits_formula_zero_init_and_zero_rows():
+    torch.manual_seed(0)
+    lp = LoRAP(6, k=4, rank=2, normalize=True)
+    s = torch.randn(5, 6) * 0.01
+    s[3] = 0.0  # an isolated node's aggregate
+    assert torch.equal(lp(s), s)  # V = 0: exactly the input
+    with torch.no_grad():
+        lp.v.normal_()
+    rms = s.pow(2).mean(1, keepdim=True).clamp_min(1e-24).sqrt()
+    expected = s + torch.softmax((s / rms) @ lp.w_a.T, dim=1) @ lp.u @ lp.v
+    assert torch.allclose(lp(s), expected, atol=1e-5)
+    assert torch.isfinite(lp(s)).all()
+    x = s.clone().requires_grad_(True)
+    lp(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in lp.parameters())
+    # scale-free mixing: the correction depends on the direction of s only
+    assert torch.allclose(lp(10 * s) - 10 * s, lp(s) - s, atol=1e-5)
+    with pytest.raises(ConfigError, match="normalize"):
+        PromptConfig(kind="lorap", normalize="yes")

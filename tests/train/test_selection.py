@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from qgnn.train.results import summarize
@@ -25,3 +27,7 @@ def test_summarize_mean_and_population_std():
     assert abs(s["mean"] - 0.9) < 1e-12
     assert abs(s["std"] - (2 / 3 * 0.01) ** 0.5) < 1e-12
     assert summarize([0.5])["std"] == 0.0
+    # a diverged run: NaN mean and std, the run values kept, no exception
+    bad = summarize([0.5, float("nan"), 0.7])
+    assert math.isnan(bad["mean"]) and math.isnan(bad["std"]) and bad["runs"][0] == 0.5
+    assert math.isnan(summarize([0.1, float("inf")])["std"])

@@ -80,6 +80,8 @@ class PromptConfig:
     first target in module order.
     backend: LoRAP kernel choice (``auto`` | ``triton`` | ``reference``, see :func:`qgnn.kernels.lorap_backend`).
     align: weight λ of the aggregation-alignment loss (0 = off, the default; see :class:`PromptedLayer`).
+    normalize: LoRAP's mixing weights from the aggregate's direction, softmax(W_a s_i / rms(s_i)) (default
+    off: softmax(W_a s_i), our reading of the paper).
     """
 
     kind: str = "lorap"
@@ -88,6 +90,7 @@ class PromptConfig:
     targets: list[str] | None = None
     backend: str = "auto"
     align: float = 0.0
+    normalize: bool = False
 
     def __post_init__(self):
         self.kind = lookup("prompt", self.kind, {k: k for k in _KINDS})
@@ -95,6 +98,8 @@ class PromptConfig:
             raise ConfigError(f"prompt align (weight of the aggregation-alignment loss) must be a number >= 0, "
                               f"got {self.align!r}")
         self.align = float(self.align)
+        if not isinstance(self.normalize, bool):
+            raise ConfigError(f"prompt normalize must be true or false, got {self.normalize!r}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"prompt k (basis prompts) must be an int >= 1, got {self.k!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -309,7 +314,8 @@ def inject_prompts(model: nn.Module, config: PromptConfig | dict | str) -> nn.Mo
             node = GPF(input_dim(layer))
         elif i == 0 and config.node == "gpf-plus":
             node = GPFPlus(input_dim(layer), config.k)
-        aggr = LoRAP(aggregation_dim(layer), config.k, config.rank, config.backend) if config.aggregation else None
+        aggr = (LoRAP(aggregation_dim(layer), config.k, config.rank, config.backend, config.normalize)
+                if config.aggregation else None)
         wrapped = PromptedLayer(layer, node, aggr, align=config.align)
         p = next(layer.parameters(), None)
         if p is not None:

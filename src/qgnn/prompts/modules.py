@@ -96,11 +96,11 @@ class LoRAP(PromptModule):
 
     kind = "lorap"
 
-    def __init__(self, dim: int, k: int = 40, rank: int = 2, backend: str = "auto"):
+    def __init__(self, dim: int, k: int = 40, rank: int = 2, backend: str = "auto", normalize: bool = False):
         super().__init__(dim)
         if k < 1 or rank < 1:
             raise ConfigError(f"LoRAP needs k >= 1 basis prompts and rank >= 1, got k={k}, rank={rank}")
-        self.k, self.rank, self.backend = k, rank, backend
+        self.k, self.rank, self.backend, self.normalize = k, rank, backend, bool(normalize)
         self.w_a = _kaiming((k, dim))
         self.u = _kaiming((k, rank))
         self.v = nn.Parameter(torch.zeros(rank, dim))
@@ -110,7 +110,15 @@ class LoRAP(PromptModule):
 
         flat = _flat(s, self.dim, "LoRAP")
         w_a, u, v = (t.to(flat.dtype) for t in (self.w_a, self.u, self.v))
-        return lorap_inject(flat, w_a, u, v, backend=self.backend).view_as(s)
+        if not self.normalize:
+            return lorap_inject(flat, w_a, u, v, backend=self.backend).view_as(s)
+        # normalised logits: softmax(W_a ŝ_i), ŝ_i = s_i / rms(s_i), the mixing driven by the direction of s_i
+        # alone. Small aggregates (GCN on Cora: ‖s_i‖ ≈ 0.34) otherwise give W_a s_i ≈ 0, uniform weights and
+        # a prompt that is one constant bias. s + (inject(ŝ) − ŝ) = s + softmax(W_a ŝ) U V, with the same kernel.
+        # clamp before the root: sqrt'(0) is infinite, and 0 · inf would make a zero row's gradient NaN
+        rms = flat.pow(2).mean(dim=1, keepdim=True).clamp_min(1e-24).sqrt()
+        unit = flat / rms
+        return (flat + (lorap_inject(unit, w_a, u, v, backend=self.backend) - unit)).view_as(s)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, k={self.k}, rank={self.rank}"
+        return f"dim={self.dim}, k={self.k}, rank={self.rank}" + (", normalize=True" if self.normalize else "")

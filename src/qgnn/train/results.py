@@ -7,10 +7,14 @@ import statistics
 
 
 def summarize(values: list[float]) -> dict:
-    """{"mean", "std", "runs"}; std is the population standard deviation (numpy's default)."""
+    """{"mean", "std", "runs"}; std is the population standard deviation (numpy's default). A run that
+    diverged (a NaN or infinite value) makes mean and std NaN instead of failing the whole summary."""
     vals = [float(v) for v in values]
     mean = statistics.fmean(vals) if vals else math.nan
-    std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+    if not all(math.isfinite(v) for v in vals):
+        mean = std = math.nan
+    else:
+        std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
     return {"mean": mean, "std": std, "runs": vals}
 
 

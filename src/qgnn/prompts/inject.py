@@ -178,8 +178,7 @@ class PromptedLayer(nn.Module):
         # pass into its running statistics
         norms = [m for m in self.base_layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                  and m.training and m.track_running_stats]
-        saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-                 for m in norms]
+        saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
         seen: list[Tensor] = []
 
         def capture(module, inputs, out):
@@ -197,8 +196,7 @@ class PromptedLayer(nn.Module):
         finally:
             for q in quantizers:
                 q.enabled = True
-            for m, (momentum, mean, var, count) in zip(norms, saved, strict=True):
-                m.momentum = momentum
+            for m, (mean, var, count) in zip(norms, saved, strict=True):
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
                 m.num_batches_tracked.copy_(count)

@@ -270,7 +270,8 @@ def render_gowalla_speed() -> None:
         f"Our epoch visits the {ni} training interactions left after carving 10 % of them for validation; the",
         "per-batch speed-up compares equal batch sizes. Wall time depends on the other jobs sharing the two",
         "cores; CPU time less so, but the machine's own speed drifts too (the same code's epoch took between",
-        "73 and 97 CPU s within one hour on 2026-12-02, nothing else running), so the ratios measured in one",
+        "80 and 97 CPU s within one hour on 2026-12-02; the unchanged test pass, 12.8 s in an earlier session,",
+        "took 16.3 s), so the ratios measured in one",
         "process below are the stable figures.", *step_md,
     ])
     update_section("recsys-gowalla-speed", md)

@@ -85,21 +85,21 @@ def _align_name(model, dataset, host, bits, prompt, align, normalize=False):
     return f"prompts-align-{model}-{dataset}-{host}{bits}-{prompt}-{align:g}" + ("-norm" if normalize else "")
 
 
-def run_align(args) -> None:
-    """The aggregation-alignment loss (``--aligns``): each prompt cell trained jointly as in the grid, plus
-    λ‖s_q + P(s_q) − s*‖² / ‖s*‖² per prompted layer (qgnn.prompts.PromptedLayer), for each λ."""
+def _sweep(args, values, name_of, options_of) -> None:
+    """Every prompt cell of the grid (trained jointly, as there) at each value of one prompt option: one
+    results JSON per cell and value, kept unless --force."""
     from qgnn.train import run_experiment
 
     for model in args.models:
         for dataset in args.datasets:
             for host in args.hosts:
                 for prompt in [p for p in args.prompts if p != "none"]:
-                    for align in args.aligns:
-                        name = _align_name(model, dataset, host, args.bits, prompt, align, args.normalize)
+                    for value in values:
+                        name = name_of(model, dataset, host, args.bits, prompt, value)
                         if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
                             continue
                         cfg = _cfg(model, dataset, host, args.bits, prompt, args.seeds, args.epochs, args.device,
-                                   align=align, normalize=args.normalize)
+                                   **options_of(value))
                         res = run_experiment(cfg, root=args.root, progress=False)
                         res["command"] = command_line()
                         write_json(name, res)
@@ -108,107 +108,90 @@ def run_align(args) -> None:
                         render()
 
 
-def align_table(commands: set) -> str:
-    """Per cell: host, the prompt without and with the alignment loss (val / test), λ chosen on validation."""
+def run_align(args) -> None:
+    """The aggregation-alignment loss (``--aligns``): λ‖s_q + P(s_q) − s*‖² / ‖s*‖² per prompted layer
+    (qgnn.prompts.PromptedLayer) added to each prompt cell, for each λ (``--normalize``: normalised logits)."""
+    _sweep(args, args.aligns, lambda *cell: _align_name(*cell, args.normalize),
+           lambda a: {"align": a, "normalize": args.normalize})
+
+
+def run_lr_sweep(args) -> None:
+    """The prompts' own learning rate (``--prompt-lrs``): each prompt cell at each rate (the host's parameters
+    keep the recipe's); the rate is chosen per cell on mean validation accuracy, among these and the grid's
+    (the recipe's lr)."""
+    _sweep(args, args.prompt_lrs, _lr_name, lambda lr: {"prompt_lr": lr})
+
+
+def _val_test(r) -> tuple[float, float]:
+    return 100 * r["metrics"]["val_acc"]["mean"], 100 * r["metrics"]["test_acc"]["mean"]
+
+
+def _chosen_on_val(pattern: str, key_of, grid_value, commands: set) -> tuple[list[str], int]:
+    """Table rows of one prompt-option sweep: per cell the host, every value's val / test, the value chosen on
+    mean validation accuracy (ties: the smaller) and its test accuracy against the host's; and the wins.
+    ``key_of(config)`` -> (cell label, option value) of a sweep result; ``grid_value(label, grid result)`` ->
+    the value the grid's own prompt cell ran at (None: not comparable, left out)."""
     cells: dict[tuple, dict] = {}
-    for path in sorted(RESULTS_DIR.glob("prompts-align-*.json")):
+    for path in sorted(RESULTS_DIR.glob(pattern)):
         r = json.loads(path.read_text())
         c = r["config"]
-        variant = c["prompt"]["kind"] + (" (normalised logits)" if c["prompt"].get("normalize") else "")
-        cells.setdefault((c["model"], c["dataset"], c["method"], c["bits"], variant), {})[c["prompt"]["align"]] = r
+        label, value = key_of(c)
+        cells.setdefault((c["model"], c["dataset"], c["method"], c["bits"], label), {})[value] = r
         commands.add(r["command"])
-    rows = ["| model | dataset | host (INT4) | prompt | host val / test | λ: val / test (λ = 0: the grid) "
-            "| λ chosen on val | chosen test − host | beats host? |", "|---|---|---|---|---|---|---|---|---|"]
-    wins = 0
-    for (model, dataset, host, bits, prompt), by_align in sorted(cells.items()):
+    rows, wins = [], 0
+    for (model, dataset, host, bits, label), by_value in sorted(cells.items()):
         hres = _load(_name(model, dataset, host, bits, "none"))
-        dres = _load(_name(model, dataset, host, bits, prompt.split(" ")[0]))
         if hres is None:
             continue
-        if dres is not None and "normalised" not in prompt:
-            by_align = {0.0: dres, **by_align}
-
-        def vt(r):
-            return 100 * r["metrics"]["val_acc"]["mean"], 100 * r["metrics"]["test_acc"]["mean"]
-
-        txt = ", ".join(f"{a:g}: {vt(r)[0]:.2f} / {vt(r)[1]:.2f}" for a, r in sorted(by_align.items()))
-        best = max(by_align, key=lambda a: (vt(by_align[a])[0], -a))
-        d = vt(by_align[best])[1] - vt(hres)[1]
+        dres = _load(_name(model, dataset, host, bits, label.split(" ")[0]))
+        if dres is not None and grid_value(label, dres) is not None:
+            by_value = {grid_value(label, dres): dres, **by_value}
+        txt = ", ".join(f"{v:g}: {_val_test(r)[0]:.2f} / {_val_test(r)[1]:.2f}" for v, r in sorted(by_value.items()))
+        best = max(by_value, key=lambda v: (_val_test(by_value[v])[0], -v))
+        d = _val_test(by_value[best])[1] - _val_test(hres)[1]
         wins += d > 0
-        rows.append(f"| {model} | {dataset} | {host}{bits} | {prompt} | {vt(hres)[0]:.2f} / {vt(hres)[1]:.2f} | "
-                    f"{txt} | {best:g} | {d:+.2f} | {'yes' if d > 0 else 'no'} |")
-    if len(rows) == 2:
+        h = _val_test(hres)
+        rows.append(f"| {model} | {dataset} | {host}{bits} | {label} | {h[0]:.2f} / {h[1]:.2f} | {txt} | {best:g} | "
+                    f"{d:+.2f} | {'yes' if d > 0 else 'no'} |")
+    return rows, wins
+
+
+def align_table(commands: set) -> str:
+    """Per cell: host, the prompt without and with the alignment loss (val / test), λ chosen on validation."""
+    def key_of(c):
+        return c["prompt"]["kind"] + (" (normalised logits)" if c["prompt"].get("normalize") else ""), \
+            c["prompt"]["align"]
+
+    rows, wins = _chosen_on_val("prompts-align-*.json", key_of,
+                                lambda label, grid: None if "normalised" in label else 0.0, commands)
+    if not rows:
         return ""
+    head = ["| model | dataset | host (INT4) | prompt | host val / test | λ: val / test (λ = 0: the grid) "
+            "| λ chosen on val | chosen test − host | beats host? |", "|---|---|---|---|---|---|---|---|---|"]
     return ("\n\nAggregation alignment (`--aligns`, `PromptConfig.align` = λ; `--normalize`: LoRAP with normalised "
             "logits softmax(W_a s_i / rms(s_i)), `PromptConfig.normalize`): the prompt trained jointly as in the "
             "grid, plus λ‖s_q + P(s_q) − s*‖² / ‖s*‖² per prompted layer, s* the layer's aggregate with its "
             "quantizers off (same input, same random draws), s_q detached so that only the prompt learns from "
             "it (our addition; docs/prompts.md). Mean validation / test accuracy over the same seeds; λ chosen "
             f"per cell on mean validation accuracy. With the chosen λ the prompt beats its host in {wins} of "
-            f"{len(rows) - 2} cells. The alignment costs one more float forward of each prompted layer per "
-            "training step.\n\n"
-            + "\n".join(rows))
-
-
-def run_lr_sweep(args) -> None:
-    """The prompts' own learning rate (``--prompt-lrs``): each cell's prompt trained jointly, as in the grid,
-    at each of these learning rates (the host's parameters keep the recipe's); the rate is then chosen per
-    cell on mean validation accuracy, among these and the grid's default (the recipe's lr)."""
-    from qgnn.train import run_experiment
-
-    for model in args.models:
-        for dataset in args.datasets:
-            for host in args.hosts:
-                for prompt in [p for p in args.prompts if p != "none"]:
-                    for lr in args.prompt_lrs:
-                        name = _lr_name(model, dataset, host, args.bits, prompt, lr)
-                        if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
-                            continue
-                        cfg = _cfg(model, dataset, host, args.bits, prompt, args.seeds, args.epochs, args.device,
-                                   prompt_lr=lr)
-                        res = run_experiment(cfg, root=args.root, progress=False)
-                        res["command"] = command_line()
-                        write_json(name, res)
-                        print(name, "val", pct(res["metrics"]["val_acc"]), "test", pct(res["metrics"]["test_acc"]),
-                              flush=True)
-                        render()
+            f"{len(rows)} cells. The alignment costs one more float forward of each prompted layer per "
+            "training step.\n\n" + "\n".join(head + rows))
 
 
 def lr_table(commands: set) -> str:
     """Per cell: host, the prompt at each learning rate (val / test), and the rate chosen on validation."""
-    cells: dict[tuple, dict] = {}
-    for path in sorted(RESULTS_DIR.glob("prompts-lr-*.json")):
-        r = json.loads(path.read_text())
-        c = r["config"]
-        key = (c["model"], c["dataset"], c["method"], c["bits"], c["prompt"]["kind"])
-        cells.setdefault(key, {})[c["prompt"]["lr"]] = r
-        commands.add(r["command"])
-    rows = ["| model | dataset | host (INT4) | prompt | host val / test | prompt lr: val / test | chosen on val "
-            "| chosen test − host | beats host? |", "|---|---|---|---|---|---|---|---|---|"]
-    wins = 0
-    for (model, dataset, host, bits, prompt), by_lr in sorted(cells.items()):
-        hres, dres = _load(_name(model, dataset, host, bits, "none")), _load(_name(model, dataset, host, bits, prompt))
-        if hres is None:
-            continue
-        if dres is not None:
-            by_lr = {**by_lr, dres["config"]["lr"]: dres}  # the grid's prompt trains at the recipe's lr
-
-        def vt(r):
-            return 100 * r["metrics"]["val_acc"]["mean"], 100 * r["metrics"]["test_acc"]["mean"]
-
-        lr_txt = ", ".join(f"{lr:g}: {vt(r)[0]:.2f} / {vt(r)[1]:.2f}" for lr, r in sorted(by_lr.items()))
-        best = max(by_lr, key=lambda lr: (vt(by_lr[lr])[0], -lr))
-        d = vt(by_lr[best])[1] - vt(hres)[1]
-        wins += d > 0
-        rows.append(f"| {model} | {dataset} | {host}{bits} | {prompt} | {vt(hres)[0]:.2f} / {vt(hres)[1]:.2f} | "
-                    f"{lr_txt} | {best:g} | {d:+.2f} | {'yes' if d > 0 else 'no'} |")
-    if len(rows) == 2:
+    # the grid's prompt trains at the recipe's lr
+    rows, wins = _chosen_on_val("prompts-lr-*.json", lambda c: (c["prompt"]["kind"], c["prompt"]["lr"]),
+                                lambda label, grid: grid["config"]["lr"], commands)
+    if not rows:
         return ""
+    head = ["| model | dataset | host (INT4) | prompt | host val / test | prompt lr: val / test | chosen on val "
+            "| chosen test − host | beats host? |", "|---|---|---|---|---|---|---|---|---|"]
     return ("\n\nThe prompts' own learning rate (`--prompt-lrs`; the host's parameters keep the recipe's lr, the "
             "prompts train jointly as in the grid, the largest rate being the recipe's, from the grid): mean "
             "validation / test accuracy over the same seeds; the rate is chosen per cell on mean validation "
             f"accuracy (ties: the smaller rate). With the chosen rate the prompt beats its host in {wins} of "
-            f"{len(rows) - 2} cells.\n\n" + "\n".join(rows))
+            f"{len(rows)} cells.\n\n" + "\n".join(head + rows))
 
 
 def run_grid(args) -> None:

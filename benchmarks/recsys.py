@@ -269,10 +269,10 @@ def render_gowalla_speed() -> None:
         "| | wall s | CPU s | reference (LightGCN-PyTorch) | speed-up / ratio |", "|---|---|---|---|---|", *rows, "",
         f"Our epoch visits the {ni} training interactions left after carving 10 % of them for validation; the",
         "per-batch speed-up compares equal batch sizes. Wall time depends on the other jobs sharing the two",
-        "cores; CPU time less so, but the machine's own speed drifts too (the same code's epoch took between",
-        "80 and 97 CPU s within one hour on 2026-12-02; the unchanged test pass, 12.8 s in an earlier session,",
-        "took 16.3 s), so the ratios measured in one",
-        "process below are the stable figures.", *step_md,
+        "cores; CPU time less so, but the machine's own speed drifts too: in the git history of",
+        "benchmarks/results/recsys-gowalla-speed.json, a run of the same code (commit 994b8de) has epochs of",
+        "80.7, 97.0 and 94.4 CPU s, and the unchanged test pass took 12.8 s at commit d635a1b. The ratios",
+        "measured in one process below are the stable figures.", *step_md,
     ])
     update_section("recsys-gowalla-speed", md)
 

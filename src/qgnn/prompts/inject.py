@@ -68,6 +68,13 @@ _KINDS = {"none": (None, False), "gpf": ("gpf", False), "gpf-plus": ("gpf-plus",
 PROMPT_KINDS = tuple(_KINDS)
 
 
+def check_number(what: str, value, positive: bool = False) -> float:
+    """``value`` as a float if it is a number >= 0 (> 0 with ``positive``), else a ConfigError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (positive and value == 0):
+        raise ConfigError(f"{what} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class PromptConfig:
     """Which prompts go where.
@@ -94,10 +101,7 @@ class PromptConfig:
 
     def __post_init__(self):
         self.kind = lookup("prompt", self.kind, {k: k for k in _KINDS})
-        if isinstance(self.align, bool) or not isinstance(self.align, int | float) or self.align < 0:
-            raise ConfigError(f"prompt align (weight of the aggregation-alignment loss) must be a number >= 0, "
-                              f"got {self.align!r}")
-        self.align = float(self.align)
+        self.align = check_number("prompt align (weight of the aggregation-alignment loss)", self.align)
         if not isinstance(self.normalize, bool):
             raise ConfigError(f"prompt normalize must be true or false, got {self.normalize!r}")
         if not isinstance(self.k, int) or self.k < 1:

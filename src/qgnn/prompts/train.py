@@ -25,7 +25,7 @@ from torch import nn
 
 from qgnn.errors import CheckpointError, ConfigError
 
-from .inject import PromptConfig, freeze_backbone, inject_prompts
+from .inject import PromptConfig, check_number, freeze_backbone, inject_prompts
 
 __all__ = ["RUNNER_KEYS", "apply_prompts", "prompt_optimizer_options", "resolve_prompt"]
 
@@ -43,13 +43,8 @@ def resolve_prompt(prompt: dict | None) -> dict:
     if out["backbone"] is not None and not isinstance(out["backbone"], str):
         raise ConfigError(f"prompt backbone must be a checkpoint path, got {out['backbone']!r}")
     for key, positive in (("lr", True), ("weight_decay", False)):
-        value = extra.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (positive and value == 0):
-            raise ConfigError(f"prompt {key} must be a number {'> 0' if positive else '>= 0'} (or absent: the "
-                              f"run's), got {value!r}")
-        out[key] = float(value)
+        if extra.get(key) is not None:
+            out[key] = check_number(f"prompt {key} (absent: the run's)", extra[key], positive)
     return out
 
 

@@ -32,6 +32,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--patience", type=int, default=None, help="early stopping on validation accuracy")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="validate every N epochs and after the last (patience counts validations)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--layers", dest="num_layers", type=int, default=None)
@@ -74,7 +76,7 @@ def _config_from_args(args):
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
     explicit = {k: getattr(args, k) for k in (
         "dataset", "model", "method", "bits", "seeds", "seed", "folds", "fold_seed", "epochs", "lr",
-        "weight_decay", "patience", "batch_size", "hidden", "num_layers", "dropout", "node_features",
+        "weight_decay", "patience", "eval_every", "batch_size", "hidden", "num_layers", "dropout", "node_features",
         "normalize_features", "device")}
     if args.config:  # values given on the command line win over the file; defaults do not
         defaults = vars(build_parser().parse_args(["train"]))

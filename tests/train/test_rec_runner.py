@@ -75,6 +75,22 @@ def test_interrupt_and_resume_give_the_same_result(tmp_path):
     assert resumed["metrics"]["recall@20"] == full["metrics"]["recall@20"]
 
 
+def test_eval_every_keeps_a_curve_of_validations_and_resumes_it(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 5, "eval_every": 2})
+    full = run_experiment(cfg, progress=False)
+    run = full["runs"][0]
+    assert [h["epoch"] for h in run["history"]] == [1, 3, 4] and run["best_epoch"] in (1, 3, 4)
+    assert run["history"][[h["epoch"] for h in run["history"]].index(run["best_epoch"])]["val_recall@20"] == \
+        run["val_recall@20"]
+    ctl = Control()
+    ctl.on_epoch_end.append(lambda r, e: setattr(ctl, "stop_requested", e == 2))
+    out = tmp_path / "r.json"
+    with pytest.raises(Interrupted):
+        run_experiment(cfg, out=out, control=ctl, progress=False)
+    resumed = run_experiment(cfg, out=out, resume=True, progress=False)
+    assert resumed["runs"][0]["history"] == run["history"]
+
+
 def test_cli_rec_errors_and_options(tmp_path, capsys):
     assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--method", "nope"]) == 2
     assert "unknown recommendation method" in capsys.readouterr().err

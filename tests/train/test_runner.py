@@ -54,6 +54,12 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, dataset, model):
             assert a[k] == b[k], k
 
 
+def test_eval_every_selects_among_validated_epochs_only():
+    res = run_experiment(_node_cfg(epochs=9, eval_every=4, seeds=2), progress=False)
+    assert {r["best_epoch"] for r in res["runs"]} <= {3, 7, 8}
+    assert all("val_acc" in r and "test_acc" in r for r in res["runs"])
+
+
 def test_resume_refuses_state_of_another_config(tmp_path):
     control = Control(on_epoch_end=[lambda r, e: setattr(control, "stop_requested", True)])
     with pytest.raises(Interrupted):
@@ -65,6 +71,8 @@ def test_resume_refuses_state_of_another_config(tmp_path):
 def test_bad_values_are_config_errors():
     with pytest.raises(ConfigError, match="--bits"):
         TrainConfig(bits=9).validate()
+    with pytest.raises(ConfigError, match="--eval-every"):
+        TrainConfig(eval_every=0).validate()
     with pytest.raises(ConfigError, match="unknown config keys: colour"):
         TrainConfig.from_dict({"colour": 1})
 

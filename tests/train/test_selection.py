@@ -2,8 +2,9 @@ import math
 
 import torch
 
+from qgnn.train.config import TrainConfig
 from qgnn.train.results import summarize
-from qgnn.train.selection import BestTracker
+from qgnn.train.selection import BestTracker, validation_due
 
 
 def test_best_tracker_selects_on_validation_and_breaks_ties_by_loss():
@@ -31,3 +32,9 @@ def test_summarize_mean_and_population_std():
     bad = summarize([0.5, float("nan"), 0.7])
     assert math.isnan(bad["mean"]) and math.isnan(bad["std"]) and bad["runs"][0] == 0.5
     assert math.isnan(summarize([0.1, float("inf")])["std"])
+
+
+def test_validation_is_due_every_n_epochs_and_after_the_last():
+    cfg = TrainConfig(epochs=10, eval_every=3)
+    assert [e for e in range(10) if validation_due(e, cfg)] == [2, 5, 8, 9]
+    assert all(validation_due(e, TrainConfig(epochs=4)) for e in range(4))

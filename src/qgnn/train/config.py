@@ -29,7 +29,8 @@ class TrainConfig:
     epochs: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
-    patience: int | None = None
+    patience: int | None = None        # early stopping: validations without improvement
+    eval_every: int = 1                # validate every N epochs (and after the last); patience counts validations
     batch_size: int | None = None
     lr_step: int | None = None         # StepLR period in epochs (graph recipe), 0 = constant lr
     lr_gamma: float | None = None
@@ -79,6 +80,7 @@ class TrainConfig:
         checks = [
             (self.seeds is None or self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
             (self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.folds is None or 1 <= self.folds <= 10, f"--folds must be in 1..10, got {self.folds}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),

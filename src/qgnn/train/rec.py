@@ -34,11 +34,12 @@ from qgnn.train.config import TrainConfig
 from qgnn.train.rec_metrics import KS, UserItemIndex, rank_metrics
 from qgnn.train.results import summarize_runs
 from qgnn.train.seeding import set_seed
-from qgnn.train.selection import BestTracker
+from qgnn.train.selection import BestTracker, validation_due
 
 REC_METHODS = {"fp32": "fp32", "qat": "qat", "lsq": "lsq", "gnaq": "gnaq", "bigear": "bigear"}
 REC_MODELS = {"lightgcn": "lightgcn"}
 METRIC_KEYS = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
+CURVE_KEYS = ("recall@20", "ndcg@20")  # the validation scores kept per validated epoch (results' "history")
 STATE_FORMAT = "qgnn-state/1"
 
 
@@ -270,6 +271,7 @@ class RecRunner:
         gen = torch.Generator().manual_seed(seed)
         tracker = BestTracker(c.patience)
         start, train_s, eval_s, test_s, train_cpu = 0, 0.0, 0.0, 0.0, 0.0
+        history: list[dict] = []  # one entry per validation: the training curve
         if current is not None:
             model.load_state_dict(current["model"])
             opt.load_state_dict(current["optimizer"])
@@ -277,7 +279,7 @@ class RecRunner:
             gen.set_state(current["gen"])
             torch.set_rng_state(current["rng"])
             start, train_s, eval_s, test_s = current["epoch"], current["train_s"], current["eval_s"], current["test_s"]
-            train_cpu = current["train_cpu"]
+            train_cpu, history = current["train_cpu"], list(current.get("history", []))
             bar.update(start)
         last_save, epochs_run = time.monotonic(), start
         for epoch in range(start, c.epochs):
@@ -285,26 +287,29 @@ class RecRunner:
             loss = self.task.train_epoch(model, opt, gen, c.weight_decay)
             t1 = time.perf_counter()
             train_cpu += time.process_time() - cpu
-            val = self.task.evaluate(model, "val")
-            t2 = time.perf_counter()
-            train_s, eval_s = train_s + t1 - t, eval_s + t2 - t1
+            train_s += t1 - t
             epochs_run = epoch + 1
-            scores = {f"val_{k}": v for k, v in val.items()}
-            if (val["recall@20"], val["ndcg@20"]) > (tracker.best_val, -tracker.best_val_loss):
-                test = self.task.evaluate(model, "test")  # only for the epoch that may be selected
-                test_s += time.perf_counter() - t2
-                scores.update(test)
-            tracker.update(epoch, val["recall@20"], -val["ndcg@20"], {**scores, "train_loss": loss}, model)
+            if validation_due(epoch, c):
+                val = self.task.evaluate(model, "val")
+                t2 = time.perf_counter()
+                eval_s += t2 - t1
+                scores = {f"val_{k}": v for k, v in val.items()}
+                if (val["recall@20"], val["ndcg@20"]) > (tracker.best_val, -tracker.best_val_loss):
+                    test = self.task.evaluate(model, "test")  # only for the epoch that may be selected
+                    test_s += time.perf_counter() - t2
+                    scores.update(test)
+                tracker.update(epoch, val["recall@20"], -val["ndcg@20"], {**scores, "train_loss": loss}, model)
+                history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": val[k] for k in CURVE_KEYS}})
             bar.update(1)
-            bar.set_postfix(run=r + 1, loss=f"{loss:.4f}", val_r20=f"{val['recall@20']:.4f}",
-                            best=f"{tracker.best_val:.4f}", refresh=False)
+            bar.set_postfix(run=r + 1, loss=f"{loss:.4f}", best=f"{tracker.best_val:.4f}", refresh=False)
             for cb in self.control.on_epoch_end:
                 cb(r, epoch)
             stop = self.control.stop_requested
             if self.state_path and (stop or time.monotonic() - last_save > self.save_every):
                 self._save_state(runs, best, {
                     "index": r, "epoch": epochs_run, "train_s": train_s, "eval_s": eval_s, "test_s": test_s,
-                    "train_cpu": train_cpu, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "train_cpu": train_cpu, "history": history, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
                     "tracker": tracker.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state()})
                 last_save = time.monotonic()
             if stop:
@@ -320,7 +325,8 @@ class RecRunner:
                "train_cpu_seconds_per_epoch": train_cpu / max(epochs_run, 1),
                "eval_seconds_per_epoch": eval_s / max(epochs_run, 1),
                "seconds_per_epoch": (train_s + eval_s) / max(epochs_run, 1),
-               "train_seconds": train_s + eval_s + test_s, "test_seconds": test_s, **tracker.best_scores}
+               "train_seconds": train_s + eval_s + test_s, "test_seconds": test_s, **tracker.best_scores,
+               "history": history}
         return res, tracker.best_state
 
     def _results(self, runs, best, total) -> dict:

@@ -27,7 +27,7 @@ from qgnn.train.checkpoint import load_state, save_checkpoint, save_state
 from qgnn.train.config import TrainConfig
 from qgnn.train.results import summarize_runs
 from qgnn.train.seeding import set_seed
-from qgnn.train.selection import BestTracker
+from qgnn.train.selection import BestTracker, validation_due
 from qgnn.train.tasks import GraphTask, NodeTask, penalty_modules
 
 STATE_FORMAT = "qgnn-state/1"
@@ -211,12 +211,14 @@ class Runner:
         for epoch in range(start_epoch, self.cfg.epochs):
             t0 = time.perf_counter()
             task.train_epoch(model, opt, pens)
-            scores = task.evaluate(model)
+            validate = validation_due(epoch, self.cfg)
+            scores = task.evaluate(model) if validate else None
             if sched is not None:
                 sched.step()
             seconds += time.perf_counter() - t0
             epochs_run = epoch + 1
-            tracker.update(epoch, scores["val_acc"], scores["val_loss"], scores, model)
+            if validate:
+                tracker.update(epoch, scores["val_acc"], scores["val_loss"], scores, model)
             bar.update(1)
             bar.set_postfix(run=f"{r + 1}", best_val=f"{tracker.best_val:.4f}", refresh=False)
             for cb in self.control.on_epoch_end:

@@ -12,6 +12,15 @@ import math
 import torch
 
 
+def validation_due(epoch: int, cfg) -> bool:
+    """Whether 0-based `epoch` ends with a validation: every ``cfg.eval_every`` epochs and after the last.
+
+    Validating less often saves time where a validation pass costs as much as many training steps (full-ranking
+    recommendation); the selected epoch is then one of the validated ones, and patience counts validations.
+    """
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+
+
 class BestTracker:
     """Keeps the best epoch's scores and a copy of its weights; counts patience."""
 

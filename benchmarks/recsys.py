@@ -6,6 +6,7 @@
   python benchmarks/recsys.py gowalla-step      # training step: fused vs layer-by-layer vs LightGCN-PyTorch-style
   python benchmarks/recsys.py gowalla-fp32 --epochs N [--lr LR] [--resume]   # FP32 LightGCN, up to N epochs
   python benchmarks/recsys.py gowalla-fp32 --report   # the figures reached so far (finished or resumable runs)
+  python benchmarks/recsys.py gowalla-quant [--methods gnaq,...]   # 2-bit methods from the finished FP32 run
 
 Quantized runs start from the selected FP32 checkpoint of the same dataset (benchmarks/results/...ckpt).
 Every run selects its epoch on the validation split; test figures are those of that epoch. Timings are
@@ -49,28 +50,52 @@ ML100K = dict(dataset="ml-100k", seeds=3, lr=5e-3, epochs=300, patience=30)
 QUANT_EPOCHS = dict(epochs=15, patience=5)
 
 
+# (label, method, bits, method options, config overrides) of the quantized rows of a table
+QUANT_ROWS = (("QAT (STE, per tensor) 2-bit", "qat", 2, {}, {}),
+              ("LSQ (per tensor) 2-bit", "lsq", 2, {}, {}),
+              # BiGeaR's distillation over every batch user's top-100 list makes its epoch about 8x GNAQ's on
+              # ml-100k: on two shared cores it gets 5 epochs (its validation score still rose then: a lower bound)
+              ("BiGeaR-style 1-bit", "bigear", 1, {}, {"epochs": 5}),
+              ("GNAQ 2-bit", "gnaq", 2, {}, {}))
+
+
+def _quant_rows(prefix: str, base: dict, ckpt: str, methods: list[str]) -> dict:
+    """Fine-tune the FP32 checkpoint with each quantized method; methods left out are read from the JSON of an
+    earlier run of the same command (when there is one)."""
+    rows = {}
+    for label, method, bits, opts, budget in QUANT_ROWS:
+        name = f"{prefix}-{method}{bits}"
+        if method not in methods:
+            if (RESULTS_DIR / f"{name}.json").exists():
+                rows[label] = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+            continue
+        rows[label] = _run(name, method=method, bits=bits, **{**base, **budget},
+                           quant={"pretrained": ckpt, **({"options": opts} if opts else {})})
+    return rows
+
+
 def ml100k(args) -> None:
     ckpt = str(RESULTS_DIR / "recsys-ml100k-fp32.ckpt")
     if args.reuse_fp32 and Path(ckpt).exists():  # the FP32 stage of an earlier run of this same command
         fp32 = json.loads((RESULTS_DIR / "recsys-ml100k-fp32.json").read_text())
     else:
         fp32 = _run("recsys-ml100k-fp32", **ML100K, save=True)
-    rows = {"FP32 LightGCN": fp32}
-    # BiGeaR's distillation over every batch user's top-100 list makes its epoch about 8x GNAQ's here: on two
-    # shared cores it gets 5 epochs (its validation score still rose then; the figure is a lower bound)
-    for label, method, bits, opts, budget in (("QAT (STE, per tensor) 2-bit", "qat", 2, {}, {}),
-                                              ("LSQ (per tensor) 2-bit", "lsq", 2, {}, {}),
-                                              ("BiGeaR-style 1-bit", "bigear", 1, {}, {"epochs": 5}),
-                                              ("GNAQ 2-bit", "gnaq", 2, {}, {})):
-        if method not in args.methods.split(","):  # keep an earlier run's results of this command
-            done = RESULTS_DIR / f"recsys-ml100k-{method}{bits}.json"
-            if done.exists():
-                rows[label] = json.loads(done.read_text())
-            continue
-        cfg = {**ML100K, **QUANT_EPOCHS, "lr": args.quant_lr, **budget}
-        rows[label] = _run(f"recsys-ml100k-{method}{bits}", method=method, bits=bits, **cfg,
-                           quant={"pretrained": ckpt, **({"options": opts} if opts else {})})
+    rows = {"FP32 LightGCN": fp32, **_quant_rows("recsys-ml100k", {**ML100K, **QUANT_EPOCHS, "lr": args.quant_lr},
+                                                 ckpt, args.methods.split(","))}
     _table("recsys-ml100k", "LightGCN on MovieLens-100K (3 seeds, 10 % test / 10 % val per user)", rows, fp32)
+
+
+def gowalla_quant(args) -> None:
+    """The quantized methods on gowalla, each fine-tuning the finished FP32 run's checkpoint (gowalla-fp32)."""
+    fp32_json = RESULTS_DIR / f"{_fp32_name(args.lr)}.json"
+    if not fp32_json.exists():
+        sys.exit(f"{fp32_json} not found: finish `benchmarks/recsys.py gowalla-fp32 --lr {args.lr:g}` first")
+    fp32 = json.loads(fp32_json.read_text())
+    base = dict(dataset="gowalla", seeds=args.seeds, **QUANT_EPOCHS, lr=args.quant_lr)
+    rows = {"FP32 LightGCN": fp32, **_quant_rows("recsys-gowalla", base, fp32["checkpoint"],
+                                                 args.methods.split(","))}
+    _table("recsys-gowalla", f"LightGCN on gowalla ({args.seeds} seeds for the quantized rows; FP32: one run)",
+           rows, fp32, rerun="gowalla-quant")
 
 
 def ablation(args) -> None:
@@ -87,8 +112,9 @@ def ablation(args) -> None:
     _table("recsys-ml100k-ablation", "GNAQ 2-bit ablations on MovieLens-100K (3 seeds)", rows, fp32)
 
 
-def _table(section: str, title: str, rows: dict, fp32: dict) -> None:
+def _table(section: str, title: str, rows: dict, fp32: dict, rerun: str = "ml100k") -> None:
     ref = fp32["metrics"]["recall@20"]["mean"]
+    quant_lr = ", ".join(sorted({f"{r['config']['lr']:g}" for r in rows.values() if r["config"]["method"] != "fp32"}))
     lines = [f"### {title}", "", f"`{command_line()}`", "",
              "| model | " + " | ".join(METRICS) + " | R@20 / FP32 | bytes | compression | train s / epoch (CPU s) "
              "| epochs (selected) |", "|---" * (len(METRICS) + 6) + "|"]
@@ -101,9 +127,9 @@ def _table(section: str, title: str, rows: dict, fp32: dict) -> None:
     lines += ["", "Selected epoch by validation Recall@20; test items ranked against all items, training "
               "(and validation) items excluded. Bytes: bit-packed codes + quantization parameters of the "
               "embedding table (FP32: 4 bytes per entry). Quantized runs fine-tune the FP32 checkpoint (lr "
-              "5e-3). Rows of methods left out of `--methods` (or FP32 with `--reuse-fp32`) are read from the "
+              f"{quant_lr}). Rows of methods left out of `--methods` (or FP32 with `--reuse-fp32`) are read from the "
               "JSON files of an earlier run of this script with the same settings; `python "
-              "benchmarks/recsys.py ml100k` reruns them all."]
+              f"benchmarks/recsys.py {rerun}` reruns them all."]
     write_json(section, {"command": command_line(), "rows": {k: {"metrics": v["metrics"], "cost": v["cost"],
                                                                     "timing": v["timing"]} for k, v in rows.items()}})
     update_section(section, "\n".join(lines))
@@ -380,7 +406,8 @@ def _plot_gowalla_curves(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["ml100k", "ablation", "gowalla-speed", "gowalla-step", "gowalla-fp32"])
+    p.add_argument("what", choices=["ml100k", "ablation", "gowalla-speed", "gowalla-step", "gowalla-fp32",
+                                    "gowalla-quant"])
     p.add_argument("--epoch-repeats", type=int, default=3, help="gowalla-speed: FP32 epochs timed (median)")
     p.add_argument("--step-batches", type=int, default=10, help="gowalla-step: batches per timed block")
     p.add_argument("--step-repeats", type=int, default=3, help="gowalla-step: blocks per variant")
@@ -392,10 +419,11 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="gowalla-fp32: only report the runs found")
     p.add_argument("--quant-lr", type=float, default=5e-3, help="lr of the quantized fine-tuning (all methods)")
     p.add_argument("--reuse-fp32", action="store_true", help="ml100k: keep the FP32 results and checkpoint")
-    p.add_argument("--methods", default="qat,lsq,bigear,gnaq", help="ml100k: quantized methods to run")
+    p.add_argument("--methods", default="qat,lsq,bigear,gnaq", help="ml100k, gowalla-quant: methods to run")
+    p.add_argument("--seeds", type=int, default=3, help="gowalla-quant: seeds per quantized method")
     args = p.parse_args()
     {"ml100k": ml100k, "ablation": ablation, "gowalla-speed": gowalla_speed,
-     "gowalla-step": gowalla_step, "gowalla-fp32": gowalla_fp32}[
+     "gowalla-step": gowalla_step, "gowalla-fp32": gowalla_fp32, "gowalla-quant": gowalla_quant}[
         args.what.replace("_", "-")](args)
 
 

@@ -63,15 +63,20 @@ def test_negatives_are_never_training_items():
     assert task.train_idx.contains(users, pos).all()
 
 
-def test_interrupt_and_resume_give_the_same_result(tmp_path):
-    cfg = TrainConfig(**{**FAST, "epochs": 4})
-    full = run_experiment(cfg, progress=False)
+def _stop_after_then_resume(cfg, tmp_path, epoch):
+    """Run `cfg` until the end of (0-based) `epoch`, stop as Ctrl-C would, and resume it to the end."""
     ctl = Control()
-    ctl.on_epoch_end.append(lambda r, e: setattr(ctl, "stop_requested", e == 1))
+    ctl.on_epoch_end.append(lambda r, e: setattr(ctl, "stop_requested", e == epoch))
     out = tmp_path / "r.json"
     with pytest.raises(Interrupted):
         run_experiment(cfg, out=out, control=ctl, progress=False)
-    resumed = run_experiment(cfg, out=out, resume=True, progress=False)
+    return run_experiment(cfg, out=out, resume=True, progress=False)
+
+
+def test_interrupt_and_resume_give_the_same_result(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 4})
+    full = run_experiment(cfg, progress=False)
+    resumed = _stop_after_then_resume(cfg, tmp_path, 1)
     assert resumed["metrics"]["recall@20"] == full["metrics"]["recall@20"]
 
 
@@ -82,12 +87,7 @@ def test_eval_every_keeps_a_curve_of_validations_and_resumes_it(tmp_path):
     assert [h["epoch"] for h in run["history"]] == [1, 3, 4] and run["best_epoch"] in (1, 3, 4)
     assert run["history"][[h["epoch"] for h in run["history"]].index(run["best_epoch"])]["val_recall@20"] == \
         run["val_recall@20"]
-    ctl = Control()
-    ctl.on_epoch_end.append(lambda r, e: setattr(ctl, "stop_requested", e == 2))
-    out = tmp_path / "r.json"
-    with pytest.raises(Interrupted):
-        run_experiment(cfg, out=out, control=ctl, progress=False)
-    resumed = run_experiment(cfg, out=out, resume=True, progress=False)
+    resumed = _stop_after_then_resume(cfg, tmp_path, 2)
     assert resumed["runs"][0]["history"] == run["history"]
 
 

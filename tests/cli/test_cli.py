@@ -45,6 +45,13 @@ def test_train_writes_table_json_and_checkpoint(tmp_path, capsys):
     # a results file is a valid --config: the run can be repeated from it
     assert main(["train", "--config", str(out), "--epochs", "2", "--seeds", "1", "--out",
                  str(tmp_path / "again.json"), "--quiet"]) == 0
+    # --eval-every reaches the config (and so the results file); its value is checked
+    assert main(["train", "--config", str(out), "--epochs", "5", "--seeds", "1", "--eval-every", "2", "--out",
+                 str(tmp_path / "every2.json"), "--quiet"]) == 0
+    res = json.loads((tmp_path / "every2.json").read_text())
+    assert res["config"]["eval_every"] == 2 and res["runs"][0]["best_epoch"] in (1, 3, 4)
+    assert main(["train", "--dataset", "synthetic-node", "--eval-every", "0", "--quiet"]) == 2
+    assert "--eval-every must be >= 1" in capsys.readouterr().err
 
 
 def test_info_and_python_dash_m():

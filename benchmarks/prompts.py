@@ -67,18 +67,19 @@ def _name(model, dataset, host, bits, prompt):
     return f"prompts-{model}-{dataset}-fp32" if host == "fp32" else f"prompts-{model}-{dataset}-{host}{bits}-{prompt}"
 
 
-def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device, prompt_lr=None, align=None, normalize=False):
+def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device, prompt_lr=None, align=None, normalize=False,
+         node_after_quant=False):
     from qgnn.train import TrainConfig
 
     quant = dict(method=host, bits=bits) if host != "fp32" else dict(method="fp32")
     extra = (({"lr": prompt_lr} if prompt_lr else {}) | ({"align": align} if align else {})
-             | ({"normalize": True} if normalize else {}))
+             | ({"normalize": True} if normalize else {}) | ({"node_after_quant": True} if node_after_quant else {}))
     return TrainConfig(dataset=dataset, model=model, seeds=seeds, epochs=epochs, device=device, **quant,
                        prompt={} if prompt == "none" or host == "fp32" else {"kind": prompt, **extra})
 
 
-def _lr_name(model, dataset, host, bits, prompt, lr):
-    return f"prompts-lr-{model}-{dataset}-{host}{bits}-{prompt}-{lr:g}"
+def _lr_name(model, dataset, host, bits, prompt, lr, after_quant=False):
+    return f"prompts-lr-{model}-{dataset}-{host}{bits}-{prompt}-{lr:g}" + ("-aq" if after_quant else "")
 
 
 def _align_name(model, dataset, host, bits, prompt, align, normalize=False):
@@ -119,7 +120,8 @@ def run_lr_sweep(args) -> None:
     """The prompts' own learning rate (``--prompt-lrs``): each prompt cell at each rate (the host's parameters
     keep the recipe's); the rate is chosen per cell on mean validation accuracy, among these and the grid's
     (the recipe's lr)."""
-    _sweep(args, args.prompt_lrs, _lr_name, lambda lr: {"prompt_lr": lr})
+    _sweep(args, args.prompt_lrs, lambda *cell: _lr_name(*cell, args.node_after_quant),
+           lambda lr: {"prompt_lr": lr, "node_after_quant": args.node_after_quant})
 
 
 def _val_test(r) -> tuple[float, float]:
@@ -182,11 +184,17 @@ def align_table(commands: set) -> str:
             "training step.\n\n" + "\n".join(head + rows))
 
 
+AFTER_QUANT = " (node prompt after the input quantizer)"
+
+
 def lr_table(commands: set) -> str:
     """Per cell: host, the prompt at each learning rate (val / test), and the rate chosen on validation."""
     # the grid's prompt trains at the recipe's lr
-    rows, wins = _chosen_on_val("prompts-lr-*.json", lambda c: (c["prompt"]["kind"], c["prompt"]["lr"]),
-                                lambda label, grid: grid["config"]["lr"], commands)
+    def key_of(c):
+        return c["prompt"]["kind"] + (AFTER_QUANT if c["prompt"].get("node_after_quant") else ""), c["prompt"]["lr"]
+
+    rows, wins = _chosen_on_val("prompts-lr-*.json", key_of,
+                                lambda label, grid: None if AFTER_QUANT in label else grid["config"]["lr"], commands)
     if not rows:
         return ""
     head = ["| model | dataset | host (INT4) | prompt | host val / test | prompt lr: val / test | chosen on val "
@@ -468,6 +476,8 @@ def main(argv=None) -> int:
                    help="host vs host + prompt per seed: the input-quantizer ranges of the selected models")
     p.add_argument("--prompt-lrs", nargs="+", type=float, default=None,
                    help="train each prompt cell at each of these prompt learning rates (choice on validation)")
+    p.add_argument("--node-after-quant", action="store_true",
+                   help="with --prompt-lrs: the node prompt on the first layer's quantized input (docs/prompts.md)")
     p.add_argument("--render", action="store_true", help="only rebuild the docs section from the JSON files")
     p.add_argument("--aligns", nargs="+", type=float, default=None,
                    help="train each prompt cell with each of these aggregation-alignment weights λ (0: off)")

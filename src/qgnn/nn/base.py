@@ -59,10 +59,12 @@ stretch the grid of everyone else. Per-node quantizers receive the node ids of t
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 from torch_geometric.utils import is_sparse
 
 from qgnn.errors import ConfigError
@@ -255,6 +257,9 @@ class QuantModule:
         edge weights (only matters for a GCN with ``normalize=False``)."""
         if not (self.SUPPORTS_INTEGER_AGGREGATION and self.integer_aggregation) or self.training:
             return None
+        if any(self.__dict__.get("_slot_hooks", {}).values()):  # the integer paths skip _q, where slot hooks
+            # run: stay on the fake-quant path while there are any
+            return None
         if self._integer_reduce() is None:
             return None
         return self._integer_source(edge_weighted)
@@ -337,20 +342,43 @@ class QuantModule:
                             "message_channels": in_channels if message_channels is None else message_channels}
 
     # ------------------------------------------------------------------ forward helpers
+    def register_slot_hook(self, slot: str, hook: Callable[[nn.Module, Tensor], Tensor | None]) -> RemovableHandle:
+        """Call ``hook(layer, x)`` on what slot ``slot`` hands on (its quantized rows and any protected float
+        rows together; the float tensor when the slot has no quantizer); a non-None result replaces it.
+
+        This is where a prompt can act on a layer's quantized input (``qgnn.prompts``, ``node_after_quant``).
+        While a hook is registered the layer takes the fake-quant path in eval mode too: the integer
+        aggregation paths read codes directly and would skip it.
+        """
+        if slot not in self.SLOTS:
+            raise ConfigError(f"{type(self).__name__} has no quantizer slot {slot!r}; valid slots: "
+                              f"{', '.join(self.SLOTS)}")
+        hooks = self.__dict__.setdefault("_slot_hooks", {})  # plain attribute: not state, not a submodule
+        per_slot = hooks.setdefault(slot, OrderedDict())
+        handle = RemovableHandle(per_slot)
+        per_slot[handle.id] = hook
+        return handle
+
     def _q(self, slot: str, x: Tensor, keep: Tensor | None = None) -> Tensor:
         """Apply ``slot``'s quantizer (identity when absent) to the rows ``keep`` of ``x`` (all rows when
-        None); the other rows, the protected ones, stay float.
+        None); the other rows, the protected ones, stay float. Then the slot's hooks, if any
+        (:meth:`register_slot_hook`).
 
         Only the kept rows reach the quantizer, with their node ids as ``index`` for node slots, so a
         per-node table is indexed by node and an observer sees exactly what it quantizes.
         """
         q = self.quant._modules.get(slot)
-        if q is None:
-            return x
-        if keep is None:
-            return q(x)
-        xq = q(x.index_select(0, keep), keep if slot in NODE_SLOTS else None)
-        return x.index_copy(0, keep, xq)
+        if q is not None:
+            if keep is None:
+                x = q(x)
+            else:
+                x = x.index_copy(0, keep, q(x.index_select(0, keep), keep if slot in NODE_SLOTS else None))
+        hooks = self.__dict__.get("_slot_hooks")
+        if hooks and hooks.get(slot):
+            for hook in list(hooks[slot].values()):
+                out = hook(self, x)
+                x = x if out is None else out
+        return x
 
     def _post_aggregate(self, out: Tensor, index: Tensor, num_nodes: int) -> Tensor:
         """Run PyG's aggregate-forward hooks (``MessagePassing.register_aggregate_forward_hook``) on the

@@ -89,6 +89,10 @@ class PromptConfig:
     align: weight λ of the aggregation-alignment loss (0 = off, the default; see :class:`PromptedLayer`).
     normalize: LoRAP's mixing weights from the aggregate's direction, softmax(W_a s_i / rms(s_i)) (default
     off: softmax(W_a s_i), our reading of the paper).
+    node_after_quant: the node prompt (GPF / GPF-plus) acts on the first layer's quantized input, after its
+    ``input`` quantizer, instead of on the raw features before it (default off: GPF's place). Our option: a
+    dense prompt in front of a min / max quantizer widens its range (a coarser grid for every feature) and
+    is itself mostly rounded away; after it, the prompt stays a full-precision correction, as LoRAP's does.
     """
 
     kind: str = "lorap"
@@ -98,12 +102,14 @@ class PromptConfig:
     backend: str = "auto"
     align: float = 0.0
     normalize: bool = False
+    node_after_quant: bool = False
 
     def __post_init__(self):
         self.kind = lookup("prompt", self.kind, {k: k for k in _KINDS})
         self.align = check_number("prompt align (weight of the aggregation-alignment loss)", self.align)
-        if not isinstance(self.normalize, bool):
-            raise ConfigError(f"prompt normalize must be true or false, got {self.normalize!r}")
+        for key in ("normalize", "node_after_quant"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"prompt {key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"prompt k (basis prompts) must be an int >= 1, got {self.k!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -151,14 +157,22 @@ class PromptedLayer(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Module, node_prompt: PromptModule | None = None,
-                 aggr_prompt: PromptModule | None = None, align: float = 0.0):
+                 aggr_prompt: PromptModule | None = None, align: float = 0.0, node_after_quant: bool = False):
         super().__init__()
         self.base_layer = base_layer
         self.node_prompt = node_prompt
         self.aggr_prompt = aggr_prompt
         self.prompts_enabled = True
         self.align = float(align)
+        self.node_after_quant = node_after_quant
         self._align_loss: Tensor | None = None
+
+    def _node_prompt_after_quant(self) -> bool:
+        """Whether the node prompt goes on the quantized input: asked for, and the layer quantizes its input
+        (without an ``input`` quantizer both places are the same)."""
+        quant = getattr(self.base_layer, "quant", None)
+        return (self.node_after_quant and hasattr(self.base_layer, "register_slot_hook")
+                and quant is not None and "input" in quant)
 
     def _aggr_hook(self, module, inputs, out: Tensor) -> Tensor:
         return self.aggr_prompt(out)
@@ -210,8 +224,18 @@ class PromptedLayer(nn.Module):
         self._align_loss = None
         if not self.prompts_enabled:
             return self.base_layer(x, *args, **kwargs)
+        if self.node_prompt is not None and self._node_prompt_after_quant():
+            handle = self.base_layer.register_slot_hook("input", lambda layer, xq: self.node_prompt(xq))
+            try:
+                return self._forward_aggregate(x, *args, **kwargs)
+            finally:
+                handle.remove()
         if self.node_prompt is not None:
             x = self.node_prompt(x)
+        return self._forward_aggregate(x, *args, **kwargs)
+
+    def _forward_aggregate(self, x, *args, **kwargs):
+        """The base layer with the aggregation prompt (and its alignment loss) where there is one."""
         if self.aggr_prompt is None:
             return self.base_layer(x, *args, **kwargs)
         if not (self.align > 0 and self.training and torch.is_grad_enabled()):
@@ -318,7 +342,7 @@ def inject_prompts(model: nn.Module, config: PromptConfig | dict | str) -> nn.Mo
             node = GPFPlus(input_dim(layer), config.k)
         aggr = (LoRAP(aggregation_dim(layer), config.k, config.rank, config.backend, config.normalize)
                 if config.aggregation else None)
-        wrapped = PromptedLayer(layer, node, aggr, align=config.align)
+        wrapped = PromptedLayer(layer, node, aggr, align=config.align, node_after_quant=config.node_after_quant)
         p = next(layer.parameters(), None)
         if p is not None:
             wrapped.to(p.device)

@@ -52,6 +52,8 @@ def _add_train(sub) -> None:
                    help="weight decay of the prompts (default: the run's)")
     p.add_argument("--prompt-align", type=float, default=None,
                    help="weight of the aggregation-alignment loss of LoRAP (docs/prompts.md; default 0, off)")
+    p.add_argument("--prompt-after-quant", action="store_true",
+                   help="GPF / GPF-plus on the first layer's quantized input, not in front of its quantizer")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the prompts")
     p.add_argument("--backbone", default=None, help="host checkpoint (--save) to start the backbone from")
     p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
@@ -133,9 +135,11 @@ def _prompt_from_args(args, prompt: dict) -> dict:
             prompt[key] = value
     if args.freeze_backbone:
         prompt["freeze_backbone"] = True
+    if args.prompt_after_quant:
+        prompt["node_after_quant"] = True
     if prompt and "kind" not in prompt:
         raise ConfigError("--prompt-k, --prompt-rank, --prompt-lr, --prompt-weight-decay, --prompt-align, "
-                          "--freeze-backbone and --backbone need --prompt")
+                          "--prompt-after-quant, --freeze-backbone and --backbone need --prompt")
     return {} if prompt.get("kind") == "none" else prompt
 
 

@@ -99,3 +99,7 @@ def test_cli_prompt_lr_reaches_the_config(tmp_path):
                  "--prompt-weight-decay", "0", "--prompt-align", "0.5", "--out", str(out)]) == 0
     prompt = json.loads(out.read_text())["config"]["prompt"]
     assert prompt["lr"] == 0.002 and prompt["weight_decay"] == 0.0 and prompt["align"] == 0.5
+    assert prompt["node_after_quant"] is False
+    assert main(["train", *COMMON, "--method", "qat", "--bits", "4", "--prompt", "gpf-plus", "--prompt-after-quant",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["prompt"]["node_after_quant"] is True

@@ -361,6 +361,7 @@ def _report_gowalla_fp32() -> None:
                      + f" | {r['cpu_per_epoch']:.1f} |")
         print(lines[-1])
     curve = _plot_gowalla_curves(rows)
+    every = " / ".join(sorted({str(r["cfg"].get("eval_every", 1)) for r in rows}))
     md = f"""### FP32 LightGCN on gowalla (batch 2048, d = 64, L2 1e-4, 3 layers, one CPU thread)
 
 `OMP_NUM_THREADS=1 python benchmarks/recsys.py gowalla-fp32 --epochs 1000 --lr LR [--resume]`, reported with
@@ -368,7 +369,7 @@ def _report_gowalla_fp32() -> None:
 
 Target (issue 6): Recall@20 >= 0.175 and NDCG@20 >= 0.148 (published 0.1830 / 0.1554 with lr 1e-3 after
 several hundred epochs, trained on all 810128 interactions; ours on the 727869 left after carving 10 % for
-validation). Validation every 5 epochs; the selected epoch is the validated one with the best validation
+validation). Validation every {every} epochs; the selected epoch is the validated one with the best validation
 Recall@20, and its test figures are shown. A run "in progress" is read from its resume state: the figures
 reached so far, not a final result.
 

@@ -326,20 +326,20 @@ def _gowalla_fp32_runs() -> list[dict]:
     from qgnn.train.checkpoint import load_state
 
     rows = []
-    for state_path in sorted(RESULTS_DIR.glob("recsys-gowalla-fp32*.json.state.pt")) + sorted(
-            RESULTS_DIR.glob("recsys-gowalla-fp32*.json")):
-        if state_path.suffix == ".json":
-            res = json.loads(state_path.read_text())
-            run = res["runs"][0]
-            rows.append({"cfg": res["config"], "done": True, "epochs_run": run["epochs_run"],
-                         "best_epoch": run["best_epoch"], "scores": run, "history": run.get("history", []),
-                         "cpu_per_epoch": run["train_cpu_seconds_per_epoch"]})
-        elif not Path(str(state_path).removesuffix(".state.pt")).exists():  # still going, or stopped: last state
-            st = load_state(state_path)
-            cur, tr = st["current"], st["current"]["tracker"]
-            rows.append({"cfg": st["config"], "done": False, "epochs_run": cur["epoch"],
-                         "best_epoch": tr["best_epoch"], "scores": tr["best_scores"],
-                         "history": cur.get("history", []), "cpu_per_epoch": cur["train_cpu"] / max(cur["epoch"], 1)})
+    for path in sorted(RESULTS_DIR.glob("recsys-gowalla-fp32*.json")):  # finished
+        res = json.loads(path.read_text())
+        run = res["runs"][0]
+        rows.append({"cfg": res["config"], "done": True, "epochs_run": run["epochs_run"],
+                     "best_epoch": run["best_epoch"], "scores": run, "history": run.get("history", []),
+                     "cpu_per_epoch": run["train_cpu_seconds_per_epoch"]})
+    for path in sorted(RESULTS_DIR.glob("recsys-gowalla-fp32*.json.state.pt")):  # still going, or stopped
+        if Path(str(path).removesuffix(".state.pt")).exists():
+            continue  # a stale state beside a finished run's results
+        state = load_state(path)
+        cur = state["current"]
+        rows.append({"cfg": state["config"], "done": False, "epochs_run": cur["epoch"],
+                     "best_epoch": cur["tracker"]["best_epoch"], "scores": cur["tracker"]["best_scores"],
+                     "history": cur.get("history", []), "cpu_per_epoch": cur["train_cpu"] / max(cur["epoch"], 1)})
     return rows
 
 

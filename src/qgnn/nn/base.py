@@ -205,12 +205,15 @@ class QuantModule:
         """The slots this instance uses (``SLOTS`` minus options that remove a tensor)."""
         return self.SLOTS
 
-    def set_quantizer(self, slot: str, quantizer: Quantizer | None) -> None:
-        """Put ``quantizer`` in ``slot`` (None removes it: the slot goes back to float)."""
+    def _check_slot(self, slot: str) -> None:
         if slot not in self.SLOTS:
             raise ConfigError(
                 f"{type(self).__name__} has no quantizer slot {slot!r}; valid slots: {', '.join(self.SLOTS)}"
             )
+
+    def set_quantizer(self, slot: str, quantizer: Quantizer | None) -> None:
+        """Put ``quantizer`` in ``slot`` (None removes it: the slot goes back to float)."""
+        self._check_slot(slot)
         if slot not in self.active_slots():
             raise ConfigError(
                 f"slot {slot!r} is unused by this {type(self).__name__} (see its options); "
@@ -239,10 +242,7 @@ class QuantModule:
         A quantizer with per-element widths (a tensor ``bit_width``) reports its widest code, the width
         storage needs; read ``quant[slot].bit_width`` for the full table.
         """
-        if slot not in self.SLOTS:
-            raise ConfigError(
-                f"{type(self).__name__} has no quantizer slot {slot!r}; valid slots: {', '.join(self.SLOTS)}"
-            )
+        self._check_slot(slot)
         q = self.quant[slot] if slot in self.quant else None
         if q is None or not q.enabled:
             return None
@@ -257,9 +257,8 @@ class QuantModule:
         edge weights (only matters for a GCN with ``normalize=False``)."""
         if not (self.SUPPORTS_INTEGER_AGGREGATION and self.integer_aggregation) or self.training:
             return None
-        if any(self.__dict__.get("_slot_hooks", {}).values()):  # the integer paths skip _q, where slot hooks
-            # run: stay on the fake-quant path while there are any
-            return None
+        if any(self.__dict__.get("_slot_hooks", {}).values()):
+            return None  # the integer paths skip _q, where slot hooks run: fake-quant while there are any
         if self._integer_reduce() is None:
             return None
         return self._integer_source(edge_weighted)
@@ -350,9 +349,7 @@ class QuantModule:
         While a hook is registered the layer takes the fake-quant path in eval mode too: the integer
         aggregation paths read codes directly and would skip it.
         """
-        if slot not in self.SLOTS:
-            raise ConfigError(f"{type(self).__name__} has no quantizer slot {slot!r}; valid slots: "
-                              f"{', '.join(self.SLOTS)}")
+        self._check_slot(slot)
         hooks = self.__dict__.setdefault("_slot_hooks", {})  # plain attribute: not state, not a submodule
         per_slot = hooks.setdefault(slot, OrderedDict())
         handle = RemovableHandle(per_slot)

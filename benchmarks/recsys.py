@@ -87,7 +87,7 @@ def ml100k(args) -> None:
 
 def gowalla_quant(args) -> None:
     """The quantized methods on gowalla, each fine-tuning the finished FP32 run's checkpoint (gowalla-fp32)."""
-    fp32_json = RESULTS_DIR / f"{_fp32_name(args.lr)}.json"
+    fp32_json = RESULTS_DIR / f"{_fp32_name(args.lr, args.sampling)}.json"
     if not fp32_json.exists():
         sys.exit(f"{fp32_json} not found: finish `benchmarks/recsys.py gowalla-fp32 --lr {args.lr:g}` first")
     fp32 = json.loads(fp32_json.read_text())
@@ -308,39 +308,63 @@ def render_gowalla_speed() -> None:
 GOWALLA_RECIPE_LR = 1e-3  # LightGCN-PyTorch's gowalla recipe: lr 1e-3, batch 2048, d = 64, L2 1e-4, 3 layers
 
 
-def _fp32_name(lr: float) -> str:
-    return "recsys-gowalla-fp32" if lr == GOWALLA_RECIPE_LR else f"recsys-gowalla-fp32-lr{lr:g}"
+def _fp32_name(lr: float, sampling: str = "user") -> str:
+    name = "recsys-gowalla-fp32" if lr == GOWALLA_RECIPE_LR else f"recsys-gowalla-fp32-lr{lr:g}"
+    return name if sampling == "user" else f"{name}-{sampling}"
 
 
 def gowalla_fp32(args) -> None:
     """Train FP32 LightGCN on gowalla up to ``--epochs`` (resumable: the state is saved every minute and
     ``--resume`` continues it), then report every run found, finished or not (``--report`` only reports)."""
     if not args.report:
-        _run(_fp32_name(args.lr), dataset="gowalla", epochs=args.epochs, lr=args.lr, eval_every=args.eval_every,
-             patience=args.patience, seeds=1, save=True, resume=args.resume, progress=None)
+        _run(_fp32_name(args.lr, args.sampling), dataset="gowalla", epochs=args.epochs, lr=args.lr,
+             eval_every=args.eval_every, patience=args.patience, sampling=args.sampling, seeds=1, save=True,
+             resume=args.resume, progress=None)
     _report_gowalla_fp32()
 
 
+# every report keeps the rows it shows here: a resume state is not in git, and a run whose state is gone (a new
+# machine) keeps its last reported figures, marked as such
+FP32_PROGRESS = "recsys-progress-gowalla-fp32"
+
+
+def _row_of_results(name: str, res: dict) -> dict:
+    run = res["runs"][0]
+    return {"name": name, "cfg": res["config"], "status": "finished", "epochs_run": run["epochs_run"],
+            "best_epoch": run["best_epoch"], "scores": run, "history": run.get("history", []),
+            "cpu_per_epoch": run["train_cpu_seconds_per_epoch"], "reported": time.strftime("%Y-%m-%d")}
+
+
+def _row_of_state(name: str, state: dict) -> dict:
+    cur = state["current"]
+    return {"name": name, "cfg": state["config"], "status": "in progress (resumable)", "epochs_run": cur["epoch"],
+            "best_epoch": cur["tracker"]["best_epoch"], "scores": cur["tracker"]["best_scores"],
+            "history": cur.get("history", []), "cpu_per_epoch": cur["train_cpu"] / max(cur["epoch"], 1),
+            "reported": time.strftime("%Y-%m-%d")}
+
+
 def _gowalla_fp32_runs() -> list[dict]:
-    """One row per gowalla FP32 run: from its results JSON when finished, else from its resume state."""
+    """One row per gowalla FP32 run: from its results JSON when finished, else from its resume state, else (the
+    state is gone) from the last report's progress file."""
     from qgnn.train.checkpoint import load_state
 
-    rows = []
+    rows = {}
     for path in sorted(RESULTS_DIR.glob("recsys-gowalla-fp32*.json")):  # finished
-        res = json.loads(path.read_text())
-        run = res["runs"][0]
-        rows.append({"cfg": res["config"], "done": True, "epochs_run": run["epochs_run"],
-                     "best_epoch": run["best_epoch"], "scores": run, "history": run.get("history", []),
-                     "cpu_per_epoch": run["train_cpu_seconds_per_epoch"]})
+        rows[path.stem] = _row_of_results(path.stem, json.loads(path.read_text()))
     for path in sorted(RESULTS_DIR.glob("recsys-gowalla-fp32*.json.state.pt")):  # still going, or stopped
-        if Path(str(path).removesuffix(".state.pt")).exists():
-            continue  # a stale state beside a finished run's results
-        state = load_state(path)
-        cur = state["current"]
-        rows.append({"cfg": state["config"], "done": False, "epochs_run": cur["epoch"],
-                     "best_epoch": cur["tracker"]["best_epoch"], "scores": cur["tracker"]["best_scores"],
-                     "history": cur.get("history", []), "cpu_per_epoch": cur["train_cpu"] / max(cur["epoch"], 1)})
-    return rows
+        name = path.name.removesuffix(".json.state.pt")
+        if name not in rows:  # else a stale state beside a finished run's results
+            state = load_state(path)
+            if state.get("current"):
+                rows[name] = _row_of_state(name, state)
+    progress = RESULTS_DIR / f"{FP32_PROGRESS}.json"
+    if progress.exists():
+        for old in json.loads(progress.read_text())["runs"]:
+            if old["name"] not in rows:
+                if old["status"] != "finished":
+                    old["status"] = f"stopped at epoch {old['epochs_run']}, state lost (as of {old['reported']})"
+                rows[old["name"]] = old
+    return list(rows.values())
 
 
 def _report_gowalla_fp32() -> None:
@@ -348,15 +372,15 @@ def _report_gowalla_fp32() -> None:
     if not rows:
         print("no gowalla FP32 run found in", RESULTS_DIR)
         return
-    head = ("| lr | status | epochs run | selected epoch | val recall@20 | " + " | ".join(METRICS)
+    write_json(FP32_PROGRESS, {"runs": rows})
+    head = ("| lr | sampling | status | epochs run | selected epoch | val recall@20 | " + " | ".join(METRICS)
             + " | train CPU s / epoch |")
-    lines = [head, "|---" * (len(METRICS) + 6) + "|"]
-    for r in sorted(rows, key=lambda r: r["cfg"]["lr"]):
+    lines = [head, "|---" * (len(METRICS) + 7) + "|"]
+    for r in sorted(rows, key=lambda r: (r["cfg"].get("sampling") or "interaction", r["cfg"]["lr"])):
         sc = r["scores"]
-        status = "finished" if r["done"] else "in progress (resumable)"
         sel = str(r["best_epoch"] + 1) if r["best_epoch"] >= 0 else "– (no validation yet)"
-        lines.append(f"| {r['cfg']['lr']:g} | {status} | {r['epochs_run']} | {sel} | "
-                     f"{sc.get('val_recall@20', float('nan')):.4f} | "
+        lines.append(f"| {r['cfg']['lr']:g} | {r['cfg'].get('sampling') or 'interaction'} | {r['status']} | "
+                     f"{r['epochs_run']} | {sel} | {sc.get('val_recall@20', float('nan')):.4f} | "
                      + " | ".join(f"{sc.get(k, float('nan')):.4f}" for k in METRICS)
                      + f" | {r['cpu_per_epoch']:.1f} |")
         print(lines[-1])
@@ -364,14 +388,17 @@ def _report_gowalla_fp32() -> None:
     every = " / ".join(sorted({str(r["cfg"].get("eval_every", 1)) for r in rows}))
     md = f"""### FP32 LightGCN on gowalla (batch 2048, d = 64, L2 1e-4, 3 layers, one CPU thread)
 
-`OMP_NUM_THREADS=1 python benchmarks/recsys.py gowalla-fp32 --epochs 1000 --lr LR [--resume]`, reported with
-`python benchmarks/recsys.py gowalla-fp32 --report`
+`OMP_NUM_THREADS=1 python benchmarks/recsys.py gowalla-fp32 --epochs N --lr LR [--sampling S] [--resume]`,
+reported with `python benchmarks/recsys.py gowalla-fp32 --report`
 
 Target (issue 6): Recall@20 >= 0.175 and NDCG@20 >= 0.148 (published 0.1830 / 0.1554 with lr 1e-3 after
 several hundred epochs, trained on all 810128 interactions; ours on the 727869 left after carving 10 % for
 validation). Validation every {every} epochs; the selected epoch is the validated one with the best validation
-Recall@20, and its test figures are shown. A run "in progress" is read from its resume state: the figures
-reached so far, not a final result.
+Recall@20, and its test figures are shown. Sampling: `user` draws a uniform user, then one of its items
+(LightGCN-PyTorch's sampler; the default), `interaction` visits every training pair once per epoch. A run
+"in progress" is read from its resume state: the figures reached so far, not a final result; a run whose
+state was lost with its machine keeps the figures of its last report
+(benchmarks/results/{FP32_PROGRESS}.json).
 
 {chr(10).join(lines)}
 {curve}"""
@@ -393,7 +420,8 @@ def _plot_gowalla_curves(rows: list[dict]) -> str:
     for r in rows:
         h = r["history"]
         if h:
-            ax.plot([e["epoch"] + 1 for e in h], [e["val_recall@20"] for e in h], label=f"lr {r['cfg']['lr']:g}")
+            ax.plot([e["epoch"] + 1 for e in h], [e["val_recall@20"] for e in h],
+                    label=f"lr {r['cfg']['lr']:g}, {r['cfg'].get('sampling') or 'interaction'} sampling")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation Recall@20")
     ax.grid(alpha=0.3)
@@ -414,6 +442,8 @@ def main() -> None:
     p.add_argument("--step-repeats", type=int, default=3, help="gowalla-step: blocks per variant")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=GOWALLA_RECIPE_LR, help="gowalla-fp32: Adam learning rate")
+    p.add_argument("--sampling", default="user", choices=["user", "interaction"],
+                   help="gowalla-fp32 / gowalla-quant: BPR pair sampling of the FP32 run (qgnn.train.rec)")
     p.add_argument("--eval-every", type=int, default=5, help="gowalla-fp32: validate every N epochs")
     p.add_argument("--patience", type=int, default=10, help="gowalla-fp32: validations without improvement")
     p.add_argument("--resume", action="store_true", help="gowalla-fp32: continue the run's saved state")

@@ -64,6 +64,9 @@ def _add_train(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = p.add_argument_group("recommendation (--model lightgcn; methods fp32 | qat | lsq | gnaq | bigear)")
     r.add_argument("--pretrained", default=None, help="FP32 LightGCN checkpoint to start from (gnaq, bigear)")
+    r.add_argument("--sampling", default=None, choices=["user", "interaction"],
+                   help="BPR pairs per epoch: a uniform user, then one of its items (default, as LightGCN), "
+                        "or every training interaction once")
     r.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. lambda_rank=0.5 (repeatable; see qgnn.methods.gnaq)")
     r.add_argument("--static-intervals", action="store_true", help="GNAQ ablation: per-node levels frozen")
@@ -78,8 +81,8 @@ def _config_from_args(args):
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
     explicit = {k: getattr(args, k) for k in (
         "dataset", "model", "method", "bits", "seeds", "seed", "folds", "fold_seed", "epochs", "lr",
-        "weight_decay", "patience", "eval_every", "batch_size", "hidden", "num_layers", "dropout", "node_features",
-        "normalize_features", "device")}
+        "weight_decay", "patience", "eval_every", "batch_size", "sampling", "hidden", "num_layers", "dropout",
+        "node_features", "normalize_features", "device")}
     if args.config:  # values given on the command line win over the file; defaults do not
         defaults = vars(build_parser().parse_args(["train"]))
         explicit = {k: v for k, v in explicit.items() if v != defaults.get(k)}

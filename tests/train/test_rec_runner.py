@@ -54,13 +54,52 @@ def test_gnaq_needs_a_pretrained_fp32_checkpoint(tmp_path, pretrained):
         run_experiment(TrainConfig(**FAST, method="gnaq", bits=2, quant={"pretrained": str(bad)}), progress=False)
 
 
-def test_negatives_are_never_training_items():
+@pytest.mark.parametrize("sampling", ["user", "interaction"])
+def test_negatives_are_never_training_items(sampling):
     ds = random_rec_dataset(num_users=20, num_items=15, interactions_per_user=10, seed=3)
-    task = RecTask(ds, batch_size=16)
+    task = RecTask(ds, batch_size=16, sampling=sampling)
     users, pos, neg = task.sample(torch.Generator().manual_seed(0), 4)
     assert users.numel() == ds.train.size(1)
     assert not task.train_idx.contains(users[:, None].expand_as(neg), neg).any()
     assert task.train_idx.contains(users, pos).all()
+
+
+def _skewed_pairs(heavy: int = 40, light: int = 2, light_users: int = 9):
+    """User 0 with ``heavy`` items, users 1..light_users with ``light`` items each (items 0..heavy-1)."""
+    pairs = [(0, i) for i in range(heavy)] + [(u, (u + j) % heavy) for u in range(1, light_users + 1)
+                                               for j in range(light)]
+    return torch.tensor(pairs).T
+
+
+def test_user_sampling_weighs_every_user_the_same():
+    """sampling="user": a user with 40 items and users with 2 are drawn equally often, and each user's items
+    uniformly; "interaction" visits each pair once (the heavy user gets 40 of the 58 draws)."""
+    from qgnn.data.recsys import RecDataset
+
+    train = _skewed_pairs()
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    ds = RecDataset(name="skewed", num_users=11, num_items=60, train=train, val=empty, test=empty)  # user 10: none
+    gen = torch.Generator().manual_seed(0)
+    task = RecTask(ds, sampling="user")
+    draws = [task.sample(gen) for _ in range(2000)]
+    users = torch.cat([d[0] for d in draws])
+    pos = torch.cat([d[1] for d in draws])
+    per_user = torch.bincount(users, minlength=11).double()
+    assert per_user[10] == 0  # a user with no training item is never drawn
+    share = per_user[:10] / per_user.sum()
+    assert torch.allclose(share, torch.full((10,), 0.1, dtype=torch.float64), atol=0.01)
+    heavy_items = torch.bincount(pos[users == 0], minlength=40).double()
+    assert heavy_items.min() > 0.7 * heavy_items.mean()  # every item of the heavy user, about equally often
+    u, p, _ = RecTask(ds, sampling="interaction").sample(gen)
+    assert int((u == 0).sum()) == 40
+    assert sorted(zip(u.tolist(), p.tolist(), strict=True)) == sorted(map(tuple, train.T.tolist()))
+
+
+def test_unknown_sampling_is_a_config_error():
+    with pytest.raises(ConfigError, match="sampling"):
+        run_experiment(TrainConfig(**FAST, sampling="popular"), progress=False)
+    with pytest.raises(ConfigError, match="recommendation"):
+        run_experiment(TrainConfig(dataset="synthetic-node", sampling="user", epochs=1), progress=False)
 
 
 def _stop_after_then_resume(cfg, tmp_path, epoch):
@@ -101,6 +140,11 @@ def test_cli_rec_errors_and_options(tmp_path, capsys):
                  "--epochs", "1", "--quiet", "--out", str(out)]) == 2  # no --pretrained
     assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--epochs", "1", "--hidden", "8",
                  "--quiet", "--out", str(out), "--save", str(tmp_path / "p.ckpt")]) == 0
+    assert json.loads(out.read_text())["config"]["sampling"] == "user"  # the default, recorded
+    assert main(["train", "--config", str(out), "--sampling", "interaction", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["sampling"] == "interaction"
+    assert main(["train", "--dataset", "synthetic-node", "--sampling", "user", "--quiet"]) == 2
+    assert "--sampling applies to recommendation datasets only" in capsys.readouterr().err
     assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--method", "gnaq", "--bits", "2",
                  "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(out), "--pretrained",
                  str(tmp_path / "p.ckpt"), "--ste", "--static-intervals", "--method-opt", "candidates=4"]) == 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from qgnn.errors import ConfigError
 
+SAMPLINGS = ("user", "interaction")  # recommendation: how an epoch draws its (user, positive) pairs
 METHODS = ("fp32",)  # extended by qgnn.methods as quantization methods register
 
 
@@ -32,6 +33,7 @@ class TrainConfig:
     patience: int | None = None        # early stopping: validations without improvement
     eval_every: int = 1                # validate every N epochs (and after the last); patience counts validations
     batch_size: int | None = None
+    sampling: str | None = None        # recommendation: BPR triples per epoch, "user" (default) or "interaction"
     lr_step: int | None = None         # StepLR period in epochs (graph recipe), 0 = constant lr
     lr_gamma: float | None = None
     hidden: int | None = None
@@ -63,6 +65,8 @@ class TrainConfig:
         c.lr_step = c.lr_step if c.lr_step is not None else 0
         c.lr_gamma = c.lr_gamma if c.lr_gamma is not None else 1.0
         c.batch_size = c.batch_size if c.batch_size is not None else 32
+        if task == "rec" and c.sampling is None:
+            c.sampling = "user"  # LightGCN's and NGCF's samplers (qgnn.train.rec)
         if c.method == "a2q" and task == "graph":
             # Per-node tables belong to one fixed graph; graph-level tasks see new graphs every batch, so
             # A2Q uses its nearest-neighbour groups there unless the config says otherwise. Set here, so
@@ -85,6 +89,10 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.bits is None or 1 <= self.bits <= 8, f"--bits must be in 1..8, got {self.bits}"),
+            (self.sampling in (None, *SAMPLINGS),
+             f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"),
+            (self.sampling is None or self.task in (None, "rec"),
+             f"--sampling applies to recommendation datasets only, not to a {self.task} task"),
         ]
         for ok, msg in checks:
             if not ok:

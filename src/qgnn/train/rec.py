@@ -2,9 +2,12 @@
 
 Protocol (He et al., LightGCN, SIGIR 2020, with model selection on validation only):
 
-* an epoch visits every training interaction (u, i) once, in a fresh random order, in batches of
-  ``batch_size``; each gets ``num_negatives`` items drawn uniformly among the items u has *not* interacted
-  with in training (vectorised rejection sampling);
+* an epoch draws as many (u, i) pairs as there are training interactions, in batches of ``batch_size``.
+  ``sampling="user"`` (the default; LightGCN-PyTorch's ``UniformSample_original`` and NGCF's sampler): u
+  uniform over the users with a training item, then i uniform over u's training items, so every user weighs
+  the same in the loss, as in the user-averaged Recall / NDCG. ``sampling="interaction"``: every training
+  interaction once, in a fresh random order (heavy users weigh more). Each pair gets ``num_negatives`` items
+  drawn uniformly among the items u has *not* interacted with in training (vectorised rejection sampling);
 * loss per batch: BPR = mean softplus(ŷ_uj − ŷ_ui) on the first negative, plus
   ``weight_decay`` · ½ (‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖²) / B on the ego embeddings of the batch (LightGCN's L2),
   plus the method's own terms (GNAQ's LambdaLoss, BiGeaR's inference distillation); Adam, no Adam decay;
@@ -30,7 +33,7 @@ from tqdm.auto import tqdm
 
 from qgnn.errors import CheckpointError, ConfigError, lookup
 from qgnn.train.checkpoint import load_checkpoint, load_state, save_state
-from qgnn.train.config import TrainConfig
+from qgnn.train.config import SAMPLINGS, TrainConfig
 from qgnn.train.rec_metrics import KS, UserItemIndex, rank_metrics
 from qgnn.train.results import summarize_runs
 from qgnn.train.seeding import set_seed
@@ -47,9 +50,11 @@ STATE_FORMAT = "qgnn-state/1"
 class RecTask:
     """Sampling, one training epoch and the evaluation of one RecDataset."""
 
-    def __init__(self, ds, device="cpu", batch_size: int = 2048, eval_batch_users: int = 2048):
+    def __init__(self, ds, device="cpu", batch_size: int = 2048, eval_batch_users: int = 2048,
+                 sampling: str = "user"):
         self.ds, self.device = ds, torch.device(device)
         self.batch_size, self.eval_batch_users = batch_size, eval_batch_users
+        self.sampling = lookup("sampling", sampling, {s: s for s in SAMPLINGS})
         nu, ni = ds.num_users, ds.num_items
         self.train_pairs = ds.train.long()
         self.train_idx = UserItemIndex(ds.train, nu, ni)
@@ -58,10 +63,14 @@ class RecTask:
         self.edge_index = ds.bipartite_edge_index("train")
 
     def sample(self, gen: torch.Generator, num_negatives: int = 1) -> tuple[torch.Tensor, ...]:
-        """One epoch of (users, positives, negatives [E, n]) in a random order; negatives avoid train items."""
+        """One epoch of (users, positives, negatives [E, n]), E = the training interactions (see the module
+        doc for ``sampling``); negatives avoid train items."""
         e = self.train_pairs.size(1)
-        perm = torch.randperm(e, generator=gen)
-        users, pos = self.train_pairs[0, perm], self.train_pairs[1, perm]
+        if self.sampling == "user":
+            users, pos = self._user_uniform_pairs(e, gen)
+        else:
+            perm = torch.randperm(e, generator=gen)
+            users, pos = self.train_pairs[0, perm], self.train_pairs[1, perm]
         ni = self.ds.num_items
         neg = torch.randint(0, ni, (e, num_negatives), generator=gen)
         bad = self.train_idx.contains(users[:, None].expand_as(neg), neg)
@@ -71,6 +80,18 @@ class RecTask:
             neg[bad] = torch.randint(0, ni, (int(bad.sum()),), generator=gen)
             bad = self.train_idx.contains(users[:, None].expand_as(neg), neg)
         return users, pos, neg
+
+    def _user_uniform_pairs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` pairs: u uniform over users with a training item, i uniform over u's training items."""
+        idx = self.train_idx
+        active = torch.nonzero(idx.counts > 0).flatten()
+        if active.numel() == 0:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        users = active[torch.randint(0, active.numel(), (n,), generator=gen)]
+        cnt = idx.counts[users]
+        # floor(U · n_u) is uniform on 0..n_u-1; the clamp guards against U·n_u rounding up to n_u
+        offs = torch.minimum((torch.rand(n, generator=gen, dtype=torch.float64) * cnt).long(), cnt - 1)
+        return users, idx.items[idx.ptr[users] + offs]
 
     def train_epoch(self, model, opt, gen: torch.Generator, weight_decay: float) -> float:
         model.train()
@@ -205,7 +226,7 @@ class RecRunner:
                               f"(from `qgnn train --dataset {self.cfg.dataset} --model lightgcn --save CKPT`)")
         self.ds = load_dataset(self.cfg.dataset, root=root, **self._loader_opts())
         self.device = torch.device(self.cfg.device)
-        self.task = RecTask(self.ds, self.device, self.cfg.batch_size)
+        self.task = RecTask(self.ds, self.device, self.cfg.batch_size, sampling=self.cfg.sampling)
         self.state_path = Path(state_path) if state_path else None
         self.progress, self.save_every = progress, save_every
         self.control = control or Control()

@@ -67,6 +67,9 @@ def _add_train(sub) -> None:
     r.add_argument("--sampling", default=None, choices=["user", "interaction"],
                    help="BPR pairs per epoch: a uniform user, then one of its items (default, as LightGCN), "
                         "or every training interaction once")
+    r.add_argument("--val-frac", type=float, default=None,
+                   help="share of each user's training items carved for validation (default 0.1; 0: a refit on "
+                        "all of them for exactly --epochs, the last epoch reported)")
     r.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. lambda_rank=0.5 (repeatable; see qgnn.methods.gnaq)")
     r.add_argument("--static-intervals", action="store_true", help="GNAQ ablation: per-node levels frozen")
@@ -113,18 +116,21 @@ def _rec_options(args, base: dict) -> None:
         if getattr(args, flag, False):
             given[key] = value
     pretrained = getattr(args, "pretrained", None)
-    if not (given or pretrained):
+    val_frac = getattr(args, "val_frac", None)
+    if not (given or pretrained or val_frac is not None):
         return
     from qgnn.data.registry import dataset_task
 
     if dataset_task(base.get("dataset", "cora")) != "rec":
-        raise ConfigError("--pretrained, --method-opt, --static-intervals, --ste and --no-lambdaloss apply to "
-                          "recommendation datasets (--model lightgcn) only")
+        raise ConfigError("--pretrained, --val-frac, --method-opt, --static-intervals, --ste and --no-lambdaloss "
+                          "apply to recommendation datasets (--model lightgcn) only")
     quant = dict(base.get("quant") or {})
     if given:
         quant["options"] = {**(quant.get("options") or {}), **given}
     if pretrained:
         quant["pretrained"] = pretrained
+    if val_frac is not None:
+        quant["val_frac"] = val_frac
     base["quant"] = quant
 
 

@@ -95,6 +95,20 @@ def test_user_sampling_weighs_every_user_the_same():
     assert sorted(zip(u.tolist(), p.tolist(), strict=True)) == sorted(map(tuple, train.T.tolist()))
 
 
+def test_refit_without_validation_trains_on_all_and_reports_the_last_epoch():
+    from qgnn.data import load_dataset
+
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "patience": 1}, quant={"val_frac": 0.0})
+    res = run_experiment(cfg, progress=False)
+    run = res["runs"][0]
+    assert run["best_epoch"] == 2 and run["epochs_run"] == 3  # no early stop, nothing selected
+    assert "val_recall@20" not in res["metrics"] and 0 <= res["metrics"]["recall@20"]["mean"] <= 1
+    assert [h["epoch"] for h in run["history"]] == [2]
+    carved, refit = load_dataset("synthetic-rec"), load_dataset("synthetic-rec", val_frac=0.0)
+    assert refit.val.size(1) == 0 and refit.train.size(1) == carved.train.size(1) + carved.val.size(1)
+    assert torch.equal(refit.test, carved.test)
+
+
 def test_unknown_sampling_is_a_config_error():
     with pytest.raises(ConfigError, match="sampling"):
         run_experiment(TrainConfig(**FAST, sampling="popular"), progress=False)
@@ -143,6 +157,8 @@ def test_cli_rec_errors_and_options(tmp_path, capsys):
     assert json.loads(out.read_text())["config"]["sampling"] == "user"  # the default, recorded
     assert main(["train", "--config", str(out), "--sampling", "interaction", "--quiet", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["config"]["sampling"] == "interaction"
+    assert main(["train", "--config", str(out), "--val-frac", "0", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["quant"]["val_frac"] == 0
     assert main(["train", "--dataset", "synthetic-node", "--sampling", "user", "--quiet"]) == 2
     assert "--sampling applies to recommendation datasets only" in capsys.readouterr().err
     assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--method", "gnaq", "--bits", "2",

@@ -16,6 +16,9 @@ Protocol (He et al., LightGCN, SIGIR 2020, with model selection on validation on
   excluded; the epoch with the best validation Recall@20 is selected (ties: higher NDCG@20), early stopping
   after ``patience`` epochs without improvement. Test metrics (training and validation items excluded) are
   computed only for epochs that improve validation, so the test split never influences anything.
+* a refit: with ``val_frac`` = 0 (``--val-frac 0``; gowalla, lastfm, ml-100k) there is no validation split,
+  the model trains on every training interaction for exactly ``epochs`` epochs (take them from a validated
+  run) and the last epoch is reported; nothing is selected, and the results carry no ``val_`` metrics.
 
 Results JSON: the layout of the node / graph runner (config, metrics as {"mean", "std", "runs"}, timing,
 cost, runs, selected_run, env). The selected run's best state is the checkpoint (safetensors, atomic).
@@ -276,7 +279,7 @@ class RecRunner:
                                                 else None, runs, best, bar)
                 current = None
                 runs.append(res)
-                key = (res["val_recall@20"], res["val_ndcg@20"])
+                key = (res.get("val_recall@20", 0.0), res.get("val_ndcg@20", 0.0))  # no val split: the first
                 if best is None or key > (best["val"], best["val2"]):
                     best = {"index": r, "val": key[0], "val2": key[1], "state": best_state}
                 self._save_state(runs, best, None)
@@ -293,6 +296,7 @@ class RecRunner:
         tracker = BestTracker(c.patience)
         start, train_s, eval_s, test_s, train_cpu = 0, 0.0, 0.0, 0.0, 0.0
         history: list[dict] = []  # one entry per validation: the training curve
+        has_val = self.task.val_idx.codes.numel() > 0  # val_frac = 0: train on all, no selection
         if current is not None:
             model.load_state_dict(current["model"])
             opt.load_state_dict(current["optimizer"])
@@ -310,7 +314,13 @@ class RecRunner:
             train_cpu += time.process_time() - cpu
             train_s += t1 - t
             epochs_run = epoch + 1
-            if validation_due(epoch, c):
+            if not has_val:
+                if epoch == c.epochs - 1:  # a refit (no validation split): the last epoch is the model
+                    tracker.update(epoch, 0.0, 0.0, {**self.task.evaluate(model, "test"), "train_loss": loss},
+                                   model)
+                    test_s += time.perf_counter() - t1
+                    history.append({"epoch": epoch, "train_loss": loss})
+            elif validation_due(epoch, c):
                 val = self.task.evaluate(model, "val")
                 t2 = time.perf_counter()
                 eval_s += t2 - t1
@@ -353,7 +363,7 @@ class RecRunner:
     def _results(self, runs, best, total) -> dict:
         from qgnn.env import environment
 
-        keys = METRIC_KEYS + [f"val_{k}" for k in METRIC_KEYS] + ["best_epoch", "epochs_run"]
+        keys = METRIC_KEYS + [f"val_{k}" for k in METRIC_KEYS if f"val_{k}" in runs[0]] + ["best_epoch", "epochs_run"]
         model = self.build()
         model.load_state_dict(best["state"])
         mean = lambda k: sum(r[k] for r in runs) / len(runs)  # noqa: E731

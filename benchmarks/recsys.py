@@ -1,6 +1,7 @@
 """Recommendation benchmarks: LightGCN FP32, GNAQ and its baselines (issue 6).
 
   python benchmarks/recsys.py ml100k            # FP32 / qat2 / lsq2 / gnaq2 / bigear1, 3 seeds each
+  python benchmarks/recsys.py lastfm            # the same rows on Last.fm
   python benchmarks/recsys.py ablation          # GNAQ 2-bit ablations on ml-100k (after ml100k)
   python benchmarks/recsys.py gowalla-speed     # epoch and test-pass time; GNAQ vs BiGeaR epoch time
   python benchmarks/recsys.py gowalla-step      # training step: fused vs layer-by-layer vs LightGCN-PyTorch-style
@@ -74,15 +75,27 @@ def _quant_rows(prefix: str, base: dict, ckpt: str, methods: list[str]) -> dict:
     return rows
 
 
-def ml100k(args) -> None:
-    ckpt = str(RESULTS_DIR / "recsys-ml100k-fp32.ckpt")
+def _small_table(args, dataset: str, slug: str, title: str) -> None:
+    """FP32 LightGCN (3 seeds) and every quantized row fine-tuned from its checkpoint, on one small dataset."""
+    prefix = f"recsys-{slug}"
+    ckpt = str(RESULTS_DIR / f"{prefix}-fp32.ckpt")
+    recipe = {**ML100K, "dataset": dataset}
     if args.reuse_fp32 and Path(ckpt).exists():  # the FP32 stage of an earlier run of this same command
-        fp32 = json.loads((RESULTS_DIR / "recsys-ml100k-fp32.json").read_text())
+        fp32 = json.loads((RESULTS_DIR / f"{prefix}-fp32.json").read_text())
     else:
-        fp32 = _run("recsys-ml100k-fp32", **ML100K, save=True)
-    rows = {"FP32 LightGCN": fp32, **_quant_rows("recsys-ml100k", {**ML100K, **QUANT_EPOCHS, "lr": args.quant_lr},
+        fp32 = _run(f"{prefix}-fp32", **recipe, save=True)
+    rows = {"FP32 LightGCN": fp32, **_quant_rows(prefix, {**recipe, **QUANT_EPOCHS, "lr": args.quant_lr},
                                                  ckpt, args.methods.split(","))}
-    _table("recsys-ml100k", "LightGCN on MovieLens-100K (3 seeds, 10 % test / 10 % val per user)", rows, fp32)
+    _table(prefix, title, rows, fp32, rerun=slug)
+
+
+def ml100k(args) -> None:
+    _small_table(args, "ml-100k", "ml100k", "LightGCN on MovieLens-100K (3 seeds, 10 % test / 10 % val per user)")
+
+
+def lastfm(args) -> None:
+    _small_table(args, "lastfm", "lastfm", "LightGCN on Last.fm (3 seeds; the given test split, 10 % of each "
+                 "user's training items for validation)")
 
 
 def gowalla_quant(args) -> None:
@@ -464,7 +477,7 @@ def _plot_gowalla_curves(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["ml100k", "ablation", "gowalla-speed", "gowalla-step", "gowalla-fp32",
+    p.add_argument("what", choices=["ml100k", "lastfm", "ablation", "gowalla-speed", "gowalla-step", "gowalla-fp32",
                                     "gowalla-quant"])
     p.add_argument("--epoch-repeats", type=int, default=3, help="gowalla-speed: FP32 epochs timed (median)")
     p.add_argument("--step-batches", type=int, default=10, help="gowalla-step: batches per timed block")
@@ -481,12 +494,12 @@ def main() -> None:
                    help="gowalla-fp32: retrain on train + val for the epochs the finished validated run selected")
     p.add_argument("--quant-lr", type=float, default=5e-3, help="lr of the quantized fine-tuning (all methods)")
     p.add_argument("--reuse-fp32", action="store_true", help="ml100k: keep the FP32 results and checkpoint")
-    p.add_argument("--methods", default="qat,lsq,bigear,gnaq", help="ml100k, gowalla-quant: methods to run")
+    p.add_argument("--methods", default="qat,lsq,bigear,gnaq", help="ml100k, lastfm, gowalla-quant: methods to run")
     p.add_argument("--seeds", type=int, default=3, help="gowalla-quant: seeds per quantized method")
     p.add_argument("--quant-epochs", type=int, default=None,
                    help=f"gowalla-quant: epochs of each quantized run (default {QUANT_EPOCHS['epochs']})")
     args = p.parse_args()
-    {"ml100k": ml100k, "ablation": ablation, "gowalla-speed": gowalla_speed,
+    {"ml100k": ml100k, "lastfm": lastfm, "ablation": ablation, "gowalla-speed": gowalla_speed,
      "gowalla-step": gowalla_step, "gowalla-fp32": gowalla_fp32, "gowalla-quant": gowalla_quant}[
         args.what.replace("_", "-")](args)
 

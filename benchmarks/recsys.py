@@ -109,7 +109,8 @@ def gowalla_quant(args) -> None:
         base["epochs"] = args.quant_epochs
     rows = {"FP32 LightGCN": fp32, **_quant_rows("recsys-gowalla", base, fp32["checkpoint"],
                                                  args.methods.split(","))}
-    _table("recsys-gowalla", f"LightGCN on gowalla ({args.seeds} seeds for the quantized rows; FP32: one run)",
+    seeds = f"{args.seeds} seed" + ("s" if args.seeds != 1 else "")
+    _table("recsys-gowalla", f"LightGCN on gowalla ({seeds} for the quantized rows; FP32: one run)",
            rows, fp32, rerun="gowalla-quant")
 
 

@@ -457,11 +457,11 @@ def _plot_gowalla_curves(rows: list[dict]) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return ""
-    if not any(r["history"] for r in rows):
+    curves = [(r, [e for e in r["history"] if "val_recall@20" in e]) for r in rows]  # a refit has no val
+    if not any(h for _, h in curves):
         return ""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for r in rows:
-        h = r["history"]
+    for r, h in curves:
         if h:
             ax.plot([e["epoch"] + 1 for e in h], [e["val_recall@20"] for e in h],
                     label=f"lr {r['cfg']['lr']:g}, {r['cfg'].get('sampling') or 'interaction'} sampling")

@@ -155,9 +155,11 @@ def _table(section: str, title: str, rows: dict, fp32: dict, rerun: str = "ml100
 def _gnaq_gains(rows: dict) -> list[str]:
     """The issue's second GNAQ target in words: GNAQ's relative gain over each other 2-bit row (mean metrics)."""
     gnaq = next((r for label, r in rows.items() if label.startswith("GNAQ")), None)
+    if gnaq is None:
+        return []
     others = {label: r for label, r in rows.items() if r["config"]["method"] in ("qat", "lsq")
-              and r["config"].get("bits") == (gnaq or {}).get("config", {}).get("bits")}
-    if gnaq is None or not others:
+              and r["config"].get("bits") == gnaq["config"].get("bits")}
+    if not others:
         return []
     parts = []
     for label, r in others.items():
@@ -415,11 +417,13 @@ def _report_gowalla_fp32() -> None:
     head = ("| lr | sampling | status | epochs run | selected epoch | val recall@20 | " + " | ".join(METRICS)
             + " | train CPU s / epoch |")
     lines = [head, "|---" * (len(METRICS) + 7) + "|"]
-    for r in sorted(rows, key=lambda r: (r["cfg"].get("sampling") or "interaction", r["cfg"]["lr"])):
+    def refit(r):
+        return (r["cfg"].get("quant") or {}).get("val_frac") == 0
+
+    for r in sorted(rows, key=lambda r: (r["cfg"].get("sampling") or "interaction", r["cfg"]["lr"], refit(r))):
         sc = r["scores"]
-        refit = (r["cfg"].get("quant") or {}).get("val_frac") == 0
         sel = str(r["best_epoch"] + 1) if r["best_epoch"] >= 0 else "– (no validation yet)"
-        val = "– (refit on train + val)" if refit else f"{sc.get('val_recall@20', float('nan')):.4f}"
+        val = "– (refit on train + val)" if refit(r) else f"{sc.get('val_recall@20', float('nan')):.4f}"
         lines.append(f"| {r['cfg']['lr']:g} | {r['cfg'].get('sampling') or 'interaction'} | {r['status']} | "
                      f"{r['epochs_run']} | {sel} | {val} | "
                      + " | ".join(f"{sc.get(k, float('nan')):.4f}" for k in METRICS)

@@ -2,7 +2,8 @@
 FP32 beside them; and LoRAP's training-time overhead over its host, measured in one process.
 
 Every accuracy cell runs through `qgnn.train.run_experiment`, exactly as
-`qgnn train --dataset D --model M --method H --bits 4 --prompt P --seeds S` does (validation-based selection,
+`qgnn train --dataset D --model M --method H --bits 4 --prompt P --seeds S` does (the mixq host through
+`qgnn.search.mixq.run_search`, see MIXQ_HOST; validation-based selection,
 the model's published recipe, prompts at their defaults k = 40, r = 2, trained jointly with the quantized
 weights), and writes benchmarks/results/prompts-<model>-<dataset>-<host><bits>-<prompt>.json. Existing files
 are kept (the grid can be stopped and continued) unless --force. The `prompts` section of docs/results.md is
@@ -58,6 +59,11 @@ from _report import RESULTS_DIR, command_line, pct, update_section, write_json  
 MODELS = ("gcn", "gin", "gat")
 DATASETS = ("cora", "citeseer")
 HOSTS = ("qat", "dq", "a2q", "mixq")
+# The mixq host: MixQ-GNN's search (qgnn.search.mixq; weights {2, 4, 8}, activations {4, 8}, λ = 1, α lr 0.05),
+# then Degree-Quant training of the found assignment, the prompt in that phase only (the search runs on the
+# bare host, so host and prompted runs of a seed share the assignment). The setting is benchmarks/mixq.py's
+# cora-w248-a48-dq-alr at λ = 1 (Cora GCN 82.24 at 62.8x BitOPs, uniform INT4 being 64x), used on every cell.
+MIXQ_HOST = dict(lam=1.0, candidates=(4, 8), weight_candidates=(2, 4, 8), alpha_lr=0.05, final_method="dq")
 PROMPTS = ("none", "gpf-plus", "lorap", "gpf-lorap")
 # Paper anchors (Liu et al. 2026, as quoted in the issue / summary)
 PUBLISHED = {("gin", "cora", "a2q", "gpf-lorap"): "78.5 (FP32 77.6)"}
@@ -78,6 +84,31 @@ def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device, prompt_lr=No
                        prompt={} if prompt == "none" or host == "fp32" else {"kind": prompt, **extra})
 
 
+def _train(cfg, root=None) -> dict:
+    """One cell: `run_experiment`, or for the mixq host the search then the fixed-bit training (MIXQ_HOST);
+    the results JSON then says ``"host": "mixq"`` (its config is the fixed-bit phase's)."""
+    if cfg.method != "mixq":
+        from qgnn.train import run_experiment
+
+        return run_experiment(cfg, root=root, progress=False)
+    import dataclasses
+
+    from qgnn.search.mixq import SearchConfig, run_search
+
+    final = dataclasses.replace(cfg, method=MIXQ_HOST["final_method"], bits=None)
+    return {"host": "mixq", **run_search(final, SearchConfig(**MIXQ_HOST), root=root, progress=False)}
+
+
+def _host_bits(r: dict) -> tuple[str, int | None]:
+    """(host, bits) a cell's results were run for (a mixq cell's config is its fixed-bit phase's)."""
+    return ("mixq", 4) if r.get("host") == "mixq" else (r["config"]["method"], r["config"]["bits"])
+
+
+def _only_grid_hosts(args, what: str) -> None:
+    if "mixq" in args.hosts:
+        sys.exit(f"{what} does not run the mixq host (the grid, --prompt-lrs and --aligns do)")
+
+
 def _lr_name(model, dataset, host, bits, prompt, lr, after_quant=False):
     return f"prompts-lr-{model}-{dataset}-{host}{bits}-{prompt}-{lr:g}" + ("-aq" if after_quant else "")
 
@@ -89,8 +120,6 @@ def _align_name(model, dataset, host, bits, prompt, align, normalize=False):
 def _sweep(args, values, name_of, options_of) -> None:
     """Every prompt cell of the grid (trained jointly, as there) at each value of one prompt option: one
     results JSON per cell and value, kept unless --force."""
-    from qgnn.train import run_experiment
-
     for model in args.models:
         for dataset in args.datasets:
             for host in args.hosts:
@@ -101,7 +130,7 @@ def _sweep(args, values, name_of, options_of) -> None:
                             continue
                         cfg = _cfg(model, dataset, host, args.bits, prompt, args.seeds, args.epochs, args.device,
                                    **options_of(value))
-                        res = run_experiment(cfg, root=args.root, progress=False)
+                        res = _train(cfg, root=args.root)
                         res["command"] = command_line()
                         write_json(name, res)
                         print(name, "val", pct(res["metrics"]["val_acc"]), "test", pct(res["metrics"]["test_acc"]),
@@ -138,7 +167,7 @@ def _chosen_on_val(pattern: str, key_of, grid_value, commands: set) -> tuple[lis
         r = json.loads(path.read_text())
         c = r["config"]
         label, value = key_of(c)
-        cells.setdefault((c["model"], c["dataset"], c["method"], c["bits"], label), {})[value] = r
+        cells.setdefault((c["model"], c["dataset"], *_host_bits(r), label), {})[value] = r
         commands.add(r["command"])
     rows, wins = [], 0
     for (model, dataset, host, bits, label), by_value in sorted(cells.items()):
@@ -208,7 +237,6 @@ def lr_table(commands: set) -> str:
 
 
 def run_grid(args) -> None:
-    from qgnn.train import run_experiment
     from qgnn.train.results import format_table
 
     cells = [(m, d, "fp32", None, "none") for m in args.models for d in args.datasets]
@@ -218,7 +246,7 @@ def run_grid(args) -> None:
         name = _name(*cell)
         if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
             continue
-        res = run_experiment(_cfg(*cell, args.seeds, args.epochs, args.device), root=args.root, progress=False)
+        res = _train(_cfg(*cell, args.seeds, args.epochs, args.device), root=args.root)
         res["command"] = command_line()
         write_json(name, res)
         print(name, pct(res["metrics"]["test_acc"]), f"{res['timing']['seconds_per_epoch']:.3f} s/epoch", flush=True)
@@ -427,6 +455,8 @@ def render() -> None:
         "(the runner's protocol, model recipes as in the FP32 baselines). Prompts at k = 40, r = 2, zero-"
         "initialised, trained jointly with the quantized weights; GPF-LoRAP = GPF-plus on the input + LoRAP in "
         "every layer; no setting was chosen on these test figures (all prompts run at their defaults). "
+        "Host mixq: MixQ-GNN's search (weights {2, 4, 8}, activations {4, 8} bits, λ = 1) then Degree-Quant "
+        "training of the found widths, about INT4's BitOPs; the prompt trains in that second phase only. "
         f"LoRAP beats its host in {wins} of {cells} cells.\n\n" + "\n".join(rows)
         + "\n\nTraining time, host vs host + LoRAP, the two models trained one epoch each in turn in one process "
         "(median epoch, train step + evaluation, CPU, one thread, two cores shared with other jobs; the "
@@ -490,10 +520,13 @@ def main(argv=None) -> int:
     elif args.prompt_lrs:
         run_lr_sweep(args)
     elif args.ranges:
+        _only_grid_hosts(args, "--ranges")
         run_ranges(args)
     elif args.tune:
+        _only_grid_hosts(args, "--tune")
         run_tune(args)
     elif args.timing:
+        _only_grid_hosts(args, "--timing")
         args.epochs = args.epochs or 60
         run_timing(args)
     else:

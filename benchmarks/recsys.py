@@ -351,7 +351,11 @@ def gowalla_fp32(args) -> None:
     """Train FP32 LightGCN on gowalla up to ``--epochs`` (resumable: the state is saved every minute and
     ``--resume`` continues it), then report every run found, finished or not (``--report`` only reports)."""
     name = _fp32_name(args.lr, args.sampling)
-    if args.refit:  # train + val, for the epochs the validated run selected; the last epoch is reported
+    if args.refit and args.refit_epochs:  # alongside the validated run: a test curve to read its choice off
+        _run(f"{name}-refit", dataset="gowalla", epochs=args.refit_epochs, lr=args.lr, sampling=args.sampling,
+             eval_every=args.eval_every, seeds=1, quant={"val_frac": 0.0, "test_curve": True}, save=True,
+             resume=args.resume, progress=None)
+    elif args.refit:  # train + val, for the epochs the validated run selected; the last epoch is reported
         validated = RESULTS_DIR / f"{name}.json"
         if not validated.exists():
             sys.exit(f"{validated} not found: --refit takes its epochs from that finished, validated run")
@@ -408,6 +412,29 @@ def _gowalla_fp32_runs() -> list[dict]:
     return list(rows.values())
 
 
+def _is_refit(r: dict) -> bool:
+    return (r["cfg"].get("quant") or {}).get("val_frac") == 0
+
+
+def _refit_reading(r: dict, by_name: dict) -> tuple[str, dict]:
+    """(selected-epoch cell, test scores) of a refit row. A refit with a test curve (``--refit-epochs``, run
+    alongside its validated run) is read at the epoch that validated run selected; before the curve gets there,
+    its latest entry is shown and marked so. A plain refit reports its last epoch."""
+    curve = {e["epoch"]: e for e in r["history"] if "test_recall@20" in e}
+    if not curve:
+        return (str(r["best_epoch"] + 1) if r["best_epoch"] >= 0 else "– (not finished)"), r["scores"]
+    val = by_name.get(r["name"].removesuffix("-refit"))
+    choice = val["best_epoch"] if val is not None else -1
+    if choice in curve:
+        note = "" if val["status"] == "finished" else ", provisional: that run is in progress"
+        cell, at = f"{choice + 1} (the validated run's choice{note})", curve[choice]
+    else:
+        last = max(curve)
+        why = "no validated run" if val is None else f"its choice, epoch {choice + 1}, not in the curve (yet)"
+        cell, at = f"{last + 1} (latest; {why})", curve[last]
+    return cell, {k: at[f"test_{k}"] for k in METRICS}
+
+
 def _report_gowalla_fp32() -> None:
     rows = _gowalla_fp32_runs()
     if not rows:
@@ -417,13 +444,14 @@ def _report_gowalla_fp32() -> None:
     head = ("| lr | sampling | status | epochs run | selected epoch | val recall@20 | " + " | ".join(METRICS)
             + " | train CPU s / epoch |")
     lines = [head, "|---" * (len(METRICS) + 7) + "|"]
-    def refit(r):
-        return (r["cfg"].get("quant") or {}).get("val_frac") == 0
-
-    for r in sorted(rows, key=lambda r: (r["cfg"].get("sampling") or "interaction", r["cfg"]["lr"], refit(r))):
+    by_name = {r["name"]: r for r in rows}
+    for r in sorted(rows, key=lambda r: (r["cfg"].get("sampling") or "interaction", r["cfg"]["lr"],
+                                         r["cfg"].get("epochs", 0), _is_refit(r))):
         sc = r["scores"]
         sel = str(r["best_epoch"] + 1) if r["best_epoch"] >= 0 else "– (no validation yet)"
-        val = "– (refit on train + val)" if refit(r) else f"{sc.get('val_recall@20', float('nan')):.4f}"
+        if _is_refit(r):
+            sel, sc = _refit_reading(r, by_name)
+        val = "– (refit on train + val)" if _is_refit(r) else f"{sc.get('val_recall@20', float('nan')):.4f}"
         lines.append(f"| {r['cfg']['lr']:g} | {r['cfg'].get('sampling') or 'interaction'} | {r['status']} | "
                      f"{r['epochs_run']} | {sel} | {val} | "
                      + " | ".join(f"{sc.get(k, float('nan')):.4f}" for k in METRICS)
@@ -440,7 +468,10 @@ Target (issue 6): Recall@20 >= 0.175 and NDCG@20 >= 0.148 (published 0.1830 / 0.
 several hundred epochs, trained on all 810128 interactions; ours on the 727869 left after carving 10 % for
 validation). Validation every {every} epochs; the selected epoch is the validated one with the best validation
 Recall@20, and its test figures are shown; a refit (`--refit`) then trains a fresh model on all 810128
-training interactions (train + val) for exactly that many epochs and reports its last epoch. Sampling:
+training interactions (train + val) for exactly that many epochs and reports its last epoch. A refit run
+alongside its validated run (`--refit --refit-epochs N`, same seed, constant lr) records its test figures
+every `--eval-every` epochs and is read at the epoch the validated run selects: the same figures a refit of that
+many epochs reports (tests/train/test_rec_runner.py), with nothing selected on test. Sampling:
 `user` draws a uniform user, then one of its items (LightGCN-PyTorch's sampler; the default),
 `interaction` visits every training pair once per epoch. A run
 "in progress" is read from its resume state: the figures reached so far, not a final result; a run whose
@@ -461,23 +492,28 @@ def _plot_gowalla_curves(rows: list[dict]) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return ""
-    curves = [(r, [e for e in r["history"] if "val_recall@20" in e]) for r in rows]  # a refit has no val
-    if not any(h for _, h in curves):
+    curves = []
+    for r in rows:  # a validated run's validation curve; a refit's test curve (when it kept one), dashed
+        key = "test_recall@20" if _is_refit(r) else "val_recall@20"
+        curves.append((r, key, [e for e in r["history"] if key in e]))
+    if not any(h for *_, h in curves):
         return ""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for r, h in curves:
+    for r, key, h in curves:
         if h:
-            ax.plot([e["epoch"] + 1 for e in h], [e["val_recall@20"] for e in h],
-                    label=f"lr {r['cfg']['lr']:g}, {r['cfg'].get('sampling') or 'interaction'} sampling")
+            what = "refit, test" if key.startswith("test") else "validation"
+            ax.plot([e["epoch"] + 1 for e in h], [e[key] for e in h], ls="--" if key.startswith("test") else "-",
+                    label=f"lr {r['cfg']['lr']:g}, {r['cfg'].get('sampling') or 'interaction'} sampling, "
+                          f"{r['cfg'].get('epochs', '?')} epochs: {what}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation Recall@20")
+    ax.set_ylabel("Recall@20")
     ax.grid(alpha=0.3)
     ax.legend()
     path = RESULTS_MD.parent / "recsys-gowalla-fp32.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return f"\n![validation Recall@20 per epoch]({path.name})\n"
+    return f"\n![validation (or refit test) Recall@20 per epoch]({path.name})\n"
 
 
 def main() -> None:
@@ -497,6 +533,9 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="gowalla-fp32: only report the runs found")
     p.add_argument("--refit", action="store_true",
                    help="gowalla-fp32: retrain on train + val for the epochs the finished validated run selected")
+    p.add_argument("--refit-epochs", type=int, default=None,
+                   help="gowalla-fp32 --refit: train N epochs with a test curve, alongside the validated run, and "
+                        "read it at the epoch that run selects")
     p.add_argument("--quant-lr", type=float, default=5e-3, help="lr of the quantized fine-tuning (all methods)")
     p.add_argument("--reuse-fp32", action="store_true", help="ml100k: keep the FP32 results and checkpoint")
     p.add_argument("--methods", default="qat,lsq,bigear,gnaq", help="ml100k, lastfm, gowalla-quant: methods to run")

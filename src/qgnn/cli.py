@@ -70,6 +70,9 @@ def _add_train(sub) -> None:
     r.add_argument("--val-frac", type=float, default=None,
                    help="share of each user's training items carved for validation (default 0.1; 0: a refit on "
                         "all of them for exactly --epochs, the last epoch reported)")
+    r.add_argument("--test-curve", action="store_true",
+                   help="with --val-frac 0: also record the test metrics every --eval-every epochs in the history "
+                        "(a record for reading off a validated run's epoch; nothing is selected from it)")
     r.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. lambda_rank=0.5 (repeatable; see qgnn.methods.gnaq)")
     r.add_argument("--static-intervals", action="store_true", help="GNAQ ablation: per-node levels frozen")
@@ -117,13 +120,14 @@ def _rec_options(args, base: dict) -> None:
             given[key] = value
     pretrained = getattr(args, "pretrained", None)
     val_frac = getattr(args, "val_frac", None)
-    if not (given or pretrained or val_frac is not None):
+    test_curve = getattr(args, "test_curve", False)
+    if not (given or pretrained or val_frac is not None or test_curve):
         return
     from qgnn.data.registry import dataset_task
 
     if dataset_task(base.get("dataset", "cora")) != "rec":
-        raise ConfigError("--pretrained, --val-frac, --method-opt, --static-intervals, --ste and --no-lambdaloss "
-                          "apply to recommendation datasets (--model lightgcn) only")
+        raise ConfigError("--pretrained, --val-frac, --test-curve, --method-opt, --static-intervals, --ste and "
+                          "--no-lambdaloss apply to recommendation datasets (--model lightgcn) only")
     quant = dict(base.get("quant") or {})
     if given:
         quant["options"] = {**(quant.get("options") or {}), **given}
@@ -131,6 +135,8 @@ def _rec_options(args, base: dict) -> None:
         quant["pretrained"] = pretrained
     if val_frac is not None:
         quant["val_frac"] = val_frac
+    if test_curve:
+        quant["test_curve"] = True
     base["quant"] = quant
 
 

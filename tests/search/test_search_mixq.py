@@ -210,6 +210,33 @@ def test_search_pipeline_on_synthetic_graph(tmp_path, monkeypatch):
         assert {s: model.get_submodule(name).slot_bits(s) for s in slots} == slots
 
 
+def test_a_prompt_trains_in_the_fixed_bit_phase_only(monkeypatch):
+    """The search runs on the bare host: with and without a prompt, the same seed gets the same assignment;
+    the prompt is in the final model and in the results."""
+    from qgnn.data.synthetic import random_node_dataset
+    from qgnn.prompts import PromptedLayer
+    from qgnn.search.mixq import SearchConfig, run_search
+    from qgnn.train import TrainConfig
+    from qgnn.train import runner as runner_mod
+
+    ds = random_node_dataset(num_nodes=60, num_features=8, seed=0)
+    monkeypatch.setattr(runner_mod, "load_for", lambda cfg, root=None: ds)
+    monkeypatch.setattr(runner_mod, "_dataset_task", lambda name: "node")
+    sc = dict(lam=5.0, candidates=(4, 8), weight_candidates=(2, 4, 8), search_epochs=6, alpha_lr=0.2)
+    host = run_search(TrainConfig(dataset="synthetic", model="gcn", seeds=2, epochs=3), SearchConfig(**sc),
+                      progress=False)
+    built = []
+    monkeypatch.setattr(runner_mod.Runner, "build",
+                        lambda self, _b=runner_mod.Runner.build: built.append(_b(self)) or built[-1])
+    prompted = run_search(TrainConfig(dataset="synthetic", model="gcn", seeds=2, epochs=3,
+                                      prompt={"kind": "lorap", "k": 4, "rank": 2}), SearchConfig(**sc),
+                          progress=False)
+    assert [r["assignment"] for r in prompted["runs"]] == [r["assignment"] for r in host["runs"]]
+    assert prompted["prompt"]["kind"] == "lorap" and prompted["prompt"]["params"] > 0 and "prompt" not in host
+    has_prompt = [any(isinstance(m, PromptedLayer) for m in model.modules()) for model in built]
+    assert True in has_prompt and False in has_prompt  # the final models carry it, the searched ones not
+
+
 def test_weight_slots_take_their_own_candidates(tmp_path, monkeypatch):
     from qgnn.data.synthetic import random_node_dataset
     from qgnn.search.mixq import SearchConfig, run_search

@@ -109,6 +109,21 @@ def test_refit_without_validation_trains_on_all_and_reports_the_last_epoch():
     assert torch.equal(refit.test, carved.test)
 
 
+def test_refit_test_curve_reads_off_what_a_shorter_refit_reports():
+    """The curve's entry at epoch e equals the test figures of a refit of e + 1 epochs (same seed, constant lr),
+    so a validated run's choice can be read off a longer refit; the model reported stays the last epoch's."""
+    refit = {**FAST, "patience": 1, "eval_every": 2}
+    long = run_experiment(TrainConfig(**{**refit, "epochs": 4}, quant={"val_frac": 0.0, "test_curve": True}),
+                          progress=False)["runs"][0]
+    assert [h["epoch"] for h in long["history"]] == [1, 3] and long["best_epoch"] == 3
+    assert long["history"][-1]["test_recall@20"] == long["recall@20"]
+    short = run_experiment(TrainConfig(**{**refit, "epochs": 2}, quant={"val_frac": 0.0}), progress=False)["runs"][0]
+    assert {k: long["history"][0][f"test_{k}"] for k in ("recall@20", "ndcg@20", "recall@10")} == \
+        {k: short[k] for k in ("recall@20", "ndcg@20", "recall@10")}
+    with pytest.raises(ConfigError, match="refit without validation"):
+        run_experiment(TrainConfig(**FAST, quant={"test_curve": True}), progress=False)
+
+
 def test_unknown_sampling_is_a_config_error():
     with pytest.raises(ConfigError, match="sampling"):
         run_experiment(TrainConfig(**FAST, sampling="popular"), progress=False)
@@ -159,6 +174,8 @@ def test_cli_rec_errors_and_options(tmp_path, capsys):
     assert json.loads(out.read_text())["config"]["sampling"] == "interaction"
     assert main(["train", "--config", str(out), "--val-frac", "0", "--quiet", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["config"]["quant"]["val_frac"] == 0
+    assert main(["train", "--config", str(out), "--test-curve", "--quiet", "--out", str(out)]) == 0
+    assert "test_recall@20" in json.loads(out.read_text())["runs"][0]["history"][-1]
     assert main(["train", "--dataset", "synthetic-node", "--sampling", "user", "--quiet"]) == 2
     assert "--sampling applies to recommendation datasets only" in capsys.readouterr().err
     assert main(["train", "--dataset", "synthetic-rec", "--model", "lightgcn", "--method", "gnaq", "--bits", "2",

@@ -10,6 +10,9 @@ Per run (seed, or cross-validation fold):
 2. **Fixed-bit training.** A fresh model with the same seed is quantized by ``final_method`` (plain
    ``qat`` by default, as MixQ-GNN; ``lsq`` / ``dq`` work too) with the assignment as per-module
    overrides, and trained with the recipe; the epoch is selected on validation as for every method.
+   A prompt (``cfg.prompt``, :mod:`qgnn.prompts`) trains in this phase only: prompts stay in full
+   precision and have no bit slot to search, so the search runs on the bare host, and a host and the same
+   host with a prompt (same seed) get the same assignment: the difference between them is the prompt.
 
 Where α learns from (``alpha_split``):
 
@@ -210,6 +213,7 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     """Search and train every run of ``cfg`` (seeds or folds); returns the results dict (also written to
     ``out``; the selected run's fixed-bit model to ``save``). See the module docstring."""
     from qgnn.env import environment
+    from qgnn.prompts import prompt_report
     from qgnn.train.checkpoint import save_checkpoint, write_json
 
     sc.validate()
@@ -220,7 +224,7 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
                "weight_candidates": None if sc.weight_candidates is None else list(sc.weight_candidates),
                "temperature": sc.temperature, "sampling": sc.sampling,
                "init": sc.alpha_init}
-    search_cfg = dataclasses.replace(cfg, method="mixq", bits=top, quant={"options": options})
+    search_cfg = dataclasses.replace(cfg, method="mixq", bits=top, quant={"options": options}, prompt={})
     searcher = Runner(search_cfg, root=root, progress=False)
     if sc.search_epochs:
         searcher.cfg = dataclasses.replace(searcher.cfg, epochs=sc.search_epochs)
@@ -265,6 +269,7 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
                    "total_seconds": total},
         "runs": [{k: v for k, v in r.items() if k != "cost"} for r in runs],
         "selected_run": best["index"],
+        **({"prompt": {**cfg.prompt, **prompt_report(trainer.build())}} if cfg.prompt else {}),
         "env": environment(),
     }
     if save:

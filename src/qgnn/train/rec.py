@@ -19,6 +19,10 @@ Protocol (He et al., LightGCN, SIGIR 2020, with model selection on validation on
 * a refit: with ``val_frac`` = 0 (``--val-frac 0``; gowalla, lastfm, ml-100k) there is no validation split,
   the model trains on every training interaction for exactly ``epochs`` epochs (take them from a validated
   run) and the last epoch is reported; nothing is selected, and the results carry no ``val_`` metrics.
+  ``test_curve`` (``--test-curve``, a refit only) also records every test metric every ``eval_every`` epochs in
+  the history (``test_recall@20`` ...): a refit run alongside its validated run (same seed, constant lr) can
+  then report the test figures at the epoch the validated run selects, before that run has finished. The
+  curve is a record, never a selection: the model saved is still the last epoch's.
 
 Results JSON: the layout of the node / graph runner (config, metrics as {"mean", "std", "runs"}, timing,
 cost, runs, selected_run, env). The selected run's best state is the checkpoint (safetensors, atomic).
@@ -228,6 +232,10 @@ class RecRunner:
             raise ConfigError(f"--method {self.cfg.method} starts from an FP32 LightGCN: pass --pretrained CKPT "
                               f"(from `qgnn train --dataset {self.cfg.dataset} --model lightgcn --save CKPT`)")
         self.ds = load_dataset(self.cfg.dataset, root=root, **self._loader_opts())
+        self.test_curve = bool(self.cfg.quant.get("test_curve", False))
+        if self.test_curve and self.ds.val.size(1) > 0:
+            raise ConfigError("test_curve (--test-curve) is for a refit without validation (--val-frac 0): with a "
+                              "validation split the test split is evaluated only at the epochs validation selects")
         self.device = torch.device(self.cfg.device)
         self.task = RecTask(self.ds, self.device, self.cfg.batch_size, sampling=self.cfg.sampling)
         self.state_path = Path(state_path) if state_path else None
@@ -315,11 +323,16 @@ class RecRunner:
             train_s += t1 - t
             epochs_run = epoch + 1
             if not has_val:
-                if epoch == c.epochs - 1:  # a refit (no validation split): the last epoch is the model
-                    tracker.update(epoch, 0.0, 0.0, {**self.task.evaluate(model, "test"), "train_loss": loss},
-                                   model)
-                    test_s += time.perf_counter() - t1
+                last = epoch == c.epochs - 1
+                test = self.task.evaluate(model, "test") if last or (
+                    self.test_curve and validation_due(epoch, c)) else None
+                test_s += time.perf_counter() - t1
+                if test is not None and self.test_curve:  # a record only: nothing is selected from it
+                    history.append({"epoch": epoch, "train_loss": loss, **{f"test_{k}": test[k] for k in test}})
+                elif last:
                     history.append({"epoch": epoch, "train_loss": loss})
+                if last:  # a refit (no validation split): the last epoch is the model
+                    tracker.update(epoch, 0.0, 0.0, {**test, "train_loss": loss}, model)
             elif validation_due(epoch, c):
                 val = self.task.evaluate(model, "val")
                 t2 = time.perf_counter()

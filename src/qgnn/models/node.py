@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
+from .dropout import sparse_input_dropout
+
 
 def mlp(in_dim: int, hidden: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
     """The two-layer MLP inside a GIN layer (Xu et al., ICLR 2019)."""
@@ -22,7 +24,7 @@ def mlp(in_dim: int, hidden: int, out_dim: int, batch_norm: bool = False) -> nn.
 
 
 class _Stack(nn.Module):
-    """conv -> ReLU -> dropout, repeated; the last conv has no activation."""
+    """dropout -> conv -> ReLU -> dropout, repeated; the last conv has no activation."""
 
     def __init__(self, convs: list[nn.Module], dropout: float, input_dropout: float | None = None):
         super().__init__()
@@ -31,7 +33,8 @@ class _Stack(nn.Module):
         self.input_dropout = dropout if input_dropout is None else input_dropout
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(x, self.input_dropout, self.training)
+        # bag-of-words features are mostly zeros: draw the input mask at the non-zeros only (same distribution)
+        x = sparse_input_dropout(x, self.input_dropout, self.training)
         for i, conv in enumerate(self.convs):
             x = conv(x, edge_index)
             if i < len(self.convs) - 1:

@@ -121,6 +121,28 @@ def test_gradients_match_the_analytic_forms(signed):
         assert (b_.grad != 0).any()
 
 
+@pytest.mark.parametrize("s_shape,b_shape", [("row", "row"), ("tensor", "row"), ("row", "tensor"),
+                                             ("tensor", "tensor")])
+def test_gradients_when_step_and_width_broadcast_differently(s_shape, b_shape):
+    """The width gradient is summed before it is scaled where s · ∂q/∂B has b's shape; the other layouts
+    take the general path: both give Σ over the broadcast entries of g · (s ∂qmax/∂B above, s ∂qmin/∂B below)."""
+    torch.manual_seed(5)
+    x = (torch.randn(6, 9, dtype=torch.float64) * 2).requires_grad_()
+    s = torch.tensor([[0.3], [0.5], [0.2], [0.9], [0.4], [0.25]], dtype=torch.float64)
+    b = torch.tensor([[2.2], [3.1], [2.4], [4.0], [2.9], [3.3]], dtype=torch.float64)
+    s = s[:1, :1].reshape(()) if s_shape == "tensor" else s
+    b = b[:1, :1].reshape(()) if b_shape == "tensor" else b
+    s_, b_ = s.clone().requires_grad_(), b.clone().requires_grad_()
+    g = torch.randn_like(x)
+    (a2q_fake_quant(x, s_, b_, True) * g).sum().backward()
+    qmin, qmax, dqmin, dqmax = a2q_grid(torch.round(b).clamp(2, 8), True)
+    u = x.detach() / s
+    db = torch.where(u > qmax, s * dqmax, torch.where(u < qmin, s * dqmin, torch.zeros_like(u)))
+    want = (g * db).sum() if b.dim() == 0 else (g * db).sum(1, keepdim=True)
+    torch.testing.assert_close(b_.grad, want)
+    assert (b_.grad != 0).any()
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_gradients_match_finite_differences(signed):
     """The rounding is straight-through, so the finite differences are taken of the surrogate in which

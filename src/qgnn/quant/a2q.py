@@ -96,7 +96,11 @@ def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
 
 
 class _A2QFakeQuant(torch.autograd.Function):
-    """x̂ = s · clamp(round(x/s), qmin(B), qmax(B)) with the gradients of the module docstring."""
+    """x̂ = s · clamp(round(x/s), qmin(B), qmax(B)) with the gradients of the module docstring.
+
+    Written for few passes over x (the activations of a bag-of-words layer are millions of elements): one
+    clamp with tensor bounds, the two clip masks saved, and ∂/∂b summed from the masked gradient before it
+    is multiplied by the per-entry factors where those have b's shape (they do for every layout)."""
 
     @staticmethod
     def forward(ctx, x, s, b, signed, lo, hi):
@@ -104,26 +108,33 @@ class _A2QFakeQuant(torch.autograd.Function):
         qmin, qmax, dqmin, dqmax = a2q_grid(width, signed)
         u = x / s
         r = torch.round(u)
-        q = torch.maximum(torch.minimum(r, qmax), qmin)
+        q = torch.clamp(r, qmin, qmax)
         out = q * s  # exactly dequantize(codes, s): codes q, zero-point 0
         if any(ctx.needs_input_grad[:3]):  # masks only when a gradient will be asked for
             above, below = u > qmax, u < qmin
-            ds = torch.where(above | below, q, r - u) if ctx.needs_input_grad[1] else None
-            ctx.save_for_backward(above, below, ds, s, b, dqmin, dqmax)
+            clipped = above | below
+            # inside the grid q = r, so r − u there; outside, q (r is not needed again: reuse its memory)
+            ds = torch.where(clipped, q, r.sub_(u)) if ctx.needs_input_grad[1] else None
+            ctx.save_for_backward(above, below, clipped, ds, s, b, dqmin, dqmax)
         return out.to(x.dtype) if x.is_floating_point() else out
 
     @staticmethod
     def backward(ctx, g):
-        above, below, ds, s, b, dqmin, dqmax = ctx.saved_tensors
+        above, below, clipped, ds, s, b, dqmin, dqmax = ctx.saved_tensors
         gx = gs = gb = None
         if ctx.needs_input_grad[0]:
-            gx = g.masked_fill(above | below, 0)
+            gx = g.masked_fill(clipped, 0)
         if ctx.needs_input_grad[1]:
             gs = _sum_to(g * ds, s)
         if ctx.needs_input_grad[2]:
             # s·dqmax/dB above the range, s·dqmin/dB below it, 0 inside
-            db = above.to(g.dtype) * (s * dqmax) + below.to(g.dtype) * (s * dqmin)
-            gb = _sum_to(g * db, b)
+            up, down = s * dqmax, s * dqmin
+            if up.shape == b.shape:  # constant over the summed dimensions: sum first, then scale
+                gb = _sum_to(torch.where(above, g, 0.0), b) * up + _sum_to(torch.where(below, g, 0.0), b) * down
+                gb = gb.to(b.dtype)
+            else:
+                db = above.to(g.dtype) * up + below.to(g.dtype) * down
+                gb = _sum_to(g * db, b)
         return gx, gs, gb, None, None, None
 
 

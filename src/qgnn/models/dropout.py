@@ -4,7 +4,8 @@ Dropout (Srivastava et al., JMLR 2014) computes y = x ⊙ m / (1 − p) with m_i
 x_ij = 0, y_ij = 0 whatever m_ij is, so drawing m only at the non-zero entries gives y exactly the same
 distribution. Why it matters: bag-of-words node features are mostly zeros (Cora: 2708 × 1433 with 1.3 %
 non-zero; CiteSeer: 3327 × 3703, 0.9 %), and on one CPU thread the dense Bernoulli draw over all of them
-took about half of a GCN training epoch on Cora (150 ms of the mask against 13 ms for the non-zeros).
+dominated a GCN training epoch: 114.5 against 26.5 CPU ms per epoch on Cora with this function
+(`benchmarks/input_dropout.py`, docs/results.md section "Input dropout").
 
 The result equals ``F.dropout`` in distribution, not draw for draw: a seed gives other masks than
 ``F.dropout`` with that seed. Inputs that need a gradient (a prompt added in front, say) and inputs that are
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 # At or above this fraction of non-zeros the dense draw is the faster one (indexing costs ~ 3 dense ops).
 SPARSE_DENSITY = 0.25
 
-# Finding the non-zeros costs more than the draw (27 ms of a Cora epoch's 41): a transductive task feeds the
+# Finding the non-zeros costs more than drawing at them: a transductive task feeds the
 # same feature tensor every epoch, so the last one's positions are kept, keyed by the tensor object itself
 # (a weak reference, so a freed tensor whose memory is reused never matches) and its in-place version counter.
 _last: tuple[weakref.ref, int, torch.Tensor] | None = None

@@ -100,7 +100,8 @@ class _A2QFakeQuant(torch.autograd.Function):
 
     Written for few passes over x (the activations of a bag-of-words layer are millions of elements): one
     clamp with tensor bounds, the two clip masks saved, and ∂/∂b summed from the masked gradient before it
-    is multiplied by the per-entry factors where those have b's shape (they do for every layout)."""
+    is multiplied by the per-entry factors where those have b's shape (as in every A2QQuantizer layout; other
+    broadcasts take the general path)."""
 
     @staticmethod
     def forward(ctx, x, s, b, signed, lo, hi):

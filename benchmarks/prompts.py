@@ -257,14 +257,15 @@ def fixed_table(commands: set) -> str:
                         continue
                     txt[p] = f"{pct(r['metrics']['test_acc'])} [{vt[p][0]:.2f}]"
                     if p != "none":
-                        dv, dt = vt[p][0] - vt["none"][0], vt[p][1] - vt["none"][1]
+                        # compared at the 0.01 point shown, so that float noise in the means is no win
+                        dv, dt = (round(vt[p][i] - vt["none"][i], 2) for i in (0, 1))
                         tally[p]["cells"] += 1
                         tally[p]["test"] += dt > 0
                         tally[p]["both"] += dt > 0 and dv > 0
                         if dt > 0 and dv > 0:  # beats its host on validation and on test
                             txt[p] = f"**{txt[p]}**"
-                # ties on validation go to the host: a prompt has to earn its parameters
-                chosen = max(vt, key=lambda p: (vt[p][0], p == "none"))
+                # ties on validation (at the 0.01 point shown) go to the host: a prompt has to earn its parameters
+                chosen = max(vt, key=lambda p: (round(vt[p][0], 2), p == "none"))
                 gap = ""
                 if fp:
                     g = vt[chosen][1] - 100 * fp["metrics"]["test_acc"]["mean"]

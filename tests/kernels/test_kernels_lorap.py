@@ -4,6 +4,7 @@ and awkward shapes, forward and backward (on CPU through TRITON_INTERPRET=1; ski
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -72,6 +73,24 @@ def test_dispatcher_picks_reference_on_cpu_and_says_why():
     assert lorap_backend(s, "reference") == ("reference", "requested")
     with pytest.raises(ConfigError, match="unknown lorap backend"):
         lorap_backend(s, "cuda-graphs")
+
+
+def test_dispatcher_looks_for_triton_once(monkeypatch):
+    """The dispatcher runs on every prompted layer's forward; searching sys.path for triton each time cost
+    about 0.1 ms a call, as much as the fused kernel itself."""
+    from qgnn.kernels import lorap as dispatch
+
+    calls = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: calls.append(name) or real(name, *a))
+    dispatch._have_triton.cache_clear()
+    try:
+        for _ in range(3):
+            with contextlib.suppress(ConfigError):
+                lorap_backend(torch.zeros(2, 3), "triton")
+        assert calls.count("triton") == 1
+    finally:
+        dispatch._have_triton.cache_clear()
 
 
 def test_dispatcher_refuses_triton_without_cuda_or_interpreter(monkeypatch):

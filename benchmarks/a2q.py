@@ -1,11 +1,11 @@
 """A2Q (Zhu et al., ICLR 2023): learned per-node bit-widths (issue: mixed precision), beside FP32.
 
-Every experiment runs through `qgnn.train.run_experiment`, exactly as
-`qgnn train --dataset D --model M --method a2q --bits 4` does (the recipe's epochs, validation-based
-selection; graph tasks: the nearest-neighbour strategy, set by the recipe), and writes
-benchmarks/results/a2q-<name>.json; the FP32 run of the same protocol beside it writes
-a2q-<name>-fp32.json (skipped when it exists, unless --force). The `a2q` section of docs/results.md is
-rebuilt from those files.
+Every experiment is a cell of the benchmark harness (benchmarks/_harness.py): it runs through
+`qgnn.train.run_experiment`, exactly as `qgnn train --dataset D --model M --method a2q --bits 4` does (the
+recipe's epochs, validation-based selection; graph tasks: the nearest-neighbour strategy, set by the recipe),
+and writes benchmarks/results/a2q-<name>.json; the FP32 run of the same protocol beside it writes
+a2q-<name>-fp32.json. A cell whose JSON holds the same configuration is reused (unless --force); a stopped one
+continues. The `a2q` section of docs/results.md is rebuilt from those files.
 
 Reported: test accuracy; average bits of all quantized operands, of the activations (node features, what
 A2Q learns per node) and of the weights; feature compression = 32 / activation bits (the A2Q paper's
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS_DIR, command_line, pct, update_section, write_json  # noqa: E402
+import _harness  # noqa: E402
+from _report import pct  # noqa: E402
 
 EXPERIMENTS = {
     "gcn-cora": dict(dataset="cora", model="gcn", seeds=5),
@@ -53,42 +53,37 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--root", default=None)
-    p.add_argument("--force", action="store_true", help="rerun the FP32 reference even if its JSON exists")
     p.add_argument("--render", action="store_true", help="only rebuild the docs section")
+    _harness.add_arguments(p, render=False)
     args = p.parse_args(argv)
     if not args.render:
-        from qgnn.train import TrainConfig, run_experiment
+        from qgnn.train import TrainConfig
 
+        cells = []
         for name in args.only or list(EXPERIMENTS):
             kw = dict(EXPERIMENTS[name])
             if args.seeds is not None:
                 kw["seeds"] = args.seeds
             cfg = TrainConfig(**kw, method="a2q", bits=args.bits, folds=args.folds, epochs=args.epochs,
                               device=args.device)
-            for tag, c in ((f"a2q-{name}-fp32", dataclasses.replace(cfg, method="fp32", bits=None)),
-                           (f"a2q-{name}", cfg)):
-                if tag.endswith("-fp32") and (RESULTS_DIR / f"{tag}.json").exists() and not args.force:
-                    continue
-                res = run_experiment(c, root=args.root, progress=False)
-                res["command"] = command_line()
-                write_json(tag, res)
-                print(tag, pct(res["metrics"]["test_acc"]), flush=True)
+            cells += [_harness.Cell(f"a2q-{name}-fp32", dataclasses.replace(cfg, method="fp32", bits=None)),
+                      _harness.Cell(f"a2q-{name}", cfg)]
+        _harness.run(cells, root=args.root, force=args.force,
+                     after=lambda cell, res, cached: print(cell.name, pct(res["metrics"]["test_acc"]), flush=True))
     render()
     return 0
 
 
 def render() -> None:
-    rows = ["| experiment | protocol | test acc (%) | FP32 same protocol (%) | avg bits (all / activations / "
-            "weights) | feature compression | model bytes (FP32 / A2Q) | s / epoch (FP32) | target | published |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    commands = set()
+    head = ["experiment", "protocol", "test acc (%)", "FP32 same protocol (%)",
+            "avg bits (all / activations / weights)", "feature compression", "model bytes (FP32 / A2Q)",
+            "s / epoch (FP32)", "target", "published"]
+    rows, cmds = [], set()
     for name in EXPERIMENTS:
-        path = RESULTS_DIR / f"a2q-{name}.json"
-        if not path.exists():
+        r = _harness.load(f"a2q-{name}")
+        if r is None:
             continue
-        r = json.loads(path.read_text())
-        fp_path = RESULTS_DIR / f"a2q-{name}-fp32.json"
-        fp = json.loads(fp_path.read_text()) if fp_path.exists() else None
+        fp = _harness.load(f"a2q-{name}-fp32")
         if fp and len(fp["runs"]) != len(r["runs"]) or fp and fp["config"]["epochs"] != r["config"]["epochs"]:
             fp = None  # another protocol: not comparable
         c, m, cost = r["config"], r["metrics"], r["cost"]
@@ -102,8 +97,8 @@ def render() -> None:
             f"{cost['avg_bits_weights']:.2f} | {32 / act:.1f}x | {cost['model_bytes_fp32']} / {cost['model_bytes']} "
             f"| {r['timing']['seconds_per_epoch']:.3f}{fp_t} | {TARGETS.get(name, '')}"
             f"{_met(name, acc, cost['avg_bits']) if name in TARGETS else ''} | {PUBLISHED.get(name, '')} |")
-        commands.add(r.get("command", ""))
-    update_section(
+        cmds.add(r.get("command", ""))
+    _harness.publish(
         "a2q",
         "## A2Q: learned per-node bit-widths\n\n"
         "A2Q at its defaults (docs/methods.md: starting width 4, memory penalty toward 2 average bits on the "
@@ -111,7 +106,7 @@ def render() -> None:
         "are element-weighted over the quantized operands of one forward (cost model, docs/cost.md); feature "
         "compression is 32 / activation bits; model bytes count the weights at their widths plus every "
         "per-node and per-channel step / width table. Average bits and bytes are those of the selected run.\n\n"
-        + "\n".join(rows) + "\n\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in sorted(commands) if c))
+        + _harness.table(head, rows) + _harness.commands(cmds))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,26 @@
 """FP32 baselines (issue: foundation): GCN / GAT on Planetoid, GIN 10-fold on TU.
 
-Each experiment runs through `qgnn.train.run_experiment`, exactly as `qgnn train`
-does, writes its results JSON to benchmarks/results/, and the table in the
+Each experiment is a cell of the benchmark harness (benchmarks/_harness.py): it runs through
+`qgnn.train.run_experiment`, exactly as `qgnn train` does, writes its results JSON to benchmarks/results/
+(reused while it holds the same configuration, unless --force; a stopped run continues), and the table in the
 `baselines` section of docs/results.md is rebuilt from every JSON present, so
 figures from separate invocations (e.g. REDDIT-BINARY on a GPU) sit together.
 
     OMP_NUM_THREADS=1 python benchmarks/baselines.py                  # everything
     OMP_NUM_THREADS=1 python benchmarks/baselines.py --only gcn-cora gat-cora
     python benchmarks/baselines.py --only gin-reddit-binary --folds 3 --device cuda
+    python benchmarks/baselines.py --render                           # the docs table only
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS_DIR, command_line, pct, update_section, write_json  # noqa: E402
+import _harness  # noqa: E402
+from _report import RESULTS_DIR, pct  # noqa: E402
 
 # name -> (TrainConfig kwargs, published figure, target)
 EXPERIMENTS = {
@@ -51,33 +53,36 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--root", default=None)
+    _harness.add_arguments(p)
     args = p.parse_args(argv)
+    if args.render:
+        render()
+        return 0
 
-    from qgnn.train import TrainConfig, run_experiment
+    from qgnn.train import TrainConfig
     from qgnn.train.results import format_table
 
-    for name in args.only or list(EXPERIMENTS):
-        kw, _, _ = EXPERIMENTS[name]
-        cfg = TrainConfig(**kw, folds=args.folds, epochs=args.epochs, device=args.device)
-        res = run_experiment(cfg, root=args.root, progress=None)
-        res["command"] = command_line()
-        write_json(f"baseline-{name}", res)
-        print(name)
+    def show(cell, res, cached):
+        print(cell.name.removeprefix("baseline-"))
         print(format_table(res), flush=True)
+
+    cells = [_harness.Cell(f"baseline-{name}", TrainConfig(**EXPERIMENTS[name][0], folds=args.folds,
+                                                           epochs=args.epochs, device=args.device))
+             for name in args.only or list(EXPERIMENTS)]
+    _harness.run(cells, root=args.root, force=args.force, progress=None, after=show)
     render()
     return 0
 
 
 def render() -> None:
     """Rebuild the baselines table of docs/results.md from benchmarks/results/baseline-*.json."""
-    rows = ["| experiment | protocol | test acc (%) | val acc (%) | target | published | s / epoch | command |",
-            "|---|---|---|---|---|---|---|---|"]
+    head = ["experiment", "protocol", "test acc (%)", "val acc (%)", "target", "published", "s / epoch", "command"]
+    rows = []
     for name, (_, published, target) in EXPERIMENTS.items():
-        path = RESULTS_DIR / f"baseline-{name}.json"
-        if not path.exists():
+        r = _harness.load(f"baseline-{name}")
+        if r is None:
             rows.append(f"| {name} | not run yet | | | >= {target} | {published} | | |")
             continue
-        r = json.loads(path.read_text())
         c, m = r["config"], r["metrics"]
         proto = (f"{c['seeds']} seeds" if c["task"] == "node"
                  else f"{len(r['runs'])} of 10 stratified folds, val fold for selection")
@@ -85,11 +90,12 @@ def render() -> None:
         met = "met" if 100 * m["test_acc"]["mean"] >= target else "NOT met"
         rows.append(f"| {name} | {proto} | {pct(m['test_acc'])} | {pct(m['val_acc'])} | >= {target} ({met}) "
                     f"| {published} | {r['timing']['seconds_per_epoch']:.4f} | `{r['command']}` |")
-    update_section("baselines", "## FP32 baselines\n\nModel selection on the validation split only; mean ± "
-                   "population std over runs. Node tasks: Planetoid public split, one run per seed. Graph "
-                   "tasks: stratified 10-fold CV (fold seed 0), the next fold as validation.\n\n" + "\n".join(rows)
-                   + "".join(f"\n\n**{name}.** {text}" for name, text in NOTES.items()
-                             if (RESULTS_DIR / f"baseline-{name}.json").exists()))
+    _harness.publish("baselines", "## FP32 baselines\n\nModel selection on the validation split only; mean ± "
+                     "population std over runs. Node tasks: Planetoid public split, one run per seed. Graph "
+                     "tasks: stratified 10-fold CV (fold seed 0), the next fold as validation.\n\n"
+                     + _harness.table(head, rows)
+                     + "".join(f"\n\n**{name}.** {text}" for name, text in NOTES.items()
+                               if (RESULTS_DIR / f"baseline-{name}.json").exists()))
 
 
 if __name__ == "__main__":

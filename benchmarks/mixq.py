@@ -1,7 +1,7 @@
 """MixQ-GNN search against FP32 and MixQ-GNN's own logs (issue: mixed precision).
 
 Each group runs `qgnn sweep` (search, then fixed-bit training, per seed) into
-benchmarks/results/mixq-<name>/ and the `mixq` section of docs/results.md is rebuilt
+benchmarks/results/mixq-<name>/ and the `mixq` section (docs/notes/mixq.md) is rebuilt
 from every sweep.json there. Reductions are given in both measures: qgnn's BitOPs
 (MACs × b_a × b_w) and the linear one MixQ-GNN reports (its points are only
 comparable with the latter).

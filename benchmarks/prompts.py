@@ -6,7 +6,7 @@ Every accuracy cell runs through `qgnn.train.run_experiment`, exactly as
 `qgnn.search.mixq.run_search`, see MIXQ_HOST; validation-based selection,
 the model's published recipe, prompts at their defaults k = 40, r = 2, trained jointly with the quantized
 weights), and writes benchmarks/results/prompts-<model>-<dataset>-<host><bits>-<prompt>.json. Existing files
-are kept (the grid can be stopped and continued) unless --force. The `prompts` section of docs/results.md is
+are kept (the grid can be stopped and continued) unless --force. The `prompts` section (docs/notes/prompts-grid.md) is
 rebuilt from those files.
 
 Timing (`--timing`): the host and the host + LoRAP model train side by side in one process, one epoch each in

@@ -1,7 +1,9 @@
 """Quantization-aware training against FP32 (issue: quantization core): accuracy, BitOPs, bytes, time.
 
-Every experiment runs through `qgnn.train.run_experiment`, exactly as `qgnn train --method M --bits B`
-does, and writes benchmarks/results/quant-<name>.json. The `quant` section of docs/results.md is
+Every experiment is a cell of the benchmark harness (benchmarks/_harness.py): it runs through
+`qgnn.train.run_experiment`, exactly as `qgnn train --method M --bits B` does, and writes
+benchmarks/results/quant-<name>.json, reused while it holds the same configuration (--force retrains; a stopped
+run continues). The `quant` section of docs/results.md is
 rebuilt from every such JSON: each quantized result sits beside the FP32 result of the same dataset,
 model and protocol (seeds, folds, epochs), found among all results JSON (baseline-*.json included),
 and the difference is only reported when both exist.
@@ -20,7 +22,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS_DIR, command_line, pct, update_section, write_json  # noqa: E402
+import _harness  # noqa: E402
+from _report import RESULTS_DIR, pct  # noqa: E402
 
 NODE = [(m, d) for m in ("gcn", "gat", "gin") for d in ("cora", "citeseer")]
 
@@ -71,24 +74,25 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--root", default=None)
     p.add_argument("--render", action="store_true", help="only rebuild the docs table from the JSON files")
+    _harness.add_arguments(p, render=False)
     args = p.parse_args(argv)
     if args.render:
         render()
         return 0
 
-    from qgnn.train import TrainConfig, run_experiment
+    from qgnn.train import TrainConfig
     from qgnn.train.results import format_table
 
-    names = args.only or [n for n, (g, _) in EXPERIMENTS.items() if not args.group or g in args.group]
-    for name in names:
-        _, kw = EXPERIMENTS[name]
-        cfg = TrainConfig(**kw, seeds=args.seeds, folds=args.folds, epochs=args.epochs, device=args.device)
-        res = run_experiment(cfg, root=args.root, progress=None)
-        res["command"] = command_line()
-        write_json(f"quant-{name}", res)
-        print(name)
+    def show(cell, res, cached):
+        print(cell.name.removeprefix("quant-"))
         print(format_table(res), flush=True)
         render()
+
+    names = args.only or [n for n, (g, _) in EXPERIMENTS.items() if not args.group or g in args.group]
+    cells = [_harness.Cell(f"quant-{name}", TrainConfig(**EXPERIMENTS[name][1], seeds=args.seeds, folds=args.folds,
+                                                        epochs=args.epochs, device=args.device))
+             for name in names]
+    _harness.run(cells, root=args.root, force=args.force, progress=None, after=show)
     return 0
 
 
@@ -131,14 +135,13 @@ def _runs(cfg: dict) -> int:
 
 def render() -> None:
     """Rebuild the `quant` section of docs/results.md from benchmarks/results/quant-*.json."""
-    rows = ["| experiment | protocol | test acc (%) | FP32 same protocol (%) | Δ (points) | target "
-            "| published | BitOPs reduction | avg bits | bytes (FP32 / quantized) | s / epoch (FP32) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = ["experiment", "protocol", "test acc (%)", "FP32 same protocol (%)", "Δ (points)", "target", "published",
+            "BitOPs reduction", "avg bits", "bytes (FP32 / quantized)", "s / epoch (FP32)"]
+    rows = []
     for name in EXPERIMENTS:
-        path = RESULTS_DIR / f"quant-{name}.json"
-        if not path.exists() or name.endswith("-fp32"):
+        r = None if name.endswith("-fp32") else _harness.load(f"quant-{name}")
+        if r is None:
             continue
-        r = json.loads(path.read_text())
         c, m, cost = r["config"], r["metrics"], r.get("cost", {})
         ref = _fp32_reference(c)
         acc = 100 * m["test_acc"]["mean"]
@@ -156,8 +159,8 @@ def render() -> None:
             f"| {PUBLISHED.get(name, '')} | {cost.get('bitops_reduction', float('nan')):.1f}x "
             f"| {cost.get('avg_bits', float('nan')):.2f} | {cost.get('model_bytes_fp32', '')} / "
             f"{cost.get('model_bytes', '')} | {r['timing']['seconds_per_epoch']:.3f}{ref_t} |")
-    commands = sorted({json.loads(p.read_text()).get("command", "") for p in RESULTS_DIR.glob("quant-*.json")})
-    update_section(
+    cmds = [json.loads(p.read_text()).get("command", "") for p in RESULTS_DIR.glob("quant-*.json")]
+    _harness.publish(
         "quant",
         "## Quantization-aware training vs. FP32\n\n"
         "Same protocol as the FP32 baselines (validation-based selection, mean ± population std), each "
@@ -165,8 +168,7 @@ def render() -> None:
         "bytes as defined in [cost.md](cost.md); bytes are the model's parameters at their bit-widths plus "
         "scales and zero points. The s / epoch figures come from separate runs that shared the machine's two "
         "cores with other benchmarks: compare them only loosely, and see the training-cost section for "
-        "ratios measured in one run.\n\n" + "\n".join(rows)
-        + "\n\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in commands if c))
+        "ratios measured in one run.\n\n" + _harness.table(head, rows) + _harness.commands(cmds))
 
 
 def _target(name: str, cfg: dict, acc: float, ref_acc: float | None) -> tuple[str, str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from qgnn.testing import needs_data as _needs_data
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -25,9 +27,6 @@ def _cache(tmp_path_factory):
     yield
 
 
-def has_real_data() -> bool:
-    root = Path(os.environ.get("QGNN_DATA", SHARED_DATA))
-    return (root / "planetoid" / "Cora" / "raw").is_dir()
-
-
-needs_data = pytest.mark.skipif(not has_real_data(), reason="real benchmark data not found (set QGNN_DATA)")
+# Skip marker of the tests that read Cora. The root is explicit: this runs at import, before pytest_configure
+# sets the QGNN_DATA default (qgnn.testing.data_root would otherwise cache the unset value).
+needs_data = _needs_data("cora", root=os.environ.get("QGNN_DATA", SHARED_DATA))

@@ -1,75 +1,126 @@
-"""The `qgnn` command line: `qgnn train`, `qgnn search`, `qgnn sweep`, `qgnn info`.
+"""The `qgnn` command line: `qgnn train`, `search`, `sweep`, `export`, `eval`, `compare`, `info`.
 
-User errors (unknown names, missing files, corrupt checkpoints, bad values) print
-one line `qgnn: error: ...` and exit with status 2; Ctrl-C saves a resume state
-and exits with status 130.
+User errors (unknown names, missing files, corrupt checkpoints, bad values, outputs that cannot be
+written, a device this torch lacks) print one line `qgnn: error: ...` and exit with status 2; Ctrl-C saves
+a resume state and exits with status 130.
+
+Building the parser imports neither torch, PyG nor numpy (`qgnn --help` answers in well under a second):
+each subcommand module registers its options with names from :mod:`qgnn.catalog` and imports its work
+when it runs. A new subcommand is one more entry of :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import importlib
 import sys
 from pathlib import Path
 
 from qgnn.errors import QgnnError
 
+# (module, function(subparsers)) registering each subcommand, in the order `qgnn --help` lists them.
+SUBCOMMANDS: tuple[tuple[str, str], ...] = (
+    ("qgnn.cli", "add_train_parser"),
+    ("qgnn.search.cli", "add_parsers"),   # search, sweep
+    ("qgnn.export.cli", "add_parsers"),   # export, eval
+    ("qgnn.compare", "add_parsers"),      # compare
+    ("qgnn.cli", "add_info_parser"),
+)
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (several seeds or CV folds) and report mean ± std",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's default shown once: appended as "(default: X)" unless the help text already states it
+    (says "default"), and never for None, False or [] (unset, a flag, an empty repeatable option: the help
+    says what unset means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if ("default" in text or not action.option_strings or unset or action.default == []
+                or action.nargs == 0):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose subparsers all use :class:`HelpFormatter` unless they ask for another."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
+def add_train_parser(sub) -> None:
+    from qgnn.catalog import MODELS, PROMPTS
+
+    p = sub.add_parser("train", help="train a model (several seeds or CV folds) and report mean ± std")
+    recipe = "(default: the model's recipe)"
     p.add_argument("--dataset", default="cora", help="dataset name, case-insensitive (see `qgnn info`)")
-    p.add_argument("--model", default="gcn", help="gcn | gat | gin | sage (node); gin | gcn (graph)")
+    p.add_argument("--model", default="gcn", help=f"{' | '.join(MODELS['node'])} (node); "
+                                                  f"{' | '.join(MODELS['graph'])} (graph); "
+                                                  f"{' | '.join(MODELS['rec'])} (recommendation)")
     p.add_argument("--method", default="fp32",
                    help="fp32 (no quantization) | qat (uniform, STE) | lsq (learned step) | dq (Degree-Quant) | "
-                        "a2q (learned per-node bits) | mixq (relaxed widths; see `qgnn search`)")
-    p.add_argument("--bits", type=int, default=None, help="bit-width of weights and activations (1..8; default 8)")
-    p.add_argument("--seeds", type=int, default=None, help="runs per fold (default 10 node, 1 graph)")
-    p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--folds", type=int, default=None, help="graph tasks: number of the 10 CV folds to run")
+                        "a2q (learned per-node bits) | mixq (relaxed widths; see `qgnn search`); recommendation: "
+                        "fp32 | qat | lsq | gnaq | bigear")
+    p.add_argument("--bits", type=int, default=None,
+                   help="bit-width of weights and activations, 1..8; 32 = float (default: the method's validated "
+                        "recipe, else 8; none for fp32)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per fold (default: 10 node, 1 graph and rec)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; run r uses seed + r")
+    p.add_argument("--folds", type=int, default=None,
+                   help="graph tasks: how many of the 10 CV folds to run (default: 10)")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the stratified fold assignment")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--patience", type=int, default=None, help="early stopping on validation accuracy")
+    p.add_argument("--epochs", type=int, default=None, help=f"training epochs per run {recipe}")
+    p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate {recipe}")
+    p.add_argument("--weight-decay", type=float, default=None, help=f"Adam weight decay {recipe}")
+    p.add_argument("--patience", type=int, default=None,
+                   help=f"early stopping: validations without improvement {recipe}")
     p.add_argument("--eval-every", type=int, default=1,
                    help="validate every N epochs and after the last (patience counts validations)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--layers", dest="num_layers", type=int, default=None)
-    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="graphs (graph tasks) or BPR triples (recommendation) per batch (default: the model's "
+                        "recipe, else 32)")
+    p.add_argument("--hidden", type=int, default=None, help=f"hidden width of the model {recipe}")
+    p.add_argument("--layers", dest="num_layers", type=int, default=None, help=f"number of GNN layers {recipe}")
+    p.add_argument("--dropout", type=float, default=None, help=f"dropout probability {recipe}")
     p.add_argument("--node-features", default="auto", choices=["auto", "degree", "constant"],
                    help="features for TU graphs that have none")
     p.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, default=None,
                    help="row-normalise node features (default: on for node tasks)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--prompt", default=None, choices=["none", "gpf", "gpf-plus", "lorap", "gpf-lorap"],
-                   help="prompts injected after quantization (docs/prompts.md; default none)")
-    p.add_argument("--prompt-k", type=int, default=None, help="basis prompts of GPF-plus / LoRAP (default 40)")
-    p.add_argument("--prompt-rank", type=int, default=None, help="rank r of LoRAP's basis prompts (default 2)")
-    p.add_argument("--prompt-lr", type=float, default=None, help="learning rate of the prompts (default: --lr)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
+    p.add_argument("--prompt", default=None, choices=list(PROMPTS),
+                   help="prompts injected after quantization (docs/prompts.md; default: none)")
+    p.add_argument("--prompt-k", type=int, default=None, help="basis prompts of GPF-plus / LoRAP (default: 40)")
+    p.add_argument("--prompt-rank", type=int, default=None, help="rank r of LoRAP's basis prompts (default: 2)")
+    p.add_argument("--prompt-lr", type=float, default=None,
+                   help="learning rate of the prompts (default: the prompt recipe, else --lr)")
     p.add_argument("--prompt-weight-decay", type=float, default=None,
                    help="weight decay of the prompts (default: the run's)")
     p.add_argument("--prompt-align", type=float, default=None,
-                   help="weight of the aggregation-alignment loss of LoRAP (docs/prompts.md; default 0, off)")
-    p.add_argument("--prompt-after-quant", action="store_true",
-                   help="GPF / GPF-plus on the first layer's quantized input, not in front of its quantizer")
+                   help="weight of the aggregation-alignment loss of LoRAP (docs/prompts.md; default: 0, off)")
+    p.add_argument("--prompt-after-quant", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPF / GPF-plus on the first layer's quantized input (--prompt-after-quant) or in front of "
+                        "its quantizer (--no-prompt-after-quant) (default: the prompt recipe, qgnn.recipes)")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the prompts")
     p.add_argument("--backbone", default=None, help="host checkpoint (--save) to start the backbone from")
-    p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
+    p.add_argument("--root", default=None, help="data folder (default: $QGNN_DATA, else the user cache)")
     p.add_argument("--config", default=None, help="a JSON config (or results file) to start from")
-    p.add_argument("--out", default=None, help="results JSON (default runs/<dataset>-<model>-<method>.json)")
+    p.add_argument("--out", default=None,
+                   help="results JSON (default: runs/<dataset>-<model>-<method>[-w<bits>][-<prompt>].json)")
     p.add_argument("--save", default=None, help="checkpoint of the selected model (safetensors)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command (its state: <out>.state.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over, deleting an interrupted run's state (<out>.state.pt) instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = p.add_argument_group("recommendation (--model lightgcn; methods fp32 | qat | lsq | gnaq | bigear)")
     r.add_argument("--pretrained", default=None, help="FP32 LightGCN checkpoint to start from (gnaq, bigear)")
     r.add_argument("--sampling", default=None, choices=["user", "interaction"],
-                   help="BPR pairs per epoch: a uniform user, then one of its items (default, as LightGCN), "
-                        "or every training interaction once")
+                   help="BPR pairs per epoch: a uniform user, then one of its items (user, the default, as "
+                        "LightGCN), or every training interaction once")
     r.add_argument("--val-frac", type=float, default=None,
-                   help="share of each user's training items carved for validation (default 0.1; 0: a refit on "
-                        "all of them for exactly --epochs, the last epoch reported)")
+                   help="share of each user's training items carved for validation (default: 0.1; 0: a refit "
+                        "on all of them for exactly --epochs, the last epoch reported)")
     r.add_argument("--test-curve", action="store_true",
                    help="with --val-frac 0: also record the test metrics every --eval-every epochs in the history "
                         "(a record for reading off a validated run's epoch; nothing is selected from it)")
@@ -150,8 +201,8 @@ def _prompt_from_args(args, prompt: dict) -> dict:
             prompt[key] = value
     if args.freeze_backbone:
         prompt["freeze_backbone"] = True
-    if args.prompt_after_quant:
-        prompt["node_after_quant"] = True
+    if args.prompt_after_quant is not None:
+        prompt["node_after_quant"] = args.prompt_after_quant
     if prompt and "kind" not in prompt:
         raise ConfigError("--prompt-k, --prompt-rank, --prompt-lr, --prompt-weight-decay, --prompt-align, "
                           "--prompt-after-quant, --freeze-backbone and --backbone need --prompt")
@@ -188,7 +239,10 @@ def _check_names(cfg) -> None:
 
 
 def cmd_train(args) -> int:
+    import signal
+
     from qgnn.train import Control, run_experiment
+    from qgnn.train.outputs import OutputWriteError
     from qgnn.train.results import format_table
 
     cfg = _config_from_args(args)
@@ -207,7 +261,11 @@ def cmd_train(args) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         results = run_experiment(cfg, root=args.root, out=out, save=args.save, resume=args.resume,
-                                 progress=False if args.quiet else None, control=control)
+                                 overwrite=args.overwrite, progress=False if args.quiet else None, control=control)
+    except OutputWriteError as e:  # the run finished: show it before the line saying where it went
+        if e.results:
+            print(format_table(e.results))
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
     print(format_table(results))
@@ -215,58 +273,59 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
-    from qgnn.data import dataset_names
-    from qgnn.env import backends, environment
-    from qgnn.models import model_names
+def add_info_parser(sub) -> None:
+    p = sub.add_parser("info", help="versions, optional backends and the names qgnn knows")
+    p.add_argument("--torch", action="store_true",
+                   help="import torch for exact figures (thread count, GPU names); slower by the torch import")
+    p.set_defaults(func=cmd_info)
 
-    env = environment()
+
+def cmd_info(args) -> int:
+    """Without --torch nothing heavy is imported (versions from package metadata, names from qgnn.catalog)."""
+    from qgnn.catalog import DATASETS, METHODS, MODELS, REC_METHODS
+    from qgnn.data.paths import cache_dir, resolve_root
+    from qgnn.env import backends, environment, light_environment
+
+    env = environment() if args.torch else light_environment()
     print(f"qgnn {env['qgnn']}  torch {env['torch']}  torch_geometric {env['torch_geometric']}  "
           f"python {env['python']}")
     print(f"commit {env['git_commit']}  machine {env['machine']}  cpus {env['cpu_count']}  "
           f"torch threads {env['torch_threads']}")
     print("backends:")
-    for name, (ok, why) in backends().items():
+    for name, (ok, why) in backends(probe_torch=args.torch).items():
         print(f"  {name:<8} {'yes' if ok else 'no ':<4} {why}")
     for task in ("node", "graph", "rec"):
-        print(f"{task} datasets: {', '.join(dataset_names(task))}")
-    print(f"node models: {', '.join(model_names('node'))}; graph models: {', '.join(model_names('graph'))}")
-    from qgnn.methods import method_names
-
-    print(f"methods: {', '.join(method_names())}")
-    from qgnn.train.rec import REC_METHODS, REC_MODELS
-
-    print(f"recommendation models: {', '.join(sorted(REC_MODELS))}; methods: {', '.join(sorted(REC_METHODS))}")
-    from qgnn.data import cache_dir, resolve_root
-
+        print(f"{task} datasets: {', '.join(DATASETS[task])}")
+    print(f"node models: {', '.join(MODELS['node'])}; graph models: {', '.join(MODELS['graph'])}")
+    print(f"methods: {', '.join(METHODS)}")
+    print(f"recommendation models: {', '.join(MODELS['rec'])}; methods: {', '.join(REC_METHODS)}")
     print(f"data root: {resolve_root(None)}  cache: {cache_dir()}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qgnn", description="Low-bit graph neural networks.")
+    """The parser of every subcommand (:data:`SUBCOMMANDS`); imports no torch."""
+    parser = _Parser(prog="qgnn", description="Low-bit graph neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    from qgnn.search.cli import add_parsers
-
-    add_parsers(sub)
-    from qgnn.export.cli import add_parsers as add_export_parsers
-
-    add_export_parsers(sub)
-    p = sub.add_parser("info", help="versions, optional backends and the names qgnn knows")
-    p.set_defaults(func=cmd_info)
+    for module, function in SUBCOMMANDS:
+        getattr(importlib.import_module(module), function)(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qgnn.data.paths import ROOT_OPTION
+
     args = build_parser().parse_args(argv)
+    token = ROOT_OPTION.set("--root DIR")  # the missing-data advice names the flag, not the Python argument
     try:
         return args.func(args)
     except QgnnError as e:
-        from qgnn.train.runner import Interrupted
-
-        print(f"qgnn: {'interrupted' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
-        return 130 if isinstance(e, Interrupted) else 2
+        runner = sys.modules.get("qgnn.train.runner")  # an Interrupted can only come from a loaded runner
+        interrupted = runner is not None and isinstance(e, runner.Interrupted)
+        print(f"qgnn: {'interrupted' if interrupted else 'error'}: {e}", file=sys.stderr)
+        return 130 if interrupted else 2
+    finally:
+        ROOT_OPTION.reset(token)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,7 @@ import qgnn_data_testutil as util
 from qgnn.data import cache_dir, resolve_root
 from qgnn.data.paths import build_with_retry, find_raw, offline, processed_dir
 from qgnn.errors import DataNotFoundError, QgnnError
-
-
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, tmp_path_factory):
-    util.set_env(monkeypatch, tmp_path_factory)
+from qgnn.testing.fixtures import data_env  # noqa: F401  (autouse fixture: offline, shared raw data)
 
 
 def test_resolve_root_precedence(monkeypatch, tmp_path):

@@ -2,21 +2,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import qgnn_data_testutil as util
 import torch
 
 from qgnn.data import RecDataset, load_dataset
 from qgnn.errors import ConfigError, DataNotFoundError, QgnnError
+from qgnn.testing import fixtures
+from qgnn.testing.fixtures import data_env  # noqa: F401  (autouse fixture: offline, shared raw data)
 
-
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, tmp_path_factory):
-    util.set_env(monkeypatch, tmp_path_factory)
-
-
-@pytest.fixture
-def shared_root():
-    return util.require_shared()
+shared_root = fixtures.shared_root  # the data root; skips a test where the real data is absent
 
 
 def _pairs(t: torch.Tensor) -> set[tuple[int, int]]:

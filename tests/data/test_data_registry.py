@@ -1,15 +1,10 @@
 from __future__ import annotations
 
 import pytest
-import qgnn_data_testutil as util
 
 from qgnn.data import canonical_name, dataset_names, load_dataset
 from qgnn.errors import ConfigError, UnknownNameError
-
-
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, tmp_path_factory):
-    util.set_env(monkeypatch, tmp_path_factory)
+from qgnn.testing.fixtures import data_env  # noqa: F401  (autouse fixture: offline, shared raw data)
 
 REAL = {"cora", "citeseer", "pubmed", "proteins", "mutag", "nci1", "imdb-binary", "imdb-multi",
         "reddit-binary", "enzymes", "ptc_mr", "gowalla", "lastfm", "ml-1m-lightgcnpp", "ml-100k"}

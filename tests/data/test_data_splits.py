@@ -2,16 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import qgnn_data_testutil as util
 import torch
 
 from qgnn.data import Split, cv_splits, stratified_kfold
 from qgnn.errors import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, tmp_path_factory):
-    util.set_env(monkeypatch, tmp_path_factory)
+from qgnn.testing.fixtures import data_env  # noqa: F401  (autouse fixture: offline, shared raw data)
 
 _PERM = torch.randperm(65, generator=torch.Generator().manual_seed(1))
 LABELS = torch.tensor([0] * 37 + [1] * 23 + [2] * 5)[_PERM]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-import qgnn_data_testutil as util
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
@@ -15,11 +14,7 @@ from qgnn.data import (
     random_rec_dataset,
 )
 from qgnn.errors import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, tmp_path_factory):
-    util.set_env(monkeypatch, tmp_path_factory)
+from qgnn.testing.fixtures import data_env  # noqa: F401  (autouse fixture: offline, shared raw data)
 
 
 def test_node_dataset_shapes_and_masks():

@@ -11,13 +11,7 @@ from qgnn.methods import QuantConfig, method_names, quantize_
 from qgnn.methods.degree_quant import protect_probability
 from qgnn.models import build_model
 from qgnn.nn import QuantGCNConv, QuantLinear, QuantModule
-
-
-def _graph(n=40, e=120, f=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, f, generator=g)
-    ei = torch.randint(0, n, (2, e), generator=g)
-    return x, torch.cat([ei, ei.flip(0)], 1)
+from qgnn.testing import graph
 
 
 @pytest.mark.parametrize("method", ["qat", "lsq", "dq"])
@@ -30,7 +24,7 @@ def test_quantize_converts_every_layer_and_keeps_state_keys(method, model_name):
     quant_layers = [m for m in model.modules() if isinstance(m, QuantModule)]
     assert quant_layers and all(m.quant for m in quant_layers)
     assert float_keys <= set(model.state_dict())  # a float checkpoint still loads
-    x, ei = _graph()
+    x, ei = graph(40, 120, features="rand", undirected=True)
     model.train()
     out = model(x, ei)
     out.sum().backward()
@@ -40,7 +34,7 @@ def test_quantize_converts_every_layer_and_keeps_state_keys(method, model_name):
 
 def test_int8_qat_is_close_to_float_and_int2_is_not():
     torch.manual_seed(0)
-    x, ei = _graph()
+    x, ei = graph(40, 120, features="rand", undirected=True)
     ref = build_model("gcn", "node", 8, 3, dropout=0.0).eval()
     y = ref(x, ei)
 
@@ -116,7 +110,7 @@ def test_user_model_from_pyg_layers_is_quantized():
 
     m = quantize_(Mine(), QuantConfig(method="lsq", bits=4))
     assert isinstance(m.gc, QuantGCNConv) and isinstance(m.head, QuantLinear)
-    x, ei = _graph()
+    x, ei = graph(40, 120, features="rand", undirected=True)
     assert m(x, ei).shape == (40, 2)
 
 

@@ -3,46 +3,35 @@ import torch
 
 from qgnn.errors import UnknownNameError
 from qgnn.models import build_model, default_hparams, model_names
-
-
-def _graph(n=30, e=80, f=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, f, generator=g)
-    ei = torch.randint(0, n, (2, e), generator=g)
-    ei = torch.cat([ei, ei.flip(0)], 1)
-    return x, ei
+from qgnn.testing import assert_close, assert_permutation_equivariant, graph, permute_graph
 
 
 @pytest.mark.parametrize("name", model_names("node"))
 def test_node_models_shape_and_permutation_equivariance(name):
     torch.manual_seed(0)
-    x, ei = _graph()
+    x, ei = graph(30, 80, undirected=True)
     model = build_model(name, "node", 8, 3).eval()
-    out = model(x, ei)
-    assert out.shape == (30, 3)
-    perm = torch.randperm(30)
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(30)
-    # Relabel nodes: new node k is old node perm[k]; edges map through inv.
-    model2 = build_model(name, "node", 8, 3).eval()
-    model2.load_state_dict(model.state_dict())  # fresh model: GCN's cached adjacency must not leak
-    out_p = model2(x[perm], inv[ei])
-    torch.testing.assert_close(out_p, out[perm], rtol=1e-4, atol=1e-5)
+    assert model(x, ei).shape == (30, 3)
+
+    def fresh_copy(x, ei):  # a fresh model per graph: GCN's cached adjacency must not leak
+        copy = build_model(name, "node", 8, 3).eval()
+        copy.load_state_dict(model.state_dict())
+        return copy(x, ei)
+
+    assert_permutation_equivariant(fresh_copy, x, ei, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", model_names("graph"))
 def test_graph_models_invariant_to_node_order_and_handle_isolated_nodes(name):
     torch.manual_seed(0)
-    x, ei = _graph(n=20, e=10)  # sparse: several isolated nodes
+    x, ei = graph(20, 10, undirected=True)  # sparse: several isolated nodes
     batch = torch.tensor([0] * 12 + [1] * 8)
     ei = ei[:, (batch[ei[0]] == batch[ei[1]])]  # keep edges inside a graph
     model = build_model(name, "graph", 8, 2).eval()
     out = model(x, ei, batch)
     assert out.shape == (2, 2) and torch.isfinite(out).all()
-    perm = torch.cat([torch.randperm(12), 12 + torch.randperm(8)])
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(20)
-    torch.testing.assert_close(model(x[perm], inv[ei], batch), out, rtol=1e-4, atol=1e-5)
+    perm = torch.cat([torch.randperm(12), 12 + torch.randperm(8)])  # nodes move within their own graph
+    assert_close(model(*permute_graph(x, ei, perm), batch), out, rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_model_lists_valid_names():

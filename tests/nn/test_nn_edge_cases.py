@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import qgnn_nn_testutil as util
 import torch
 from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
@@ -22,6 +21,7 @@ from qgnn.nn import (
     QuantSAGEConv,
 )
 from qgnn.quant import UniformQuantizer
+from qgnn.testing import layers as util
 
 GRAPHS = {
     "isolated": lambda: util.graph(n=12, e=20, isolated=6),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-import qgnn_nn_testutil as util
 import torch
 
 from qgnn.nn import NODE_SLOTS
+from qgnn.testing import layers as util
 
 # GCN with cached=True keeps the first graph by design, so it is left out
 NAMES = sorted(n for n in util.FLOAT_LAYERS if "cached" not in n)

@@ -5,7 +5,6 @@ float rounding; training mode, float slots and non-sum aggregations keep the fak
 from __future__ import annotations
 
 import pytest
-import qgnn_nn_testutil as util
 import torch
 from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
@@ -14,6 +13,7 @@ import qgnn
 from qgnn.nn import QUANT_LAYER_FOR, QuantGCNConv, QuantGINConv, QuantSAGEConv, set_integer_aggregation
 from qgnn.nn import base as nn_base
 from qgnn.quant import LSQQuantizer, UniformQuantizer
+from qgnn.testing import layers as util
 
 # The fake-quant path sums float32 products; the integer path is exact and rescales once. They differ by
 # float32 summation error, a few ulps of Σ_j |terms|, hence a relative and an output-scale tolerance.

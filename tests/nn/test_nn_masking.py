@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import qgnn_nn_testutil as util
 import torch
 
 from qgnn.nn import EDGE_SLOTS, NODE_SLOTS, QuantLinear
+from qgnn.testing import layers as util
 
 N = 30
 

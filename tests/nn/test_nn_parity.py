@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-import qgnn_nn_testutil as util
 import torch
 from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
 from qgnn.nn import QUANT_LAYER_FOR, QuantGCNConv, QuantLinear, QuantModule
+from qgnn.testing import layers as util
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

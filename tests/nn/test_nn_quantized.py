@@ -4,11 +4,11 @@ weights and LSQ steps."""
 from __future__ import annotations
 
 import pytest
-import qgnn_nn_testutil as util
 import torch
 
 from qgnn.nn import QUANT_LAYER_FOR, QuantGCNConv
 from qgnn.quant import UniformQuantizer
+from qgnn.testing import layers as util
 
 
 def _calibrated_sqnr(name: str, bits: int) -> float:

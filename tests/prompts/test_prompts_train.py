@@ -82,9 +82,18 @@ def test_prompt_lr_and_weight_decay_form_their_own_optimizer_group():
     others = [g for i, g in by_param.items() if i not in prompts]
     assert others and all(g["lr"] == 0.01 and g["weight_decay"] == 5e-4 for g in others)
     assert len(by_param) == sum(1 for p in model.parameters() if p.requires_grad)  # each parameter once
-    # unset: one group, the run's settings for the prompts too
+    # unset: the prompt recipe's lr (qgnn.recipes), else one group with the run's settings
+    from qgnn.recipes import prompt_recipe
+
     plain = Runner(TrainConfig(dataset="synthetic-node", model="gcn", method="qat", bits=4, prompt={"kind": "lorap"}))
-    assert len(plain._optim(plain.build())[0].param_groups) == 1
+    model = plain.build()
+    opt = plain._optim(model)[0]
+    recipe_lr = (prompt_recipe("qat", "node", "gcn").settings or {}).get("lr")
+    if recipe_lr is None:
+        assert len(opt.param_groups) == 1
+    else:
+        prompts = {id(p) for p in prompt_parameters(model).values()}
+        assert all(g["lr"] == recipe_lr for g in opt.param_groups if any(id(p) in prompts for p in g["params"]))
 
 
 @pytest.mark.parametrize("bad", [{"lr": 0}, {"lr": -1e-3}, {"weight_decay": -1}, {"lr": "fast"}, {"lr": True}])
@@ -99,7 +108,9 @@ def test_cli_prompt_lr_reaches_the_config(tmp_path):
                  "--prompt-weight-decay", "0", "--prompt-align", "0.5", "--out", str(out)]) == 0
     prompt = json.loads(out.read_text())["config"]["prompt"]
     assert prompt["lr"] == 0.002 and prompt["weight_decay"] == 0.0 and prompt["align"] == 0.5
-    assert prompt["node_after_quant"] is False
+    assert main(["train", *COMMON, "--method", "qat", "--bits", "4", "--prompt", "gpf-plus", "--no-prompt-after-quant",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["prompt"]["node_after_quant"] is False
     assert main(["train", *COMMON, "--method", "qat", "--bits", "4", "--prompt", "gpf-plus", "--prompt-after-quant",
                  "--out", str(out)]) == 0
     assert json.loads(out.read_text())["config"]["prompt"]["node_after_quant"] is True

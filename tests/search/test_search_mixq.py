@@ -14,13 +14,7 @@ from qgnn.quant.primitives import calc_qparams
 from qgnn.search import cost_report
 from qgnn.search.assignment import BitAssignment
 from qgnn.search.penalty import BitOpsPenalty
-
-
-def _graph(n=30, e=90, f=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, f, generator=g)
-    ei = torch.randint(0, n, (2, e), generator=g)
-    return x, torch.cat([ei, ei.flip(0)], 1)
+from qgnn.testing import graph
 
 
 # ------------------------------------------------------------------------------------------- quantizer
@@ -106,7 +100,7 @@ def _set_alphas(model, width):
 
 def test_penalty_equals_cost_model_when_alpha_is_one_hot():
     model = _mixq_gcn(lam=1.0)
-    x, ei = _graph()
+    x, ei = graph(30, 90, 6, features="rand", undirected=True)
     model.train()
     model(x, ei)  # calibrates the observers
     _set_alphas(model, 4)
@@ -121,7 +115,7 @@ def test_penalty_equals_cost_model_when_alpha_is_one_hot():
 
 def test_penalty_gradient_lowers_expected_bits():
     model = _mixq_gcn(lam=1.0)
-    x, ei = _graph()
+    x, ei = graph(30, 90, 6, features="rand", undirected=True)
     model.train()
     model(x, ei)
     model.mixq_penalty.penalty().backward()
@@ -134,7 +128,7 @@ def test_penalty_gradient_lowers_expected_bits():
 
 def test_penalty_is_zero_in_eval_and_rejects_non_finite_lambda():
     model = _mixq_gcn()
-    x, ei = _graph()
+    x, ei = graph(30, 90, 6, features="rand", undirected=True)
     model.eval()
     model(x, ei)
     assert model.mixq_penalty.penalty() == 0.0
@@ -145,7 +139,7 @@ def test_penalty_is_zero_in_eval_and_rejects_non_finite_lambda():
 
 def test_memory_penalty_kind():
     model = _mixq_gcn(lam=1.0, penalty="memory")
-    x, ei = _graph()
+    x, ei = graph(30, 90, 6, features="rand", undirected=True)
     model.train()
     model(x, ei)
     _set_alphas(model, 8)
@@ -156,7 +150,7 @@ def test_memory_penalty_kind():
 # ------------------------------------------------------------------------------------------- assignment
 def test_argmax_assignment_survives_json_and_quantize_():
     model = _mixq_gcn()
-    x, ei = _graph()
+    x, ei = graph(30, 90, 6, features="rand", undirected=True)
     model.train()
     model(x, ei)
     with torch.no_grad():
@@ -201,7 +195,8 @@ def test_search_pipeline_on_synthetic_graph(tmp_path, monkeypatch):
     res = run_search(cfg, SearchConfig(lam=0.5, search_epochs=4), out=tmp_path / "s.json",
                      save=tmp_path / "s.ckpt", progress=False)
     assert len(res["runs"]) == 2 and all("assignment" in r for r in res["runs"])
-    assert res["search"]["lam"] == 0.5 and res["config"]["method"] == "qat"
+    # The fixed-bit phase runs the recipe's final method (qgnn.recipes.SEARCH) unless the config names one.
+    assert res["search"]["lam"] == 0.5 and res["config"]["method"] == SearchConfig().final_method
     assert res["cost_runs"]["bitops_reduction"]["mean"] >= 1024 / 64 - 1e-9  # nothing wider than 8 bits
     assert json.loads((tmp_path / "s.json").read_text())["selected_run"] in (0, 1)
     model, meta = load_model(tmp_path / "s.ckpt")

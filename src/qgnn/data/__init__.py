@@ -7,19 +7,19 @@ to ``cache_dir()`` (``$QGNN_CACHE``). With ``QGNN_OFFLINE=1`` nothing is downloa
 and missing files raise :class:`qgnn.errors.DataNotFoundError` naming them.
 """
 
-from qgnn.data.paths import cache_dir, resolve_root
-from qgnn.data.planetoid import NodeDataset, load_planetoid
-from qgnn.data.recsys import RecDataset, load_recsys
-from qgnn.data.registry import canonical_name, dataset_names, dataset_task, load_dataset
-from qgnn.data.splits import Split, cv_splits, stratified_kfold
-from qgnn.data.synthetic import (
-    empty_graph,
-    random_graph,
-    random_graph_dataset,
-    random_node_dataset,
-    random_rec_dataset,
-)
-from qgnn.data.tu import GraphDataset, GraphList, load_tu
+import importlib
+import importlib.util
+
+_EXPORTS = {
+    **dict.fromkeys(("cache_dir", "resolve_root"), "qgnn.data.paths"),
+    **dict.fromkeys(("NodeDataset", "load_planetoid"), "qgnn.data.planetoid"),
+    **dict.fromkeys(("RecDataset", "load_recsys"), "qgnn.data.recsys"),
+    **dict.fromkeys(("canonical_name", "dataset_names", "dataset_task", "load_dataset"), "qgnn.data.registry"),
+    **dict.fromkeys(("Split", "cv_splits", "stratified_kfold"), "qgnn.data.splits"),
+    **dict.fromkeys(("empty_graph", "random_graph", "random_graph_dataset", "random_node_dataset",
+                     "random_rec_dataset"), "qgnn.data.synthetic"),
+    **dict.fromkeys(("GraphDataset", "GraphList", "load_tu"), "qgnn.data.tu"),
+}
 
 __all__ = [
     "GraphDataset", "GraphList", "NodeDataset", "RecDataset", "Split",
@@ -27,3 +27,15 @@ __all__ = [
     "load_dataset", "load_planetoid", "load_recsys", "load_tu", "random_graph", "random_graph_dataset",
     "random_node_dataset", "random_rec_dataset", "resolve_root", "stratified_kfold",
 ]
+
+
+def __getattr__(name: str):
+    # PEP 562: the names above load on first use, so that importing a light sibling module (the CLI's
+    # parser, `qgnn info`'s data root) does not import torch / PyG through this package.
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule, as eager imports gave
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

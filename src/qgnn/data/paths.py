@@ -13,12 +13,17 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
 from qgnn.errors import DataNotFoundError, QgnnError
 
 T = TypeVar("T")
+
+# How the missing-data message names the data-root option: ``root=...`` for Python callers; the command line
+# sets ``--root DIR`` (qgnn.cli.main), so the advice names the flag the user can actually pass.
+ROOT_OPTION: ContextVar[str] = ContextVar("qgnn_root_option", default="root=...")
 
 
 def _user_cache() -> Path:
@@ -88,7 +93,7 @@ def find_raw(
     missing = [f for f in files if not (primary / f).is_file()]
     msg = (
         f"missing raw file(s) {', '.join(missing)}: put them in {primary}/ "
-        f"(or pass root=... or set QGNN_DATA to a folder laid out as <root>/{Path(rel).as_posix()}/)"
+        f"(or pass {ROOT_OPTION.get()} or set QGNN_DATA to a folder laid out as <root>/{Path(rel).as_posix()}/)"
     )
     if download is None:
         reason = "no download source is known for this dataset"

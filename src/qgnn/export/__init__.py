@@ -11,11 +11,29 @@
   export, and ``RecIntModel`` (decoded table + LightGCN propagation) with its full-ranking evaluation.
 """
 
-from .exporter import export_checkpoint, export_model
-from .format import FORMAT, FORMAT_VERSION, read_file, write_file
-from .packing import pack_bits, pack_bits_reference, packed_nbytes, unpack_bits, unpack_bits_reference
-from .runtime import IntModel, load_int_model
+import importlib
+import importlib.util
+
+_EXPORTS = {
+    **dict.fromkeys(("export_checkpoint", "export_model"), "qgnn.export.exporter"),
+    **dict.fromkeys(("FORMAT", "FORMAT_VERSION", "read_file", "write_file"), "qgnn.export.format"),
+    **dict.fromkeys(("pack_bits", "pack_bits_reference", "packed_nbytes", "unpack_bits", "unpack_bits_reference"),
+                    "qgnn.export.packing"),
+    **dict.fromkeys(("IntModel", "load_int_model"), "qgnn.export.runtime"),
+}
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "IntModel", "export_checkpoint", "export_model", "load_int_model",
            "pack_bits", "pack_bits_reference", "packed_nbytes", "read_file", "unpack_bits",
            "unpack_bits_reference", "write_file"]
+
+
+def __getattr__(name: str):
+    # PEP 562: the names above load on first use, so that importing a light sibling module (the CLI's
+    # parser, qgnn.export.cli) does not import torch / PyG through this package.
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule, as eager imports gave
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _positive(text: str) -> int:
@@ -15,31 +16,41 @@ def _positive(text: str) -> int:
     return v
 
 
+# The backends' names, here so that building the parser imports no torch; tests/cli checks they equal
+# qgnn.export.intops.GEMM_BACKENDS / AGG_BACKENDS.
+GEMM_CHOICES = ("auto", "reference", "int_mm", "float")
+AGG_CHOICES = ("auto", "reference", "scipy", "float_csr")
+
+
 def add_parsers(sub) -> None:
     from .evaluate import SPLITS
-    from .intops import AGG_BACKENDS, GEMM_BACKENDS
 
-    p = sub.add_parser("export", help="pack a quantized checkpoint into an integer model file",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("export", help="pack a quantized checkpoint into an integer model file")
     p.add_argument("checkpoint", help="checkpoint of `qgnn train --method qat|lsq|dq|a2q --save` (LightGCN: "
                                        "--method gnaq|qat|lsq)")
     p.add_argument("out", help="output file, e.g. model.qgnn.safetensors (docs/format.md)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("eval", help="run an exported model with the integer runtime: accuracy, latency, memory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("eval", help="run an exported model with the integer runtime: accuracy, latency, memory")
     p.add_argument("model", help="a file written by `qgnn export`")
     p.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--split", default="test", choices=SPLITS,
+                   help="which nodes / graphs are scored (graph tasks: the selected run's fold; all: every one)")
     p.add_argument("--repeats", type=_positive, default=5, help="timed passes; latency is their median")
-    p.add_argument("--gemm", default="auto", choices=GEMM_BACKENDS, help="int8 matmul backend")
-    p.add_argument("--agg", default="auto", choices=AGG_BACKENDS, help="integer aggregation backend")
-    p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--gemm", default="auto", choices=GEMM_CHOICES, help="int8 matmul backend")
+    p.add_argument("--agg", default="auto", choices=AGG_CHOICES, help="integer aggregation backend")
+    p.add_argument("--root", default=None, help="data folder (default: $QGNN_DATA, else the user cache)")
+    p.add_argument("--out", default=None, help="also write the figures to this JSON file (as train --out)")
+    # the former name of --out, kept working for scripts; hidden from the help
+    p.add_argument("--json", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_export(args) -> int:
+    from qgnn.train.outputs import check_file_target
+
+    check_file_target(args.out, "export file")  # before the checkpoint is read
+
     from .exporter import export_checkpoint
 
     path, desc = export_checkpoint(args.checkpoint, args.out)
@@ -57,6 +68,11 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     from qgnn.train.checkpoint import write_json
+    from qgnn.train.outputs import check_file_target, write_outputs
+    from qgnn.train.results import format_percent
+
+    if args.out:
+        check_file_target(args.out, "--out")  # before the model and the dataset are loaded
 
     from .evaluate import evaluate_file
 
@@ -68,7 +84,7 @@ def cmd_eval(args) -> int:
             print(f"  {k:<12} {r[k]:.4f}")
     else:
         print(f"{r['file']} on {r['dataset']} ({r['split']}, {r['evaluated']} examples)")
-        print(f"  accuracy     {r['accuracy']:.4f}")
+        print(f"  accuracy     {format_percent(r['accuracy'])}")
     print(f"  latency      {r['latency_ms']:.2f} ms (median of {len(r['latency_runs_ms'])})")
     print(f"  peak memory  {r['peak_memory_bytes'] / 2**20:.2f} MiB (RSS growth during one pass)")
     print(f"  file size    {r['file_bytes']:,} bytes")
@@ -76,6 +92,6 @@ def cmd_eval(args) -> int:
         print(f"  table        {r['table_bytes']:,} bytes (codes + levels / scale; FP32 table "
               f"{r['fp32_table_bytes']:,} bytes, {r['fp32_table_bytes'] / r['table_bytes']:.2f}x smaller)")
     print(f"  paths        {', '.join(r['paths'])}")
-    if args.json:
-        write_json(args.json, r)
+    if args.out:
+        write_outputs([("--out", Path(args.out), lambda path: write_json(path, r))], r)
     return 0

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qgnn.errors import ConfigError
 
 from .measure import median_latency, peak_memory
-from .runtime import IntModel, load_int_model
+
+if TYPE_CHECKING:
+    from .runtime import IntModel
 
 __all__ = ["evaluate_file", "eval_inputs", "SPLITS"]
 
@@ -83,6 +86,8 @@ def run_all(model, inputs):
 def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None, split: str = "test",
                   repeats: int = 5, gemm: str = "auto", agg: str = "auto", model: IntModel | None = None) -> dict:
     """Evaluate an export file; returns accuracy, latency, peak memory, file size and the ops' paths."""
+    from .runtime import load_int_model  # torch / PyG: imported here so `qgnn --help` can read SPLITS
+
     path = Path(path)
     model = model or load_int_model(path, gemm=gemm, agg=agg)
     if model.desc.get("task") == "rec":  # LightGCN: Recall / NDCG @10, @20 (qgnn.export.rec)

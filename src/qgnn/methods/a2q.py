@@ -16,70 +16,99 @@ continuous bit-width b per entry, x̂ = s · clamp(round(x/s), qmin(B), qmax(B))
   a · ReLU(M − M_target)² on the node-feature storage M (KB), which pushes the widths down; the task
   (or local) loss pushes them up where values are clipped.
 
-``QuantConfig.bits`` is the initial width. Options (``QuantConfig(options={...})``) and defaults are in
-:meth:`A2Q.default_options`; docs/methods.md explains them.
+``QuantConfig.bits`` is the initial width. Options (``QuantConfig(options={...})`` or ``A2QConfig(...)``)
+and their defaults are the fields of :class:`A2QConfig`; docs/methods.md explains them.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
 from qgnn.errors import ConfigError
 from qgnn.methods.base import Method, register_method
-from qgnn.methods.config import WEIGHT_SLOTS
+from qgnn.methods.config import WEIGHT_SLOTS, MethodConfig
 from qgnn.quant.a2q import DEFAULT_GROUPS, A2QMemoryPenalty, A2QQuantizer
 
-__all__ = ["A2Q", "A2QMemoryPenalty", "NODE_STRATEGIES"]
+__all__ = ["A2Q", "A2QConfig", "A2QMemoryPenalty", "NODE_STRATEGIES"]
 
 NODE_STRATEGIES = ("node", "nn")
 _NODE_SLOTS = frozenset({"input", "xw", "aggr", "output"})
 _EDGE_SLOTS = frozenset({"edge", "message", "attention"})
 
 
-@register_method("a2q")
-class A2Q(Method):
-    @classmethod
-    def default_options(cls, config):
-        return {
-            **super().default_options(config),
-            "node_strategy": "node",   # "node": per-node table (transductive); "nn": nearest-neighbour groups
-            "groups": DEFAULT_GROUPS,  # nearest-neighbour groups per quantizer
-            "local_grad": None,        # None: True for node_strategy "node", False for "nn"
-            "local_weight": 1.0,       # weight of Σ_nodes mean_row (x − x̂)² in the loss
-            "local_loss": "l1",        # "l1" (absolute error, as the authors' code) or "l2" (squared)
-            "local_norm": "step",      # "step": error in units of the entry's step; "none": raw error
-            "memory_weight": 1e-4,     # a of a · ReLU(M − M_target)², in 1/KB²
-            "target_avg_bits": 2.0,    # M_target = this width × stored node-feature elements
-            "target_kb": None,         # or M_target directly in KB (overrides target_avg_bits)
-            "memory_weights": False,   # count the weights' storage in M too (A2Q counts node features only)
-            "b_min": 1.0,
-            "b_max": 8.0,
-            "grad_scale": True,        # LSQ's 1/sqrt(N · qmax) on the step gradient
-            "bits_lr_scale": 5.0,      # b = b_init + k · b_delta: under Adam the widths move k × lr per step
-            "step_lr_scale": 5.0,      # s = s_init · exp(k · step_log): under Adam log s moves k × lr per step
-            "act_signed": None,        # None: unsigned when the first batch is non-negative
-        }
+@dataclass
+class A2QConfig(MethodConfig):
+    """Options of A2Q (``--method a2q``); the module docstring gives the model they parameterise."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        o = self.options
-        unknown = sorted(set(o) - set(self.default_options(config)))
-        if unknown:
-            raise ConfigError(f"unknown a2q option(s) {', '.join(unknown)}; valid options: "
-                              f"{', '.join(sorted(self.default_options(config)))}")
-        if o["node_strategy"] not in NODE_STRATEGIES:
-            raise ConfigError(f"unknown a2q node_strategy {o['node_strategy']!r}; valid: "
+    name = "a2q"
+
+    node_strategy: str = "node"
+    """"node": one (s, b) per node (transductive, one fixed graph); "nn": nearest-neighbour groups (graph-level
+    or inductive tasks; TrainConfig.resolve picks it for graph tasks)."""
+    groups: int = DEFAULT_GROUPS
+    """Nearest-neighbour groups per quantizer (node_strategy "nn")."""
+    local_grad: bool | None = None
+    """Train s and b of each node on its own quantization error; None: on for "node", off for "nn"."""
+    local_weight: float = 1.0
+    """Weight of Σ_nodes mean_row (x − x̂)² in the loss."""
+    local_loss: Literal["l1", "l2"] = "l1"
+    """"l1": absolute error (as the authors' code); "l2": squared."""
+    local_norm: Literal["step", "none"] = "step"
+    """"step": the error in units of the entry's step; "none": the raw error."""
+    memory_weight: float = 1e-4
+    """a of a · ReLU(M − M_target)², in 1/KB²."""
+    target_avg_bits: float = 2.0
+    """M_target = this width × the stored node-feature elements."""
+    target_kb: float | None = None
+    """M_target in KB directly (overrides target_avg_bits)."""
+    memory_weights: bool = False
+    """Count the weights' storage in M too (A2Q counts node features only)."""
+    b_min: float = 1.0
+    """Lowest learned width."""
+    b_max: float = 8.0
+    """Highest learned width."""
+    grad_scale: bool = True
+    """LSQ's 1/sqrt(N · qmax) on the step gradient."""
+    bits_lr_scale: float = 5.0
+    """b = b_init + k · b_delta: under Adam the widths move k × lr per step."""
+    step_lr_scale: float = 5.0
+    """s = s_init · exp(k · step_log): under Adam log s moves k × lr per step."""
+    act_signed: bool | None = None
+    """Signed activation grids; None: unsigned when the first batch is non-negative."""
+
+    def validate(self) -> None:
+        if self.node_strategy not in NODE_STRATEGIES:
+            raise ConfigError(f"unknown a2q node_strategy {self.node_strategy!r}; valid: "
                               f"{', '.join(NODE_STRATEGIES)} ('node': one step and width per node, one fixed "
                               "graph; 'nn': nearest-neighbour groups, for graph-level or inductive tasks)")
-        if o["local_grad"] is None:
-            o["local_grad"] = o["node_strategy"] == "node"
-        if o["act_signed"] not in (None, True, False):
-            raise ConfigError(f"a2q act_signed must be None (auto), true or false, got {o['act_signed']!r}")
+        self.require("groups", self.groups >= 1, "an integer >= 1")
+        for key in ("local_weight", "memory_weight"):
+            self.require(key, getattr(self, key) >= 0, "a number >= 0")
+        self.require("target_avg_bits", 1 <= self.target_avg_bits <= 8, "a number in 1..8")
+        self.require("target_kb", self.target_kb is None or self.target_kb >= 0, "a number >= 0 (KB) or null")
+        for key in ("b_min", "b_max"):
+            self.require(key, 1 <= getattr(self, key) <= 8, "a number in 1..8")
+        if self.b_min > self.b_max:
+            raise ConfigError(f"a2q b_min ({self.b_min}) must not exceed b_max ({self.b_max})")
+        for key in ("bits_lr_scale", "step_lr_scale"):
+            self.require(key, getattr(self, key) > 0, "a number > 0")
 
+    def resolve(self, bits: int) -> A2QConfig:
+        if self.local_grad is not None:
+            return self
+        return dataclasses.replace(self, local_grad=self.node_strategy == "node")
+
+
+@register_method(A2QConfig)
+class A2Q(Method):
     def _common(self) -> dict:
         o = self.options
-        return {"b_min": o["b_min"], "b_max": o["b_max"], "grad_scale": o["grad_scale"],
-                "bits_lr_scale": o["bits_lr_scale"], "step_lr_scale": o["step_lr_scale"]}
+        return {"b_min": o.b_min, "b_max": o.b_max, "grad_scale": o.grad_scale,
+                "bits_lr_scale": o.bits_lr_scale, "step_lr_scale": o.step_lr_scale}
 
     def quantizer(self, slot, bits, layer, name):
         o = self.options
@@ -89,22 +118,22 @@ class A2Q(Method):
             return A2QQuantizer(max(bits, 2), signed=True, granularity=kw["granularity"],
                                 ch_axis=kw["ch_axis"], **self._common())
         if slot in _NODE_SLOTS:
-            nn_groups = o["node_strategy"] == "nn"
-            return A2QQuantizer(bits, signed=o["act_signed"], granularity="nn" if nn_groups else "node",
-                                groups=o["groups"] if nn_groups else None, local_grad=o["local_grad"],
-                                local_weight=o["local_weight"], local_loss=o["local_loss"], local_norm=o["local_norm"],
+            nn_groups = o.node_strategy == "nn"
+            return A2QQuantizer(bits, signed=o.act_signed, granularity="nn" if nn_groups else "node",
+                                groups=o.groups if nn_groups else None, local_grad=o.local_grad,
+                                local_weight=o.local_weight, local_loss=o.local_loss, local_norm=o.local_norm,
                                 **self._common())
         if slot not in _EDGE_SLOTS:
             raise ConfigError(f"a2q does not know slot {slot!r}")
-        return A2QQuantizer(bits, signed=o["act_signed"], granularity="tensor", **self._common())
+        return A2QQuantizer(bits, signed=o.act_signed, granularity="tensor", **self._common())
 
     def prepare(self, model: nn.Module) -> None:
         from qgnn.nn import QuantModule
 
         o = self.options
-        counted = _NODE_SLOTS | (WEIGHT_SLOTS if o["memory_weights"] else frozenset())
+        counted = _NODE_SLOTS | (WEIGHT_SLOTS if o.memory_weights else frozenset())
         node_qs = [q for m in model.modules() if isinstance(m, QuantModule)
                    for slot, q in m.quantizers().items()
                    if slot in counted and isinstance(q, A2QQuantizer)]
-        model.a2q_memory = A2QMemoryPenalty(node_qs, target_avg_bits=o["target_avg_bits"],
-                                            target_kb=o["target_kb"], weight=o["memory_weight"])
+        model.a2q_memory = A2QMemoryPenalty(node_qs, target_avg_bits=o.target_avg_bits,
+                                            target_kb=o.target_kb, weight=o.memory_weight)

@@ -20,13 +20,30 @@ Stored size: (L + 1) bit-packed sign codes per coordinate plus (L + 1) float32 s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qgnn.errors import ConfigError
+from qgnn.methods.config import RecMethodConfig
 from qgnn.models.lightgcn import LightGCN, layer_rows
+
+
+@dataclass
+class BiGeaRConfig(RecMethodConfig):
+    """Options of the BiGeaR-style 1-bit LightGCN (``--method bigear``); formulas in the module docstring."""
+
+    name = "bigear"
+
+    top_r: int = 100
+    """R: the teacher's top-R items per user are the distillation pseudo-positives."""
+    lambda_id: float = 1.0
+    """Weight of the inference-distillation loss L_ID (0: off)."""
+
+    def validate(self) -> None:
+        self.require("top_r", self.top_r >= 1, "an integer >= 1")
+        self.require("lambda_id", self.lambda_id >= 0, "a number >= 0")
 
 
 class _SignGauss(torch.autograd.Function):
@@ -50,12 +67,11 @@ def sign_gauss(x: Tensor) -> Tensor:
 
 
 class BiGeaRLightGCN(LightGCN):
-    def __init__(self, num_users: int, num_items: int, *, hidden: int = 64, num_layers: int = 3, top_r: int = 100,
-                 lambda_id: float = 1.0):
+    def __init__(self, num_users: int, num_items: int, *, hidden: int = 64, num_layers: int = 3, **options):
+        """``options``: the fields of :class:`BiGeaRConfig` (its defaults where left out)."""
         super().__init__(num_users, num_items, hidden=hidden, num_layers=num_layers)
-        if top_r < 1 or lambda_id < 0:
-            raise ConfigError(f"bigear needs top_r >= 1 and lambda_id >= 0, got {top_r}, {lambda_id}")
-        self.top_r, self.lambda_id = int(top_r), float(lambda_id)
+        o = BiGeaRConfig.from_dict(options)
+        self.top_r, self.lambda_id = o.top_r, o.lambda_id
         self.teacher_top: Tensor | None = None
 
     def binarize(self, layers: list[Tensor]) -> Tensor:

@@ -14,7 +14,7 @@ import warnings
 from torch import nn
 
 from qgnn.methods.base import get_method
-from qgnn.methods.config import QuantConfig
+from qgnn.methods.config import MethodConfig, QuantConfig
 
 
 def _quant_class(module: nn.Module):
@@ -25,19 +25,27 @@ def _quant_class(module: nn.Module):
     return QUANT_LAYER_FOR.get(type(module))
 
 
-def quantize_(model: nn.Module, config: QuantConfig | dict) -> nn.Module:
+def quantize_(model: nn.Module, config: QuantConfig | MethodConfig | dict) -> nn.Module:
     """Quantize ``model`` in place according to ``config``; returns the model.
 
-    Override keys of ``config.overrides`` that match no module raise a ConfigError,
-    so a mixed-precision assignment cannot silently miss its target.
+    ``config``: a :class:`QuantConfig`, its dict form, or a method config alone (torchao's
+    ``quantize_(model, Int8...Config())``): ``quantize_(model, DQConfig())`` is
+    ``QuantConfig(options=DQConfig())``, 8 bits on the default slots. The handler is the one registered for
+    the options' type (``qgnn.methods.base.register_method``). Override keys of ``config.overrides`` that
+    match no module raise a ConfigError, so a mixed-precision assignment cannot silently miss its target.
     """
     import re
 
     from qgnn.errors import ConfigError
 
-    if isinstance(config, dict):
+    if isinstance(config, MethodConfig):
+        config = QuantConfig(options=config)
+    elif isinstance(config, dict):
         config = QuantConfig.from_dict(config)
-    method = get_method(config.method)(config)
+    elif not isinstance(config, QuantConfig):
+        raise ConfigError(f"quantize_ takes a QuantConfig, a method config (e.g. DQConfig()) or a dict, got "
+                          f"{type(config).__name__}")
+    method = get_method(config.options)(config)
     targets = [(name, m) for name, m in model.named_modules() if _quant_class(m) is not None]
     names = [n for n, _ in model.named_modules()]
     unmatched = [k for k in config.overrides if not any(k == n or re.fullmatch(k, n) for n in names)]

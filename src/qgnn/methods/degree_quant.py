@@ -23,10 +23,15 @@ Gradients use the clipped straight-through estimator (the authors' "GC" mode).
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from qgnn.errors import ConfigError
 from qgnn.methods.base import Method, register_method
+from qgnn.methods.config import MethodConfig
 from qgnn.quant import UniformQuantizer
 
 
@@ -76,30 +81,61 @@ class DegreeMask:
         return torch.bernoulli(self.prob).bool() if self.per_layer else self.mask
 
 
-@register_method("dq")
-class DegreeQuant(Method):
-    @classmethod
-    def default_options(cls, config):
-        low_bits = config.bits < 8
-        return {**super().default_options(config),
-                "p_min": 0.1 if low_bits else 0.0, "p_max": 0.2 if low_bits else 0.1,
-                "percentile": 0.999, "momentum": 0.9, "sample_size": 16384,
-                "per_layer_mask": False}
+@dataclass
+class DQConfig(MethodConfig):
+    """Options of Degree-Quant (``--method dq``); the formulas are in the module docstring.
 
+    ``p_min`` / ``p_max`` None means "by bits": (0, 0.1) when the model's bits (QuantConfig.bits) are 8,
+    (0.1, 0.2) below 8, the authors' settings; :meth:`resolve` fills them in. Give both to fix them.
+    """
+
+    name = "dq"
+
+    p_min: float | None = None
+    """Protection probability of the lowest in-degree (None: by bits, see above)."""
+    p_max: float | None = None
+    """Protection probability of the highest in-degree (None: by bits)."""
+    percentile: float = 0.999
+    """q of the activation ranges [quantile(1 − q), quantile(q)] (module docstring: why not lower at low bits)."""
+    momentum: float = 0.9
+    """Momentum of the tracked percentile ranges."""
+    sample_size: int = 16384
+    """Entries sampled per tensor to estimate the quantiles."""
+    per_layer_mask: bool = False
+    """Draw one protective mask per layer instead of one per forward shared by all layers."""
+
+    def validate(self) -> None:
+        for key in ("p_min", "p_max"):
+            v = getattr(self, key)
+            self.require(key, v is None or 0 <= v <= 1, "a probability in [0, 1] (or null: by bits)")
+        if self.p_min is not None and self.p_max is not None and self.p_min > self.p_max:
+            raise ConfigError(f"dq p_min ({self.p_min}) must not exceed p_max ({self.p_max})")
+        self.require("percentile", 0.5 < self.percentile <= 1, "in (0.5, 1]")
+        self.require("momentum", 0 <= self.momentum <= 1, "in [0, 1]")
+        self.require("sample_size", self.sample_size >= 1, "an integer >= 1")
+
+    def resolve(self, bits: int) -> DQConfig:
+        low = bits < 8
+        return dataclasses.replace(self, p_min=(0.1 if low else 0.0) if self.p_min is None else self.p_min,
+                                   p_max=(0.2 if low else 0.1) if self.p_max is None else self.p_max)
+
+
+@register_method(DQConfig)
+class DegreeQuant(Method):
     def quantizer(self, slot, bits, layer, name):
         if self.is_weight(slot):
             return UniformQuantizer(bits, observer="ema", observer_kwargs={"momentum": 0.0},
                                     estimator="clipped_ste", **self.weight_kwargs(slot))
         o = self.options
         return UniformQuantizer(bits, symmetric=False, observer="percentile", estimator="clipped_ste",
-                                observer_kwargs={"p": o["percentile"], "momentum": o["momentum"],
-                                                 "sample_size": o["sample_size"]})
+                                observer_kwargs={"p": o.percentile, "momentum": o.momentum,
+                                                 "sample_size": o.sample_size})
 
     def prepare(self, model: nn.Module) -> None:
         from qgnn.nn import QuantModule
 
         o = self.options
-        mask = DegreeMask(o["p_min"], o["p_max"], o["per_layer_mask"])
+        mask = DegreeMask(o.p_min, o.p_max, o.per_layer_mask)
         layers = [m for m in model.modules() if isinstance(m, QuantModule) and hasattr(m, "node_protect")]
         for m in layers:
             m.node_protect = mask

@@ -29,10 +29,14 @@ The latent E⁰ and Δ are training state only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from qgnn.errors import ConfigError, lookup
+from qgnn.errors import ConfigError
+from qgnn.methods.config import RecMethodConfig
 from qgnn.models.lightgcn import LightGCN, NormAdj
 from qgnn.quant.nodewise import NodeLevelQuantizer
 from qgnn.train.rec_losses import lambda_loss
@@ -40,18 +44,39 @@ from qgnn.train.rec_losses import lambda_loss
 ESTIMATORS = {"rau": "rau", "ste": "ste"}
 
 
+@dataclass
+class GNAQConfig(RecMethodConfig):
+    """Options of GNAQ (``--method gnaq``, ``--method-opt KEY=VALUE``); the module docstring has the formulas."""
+
+    name = "gnaq"
+
+    dynamic: bool = True
+    """Train the per-node levels (False: the "w/o dynamic scaling" ablation, ``--static-intervals``)."""
+    estimator: Literal["rau", "ste"] = "rau"
+    """Code updates through the graph (RAU, z = E⁰ + P Δ) or plain straight-through (STE, z = E⁰ + Δ)."""
+    lambda_rank: float = 0.5
+    """λ of BPR + λ · LambdaLoss (0: BPR only, ``--no-lambdaloss``)."""
+    candidates: int = 8
+    """Items ranked per training pair by LambdaLoss: its positive and candidates − 1 sampled negatives."""
+
+    def validate(self) -> None:
+        self.require("candidates", self.candidates >= 2, "an integer >= 2")
+        self.require("lambda_rank", self.lambda_rank >= 0, "a number >= 0")
+
+
 class GNAQLightGCN(LightGCN):
     def __init__(self, num_users: int, num_items: int, *, hidden: int = 64, num_layers: int = 3, bits: int = 2,
-                 dynamic: bool = True, estimator: str = "rau", lambda_rank: float = 0.5, candidates: int = 8):
+                 **options):
+        """``options``: the fields of :class:`GNAQConfig` (its defaults where left out)."""
         super().__init__(num_users, num_items, hidden=hidden, num_layers=num_layers)
         if bits is None:
             raise ConfigError("gnaq needs --bits (1, 2, 4 or 8)")
-        if candidates < 2 or lambda_rank < 0:
-            raise ConfigError(f"gnaq needs candidates >= 2 and lambda_rank >= 0, got {candidates}, {lambda_rank}")
+        o = GNAQConfig.from_dict(options)
+        dynamic, estimator, lambda_rank, candidates = o.dynamic, o.estimator, o.lambda_rank, o.candidates
         del self.embedding  # the stored table is codes + levels; the latent state lives below
         n = num_users + num_items
         self.bits, self.dynamic, self.lambda_rank = int(bits), bool(dynamic), float(lambda_rank)
-        self.estimator = lookup("GNAQ estimator", estimator, ESTIMATORS)
+        self.estimator = estimator
         self.candidates = int(candidates)
         self.num_negatives = self.candidates - 1 if self.lambda_rank > 0 else 1
         self.quant = NodeLevelQuantizer(n, self.bits, learnable=self.dynamic)

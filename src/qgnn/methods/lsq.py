@@ -9,11 +9,21 @@ Bhalgat et al. 2020), initialised from the first batch's min / max.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from qgnn.methods.base import Method, register_method
+from qgnn.methods.config import MethodConfig
 from qgnn.quant import LSQQuantizer
 
 
-@register_method("lsq")
+@dataclass
+class LSQConfig(MethodConfig):
+    """Options of LSQ (``--method lsq``): only the shared ``weight_granularity``; the steps are learned."""
+
+    name = "lsq"
+
+
+@register_method(LSQConfig)
 class LSQ(Method):
     def quantizer(self, slot, bits, layer, name):
         if self.is_weight(slot):

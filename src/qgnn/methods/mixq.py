@@ -9,10 +9,10 @@ throughout, as plain QAT. ``prepare`` adds a :class:`~qgnn.search.penalty.BitOps
 
 (``penalty="memory"`` for the memory proxy). After the search, ``BitAssignment.from_model`` reads the
 arg-max widths and ``quantize_`` builds the fixed-bit model from them (:mod:`qgnn.search.mixq` runs both
-phases). Options (``QuantConfig.options``): ``candidates``, ``weight_candidates``, ``lambda``,
-``penalty``, ``temperature``, ``momentum`` (EMA of activation ranges), ``sampling`` (``softmax`` or
-``gumbel``), ``init`` / ``init_logit`` (α's start: uniform, or favour one width, e.g. ``init=8`` starts
-near the 8-bit model and lets the penalty lower widths).
+phases). Options (``QuantConfig.options``, the fields of :class:`MixQConfig`): ``candidates``,
+``weight_candidates``, ``lambda``, ``penalty``, ``temperature``, ``momentum`` (EMA of activation ranges),
+``sampling`` (``softmax`` or ``gumbel``), ``init`` / ``init_logit`` (α's start: uniform, or favour one width,
+e.g. ``init=8`` starts near the 8-bit model and lets the penalty lower widths).
 
 ``weight_candidates`` gives the weight slots their own set (default: ``candidates``), e.g. weights
 {2, 4, 8} with activations {4, 8}: a 2-bit weight matrix (one scale per output channel) costs far less
@@ -22,25 +22,65 @@ at W2A4 in the first layer keeps 81.2 % (5 seeds), where a 2-bit hidden activati
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
 from torch import nn
 
+from qgnn.errors import ConfigError
 from qgnn.methods.base import Method, register_method
+from qgnn.methods.config import MethodConfig
 from qgnn.quant import RelaxedQuantizer, parse_candidates
 
 
-@register_method("mixq")
-class MixQ(Method):
-    @classmethod
-    def default_options(cls, config):
-        return {**super().default_options(config), "candidates": [2, 4, 8], "lambda": 0.1, "penalty": "bitops",
-                "temperature": 1.0, "momentum": 0.9, "sampling": "softmax",
-                "init": "uniform", "init_logit": 2.0, "weight_candidates": None}
+@dataclass
+class MixQConfig(MethodConfig):
+    """Options of the MixQ-GNN search (``--method mixq``; ``qgnn search`` builds them from its flags).
+    The dict key of ``lam`` is ``"lambda"`` (a Python keyword cannot be a field name)."""
 
+    name = "mixq"
+    aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
+
+    candidates: tuple[int, ...] = (2, 4, 8)
+    """Candidate bit-widths of every slot (sorted, unique, each in 1..8)."""
+    lam: float = 0.1
+    """λ of L = L_task + λ · E[BitOPs] / BitOPs_FP32 (finite; < 0 rewards bits)."""
+    penalty: Literal["bitops", "memory"] = "bitops"
+    """What the penalty measures: expected BitOPs, or the memory proxy (stored bits)."""
+    temperature: float = 1.0
+    """T of softmax(α / T)."""
+    momentum: float = 0.9
+    """EMA momentum of the activation ranges."""
+    sampling: Literal["softmax", "gumbel"] = "softmax"
+    """"softmax": MixQ's deterministic mixture; "gumbel": one hard Gumbel-softmax sample per forward."""
+    init: str | int = "uniform"
+    """α's start: "uniform", or a candidate width to favour (its logit set to init_logit)."""
+    init_logit: float = 2.0
+    """The favoured width's starting logit (init = a width)."""
+    weight_candidates: tuple[int, ...] | None = None
+    """The weight slots' own candidate set (None: candidates)."""
+
+    def validate(self) -> None:
+        self.candidates = parse_candidates(self.candidates)
+        if self.weight_candidates is not None:
+            self.weight_candidates = parse_candidates(self.weight_candidates)
+        if not math.isfinite(self.lam):
+            raise ConfigError(f"mixq lambda must be a finite number, got {self.lam!r}")
+        self.require("temperature", self.temperature > 0, "a number > 0")
+        self.require("momentum", 0 <= self.momentum <= 1, "in [0, 1]")
+        every = set(self.candidates) & set(self.weight_candidates or self.candidates)
+        self.require("init", self.init == "uniform" or (isinstance(self.init, int) and self.init in every),
+                     f"'uniform' or a width in every candidate set {sorted(every)}")
+
+
+@register_method(MixQConfig)
+class MixQ(Method):
     def __init__(self, config):
         super().__init__(config)
-        self.candidates = parse_candidates(self.options["candidates"])
-        wc = self.options["weight_candidates"]
-        self.weight_candidates = self.candidates if wc is None else parse_candidates(wc)
+        self.candidates = self.options.candidates
+        wc = self.options.weight_candidates
+        self.weight_candidates = self.candidates if wc is None else wc
 
     def quantizer(self, slot, bits, layer, name):
         o = self.options
@@ -48,14 +88,13 @@ class MixQ(Method):
             return RelaxedQuantizer(self.weight_candidates, observer="ema", observer_kwargs={"momentum": 0.0},
                                     **self._relaxed_kwargs(), **self.weight_kwargs(slot))
         return RelaxedQuantizer(self.candidates, symmetric=False, observer="ema",
-                                observer_kwargs={"momentum": o["momentum"]}, **self._relaxed_kwargs())
+                                observer_kwargs={"momentum": o.momentum}, **self._relaxed_kwargs())
 
     def _relaxed_kwargs(self) -> dict:
         o = self.options
-        return {"temperature": o["temperature"], "sampling": o["sampling"], "init": o["init"],
-                "init_logit": o["init_logit"]}
+        return {"temperature": o.temperature, "sampling": o.sampling, "init": o.init, "init_logit": o.init_logit}
 
     def prepare(self, model: nn.Module) -> None:
         from qgnn.search.penalty import BitOpsPenalty
 
-        model.mixq_penalty = BitOpsPenalty(model, self.options["lambda"], self.options["penalty"])
+        model.mixq_penalty = BitOpsPenalty(model, self.options.lam, self.options.penalty)

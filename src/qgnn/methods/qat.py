@@ -8,20 +8,36 @@ ranges are the current weights' min / max.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from qgnn.methods.base import Method, register_method
+from qgnn.methods.config import MethodConfig
 from qgnn.quant import UniformQuantizer
 
 
-@register_method("qat")
-class QAT(Method):
-    @classmethod
-    def default_options(cls, config):
-        return {**super().default_options(config), "momentum": 0.9, "estimator": "ste"}
+@dataclass
+class QATConfig(MethodConfig):
+    """Options of plain QAT (``--method qat``)."""
 
+    name = "qat"
+
+    momentum: float = 0.9
+    """EMA momentum of the activation ranges: range ← m · range + (1 − m) · batch min / max (0: the current
+    batch only). Weights always use their current min / max."""
+    estimator: Literal["ste", "clipped_ste"] = "ste"
+    """Gradient of round / clamp: "ste" passes it everywhere, "clipped_ste" zeroes it outside the range."""
+
+    def validate(self) -> None:
+        self.require("momentum", 0 <= self.momentum <= 1, "in [0, 1]")
+
+
+@register_method(QATConfig)
+class QAT(Method):
     def quantizer(self, slot, bits, layer, name):
+        o = self.options
         if self.is_weight(slot):
             return UniformQuantizer(bits, observer="ema", observer_kwargs={"momentum": 0.0},
-                                    estimator=self.options["estimator"], **self.weight_kwargs(slot))
-        return UniformQuantizer(bits, symmetric=False, observer="ema",
-                                observer_kwargs={"momentum": self.options["momentum"]},
-                                estimator=self.options["estimator"])
+                                    estimator=o.estimator, **self.weight_kwargs(slot))
+        return UniformQuantizer(bits, symmetric=False, observer="ema", observer_kwargs={"momentum": o.momentum},
+                                estimator=o.estimator)

@@ -14,17 +14,41 @@ Stored size: ceil(N d b / 8) bytes of packed codes + 8 bytes (scale and zero-poi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from qgnn.errors import ConfigError
+from qgnn.methods.config import RecMethodConfig
 from qgnn.models.lightgcn import LightGCN
 from qgnn.quant import LSQQuantizer, UniformQuantizer
 
 
+@dataclass
+class RecQATConfig(RecMethodConfig):
+    """Options of the per-tensor QAT table baseline (``--model lightgcn --method qat``): none."""
+
+    name = "qat"
+
+
+@dataclass
+class RecLSQConfig(RecMethodConfig):
+    """Options of the per-tensor LSQ table baseline (``--model lightgcn --method lsq``): none."""
+
+    name = "lsq"
+
+
+_CONFIGS = {"qat": RecQATConfig, "lsq": RecLSQConfig}
+
+
 class QuantTableLightGCN(LightGCN):
     def __init__(self, num_users: int, num_items: int, *, hidden: int = 64, num_layers: int = 3, bits: int = 2,
-                 kind: str = "qat"):
+                 kind: str = "qat", **options):
+        """``options``: none today (an unknown one is a ConfigError naming the valid ones)."""
         super().__init__(num_users, num_items, hidden=hidden, num_layers=num_layers)
+        if kind not in _CONFIGS:
+            raise ConfigError(f"unknown table quantizer {kind!r}; valid: qat, lsq")
+        _CONFIGS[kind].from_dict(options)
         if bits is None:
             raise ConfigError(f"{kind} needs --bits")
         self.bits, self.kind = int(bits), kind

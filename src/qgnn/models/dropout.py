@@ -5,7 +5,7 @@ x_ij = 0, y_ij = 0 whatever m_ij is, so drawing m only at the non-zero entries g
 distribution. Why it matters: bag-of-words node features are mostly zeros (Cora: 2708 × 1433 with 1.3 %
 non-zero; CiteSeer: 3327 × 3703, 0.9 %), and on one CPU thread the dense Bernoulli draw over all of them
 dominated a GCN training epoch: 114.5 against 26.5 CPU ms per epoch on Cora with this function
-(`benchmarks/input_dropout.py`, docs/results.md section "Input dropout").
+(`benchmarks/input_dropout.py`, docs/notes/input-dropout.md).
 
 The result equals ``F.dropout`` in distribution, not draw for draw: a seed gives other masks than
 ``F.dropout`` with that seed. Inputs that need a gradient (a prompt added in front, say) and inputs that are

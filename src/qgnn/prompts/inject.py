@@ -33,19 +33,22 @@ protective mask does not touch them (all nodes get their prompt). With integer a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, MessagePassing, SAGEConv
 
+from qgnn.config import ConfigBase
 from qgnn.errors import ConfigError, lookup
 
 from .modules import GPF, GPFPlus, LoRAP, PromptModule
 
 __all__ = [
+    "KIND_OPTIONS",
     "PROMPT_KINDS",
     "PromptConfig",
     "PromptedLayer",
@@ -75,9 +78,21 @@ def check_number(what: str, value, positive: bool = False) -> float:
     return float(value)
 
 
+# The fields each kind uses (the others keep their defaults and are ignored by that kind).
+KIND_OPTIONS = {
+    "none": (),
+    "gpf": ("targets", "node_after_quant"),
+    "gpf-plus": ("k", "targets", "node_after_quant"),
+    "lorap": ("k", "rank", "targets", "backend", "align", "normalize"),
+    "gpf-lorap": ("k", "rank", "targets", "backend", "align", "normalize", "node_after_quant"),
+}
+
+
 @dataclass
-class PromptConfig:
-    """Which prompts go where.
+class PromptConfig(ConfigBase):
+    """Which prompts go where: one config discriminated by ``kind`` (a typed config, :mod:`qgnn.config`:
+    checked when built, versioned ``to_dict`` / ``from_dict``). The fields each kind uses are
+    :data:`KIND_OPTIONS`; ``to_dict`` records every field so that results files read back unchanged.
 
     kind: ``none`` | ``gpf`` | ``gpf-plus`` | ``lorap`` | ``gpf-lorap`` (GPF-plus on the input + LoRAP).
     k: basis prompts (GPF-plus and LoRAP); rank: LoRAP's r. Defaults k = 40, r = 2 (the paper's
@@ -95,6 +110,8 @@ class PromptConfig:
     is itself mostly rounded away; after it, the prompt stays a full-precision correction, as LoRAP's does.
     """
 
+    config_name: ClassVar[str] = "prompt"
+
     kind: str = "lorap"
     k: int = 40
     rank: int = 2
@@ -104,18 +121,15 @@ class PromptConfig:
     normalize: bool = False
     node_after_quant: bool = False
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        from qgnn.kernels.lorap import LORAP_BACKENDS
+
         self.kind = lookup("prompt", self.kind, {k: k for k in _KINDS})
-        self.align = check_number("prompt align (weight of the aggregation-alignment loss)", self.align)
-        for key in ("normalize", "node_after_quant"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"prompt {key} must be true or false, got {getattr(self, key)!r}")
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ConfigError(f"prompt k (basis prompts) must be an int >= 1, got {self.k!r}")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError(f"prompt rank must be an int >= 1, got {self.rank!r}")
-        if self.targets is not None:
-            self.targets = list(self.targets)
+        self.require("k", self.k >= 1, "an integer >= 1 (basis prompts)")
+        self.require("rank", self.rank >= 1, "an integer >= 1")
+        self.require("align", math.isfinite(self.align) and self.align >= 0,
+                     "a number >= 0 (weight of the aggregation-alignment loss)")
+        self.require("backend", self.backend in LORAP_BACKENDS, f"one of {', '.join(LORAP_BACKENDS)}")
 
     @property
     def node(self) -> str | None:
@@ -124,17 +138,6 @@ class PromptConfig:
     @property
     def aggregation(self) -> bool:
         return _KINDS[self.kind][1]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PromptConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown prompt keys: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
-        return cls(**d)
 
 
 class PromptedLayer(nn.Module):

@@ -38,7 +38,7 @@ def resolve_prompt(prompt: dict | None) -> dict:
         return {}
     extra = {k: prompt[k] for k in RUNNER_KEYS if k in prompt}
     cfg = PromptConfig.from_dict({k: v for k, v in prompt.items() if k not in RUNNER_KEYS})
-    out = {**cfg.to_dict(), "freeze_backbone": bool(extra.get("freeze_backbone", False)),
+    out = {**cfg.fields_dict(), "freeze_backbone": bool(extra.get("freeze_backbone", False)),
            "backbone": extra.get("backbone")}
     if out["backbone"] is not None and not isinstance(out["backbone"], str):
         raise ConfigError(f"prompt backbone must be a checkpoint path, got {out['backbone']!r}")

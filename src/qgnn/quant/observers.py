@@ -247,7 +247,9 @@ class PercentileObserver(EMAObserver):
         self.sample_size = int(sample_size)
         self.seed = int(seed)
         # A private generator: sampling neither consumes nor depends on the global RNG, so adding a
-        # percentile observer does not change dropout masks or data order elsewhere.
+        # percentile observer does not change dropout masks or data order elsewhere. Its state is not in the
+        # state_dict (a checkpoint ships ranges, not sampling bookkeeping); a training resume state saves it
+        # with the other random streams (qgnn.train.seeding.rng_state finds generators held by modules).
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def batch_range(self, x, index):

@@ -35,56 +35,76 @@ def _bits(text: str) -> int:
     return b
 
 
+def _recipe(key: str) -> str:
+    """How the help shows a search default: the validated recipe's value (qgnn.recipes.SEARCH, torch-free)."""
+    from qgnn.recipes import SEARCH
+
+    v = SEARCH.settings[key]
+    v = " ".join(map(str, v)) if isinstance(v, (tuple, list)) else v
+    return f"(default: {v}, the validated search recipe)"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="cora")
-    p.add_argument("--model", default="gcn")
-    p.add_argument("--seeds", type=int, default=None, help="runs per fold (default 10 node, 1 graph)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--folds", type=int, default=None, help="graph tasks: number of the 10 CV folds to run")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of the fixed-bit training (recipe default)")
+    from qgnn.catalog import DATASETS, MODELS
+
+    p.add_argument("--dataset", default="cora", help="node or graph dataset, case-insensitive: "
+                   + ", ".join(DATASETS["node"] + DATASETS["graph"]))
+    p.add_argument("--model", default="gcn", help=f"{' | '.join(MODELS['node'])} (node); "
+                                                  f"{' | '.join(MODELS['graph'])} (graph)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per fold (default: 10 node, 1 graph)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; run r uses seed + r")
+    p.add_argument("--folds", type=int, default=None, help="graph tasks: how many of the 10 CV folds (default: 10)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the fixed-bit training (default: the model's recipe)")
     p.add_argument("--search-epochs", type=int, default=None, help="epochs of the search (default: --epochs)")
-    p.add_argument("--candidates", type=_bits, nargs="+", default=[2, 4, 8], help="candidate bit-widths")
+    p.add_argument("--candidates", type=_bits, nargs="+", default=None,
+                   help=f"candidate bit-widths of the activation slots {_recipe('candidates')}")
     p.add_argument("--weight-candidates", type=_bits, nargs="+", default=None,
-                   help="the weight slots' own candidate widths (default: --candidates)")
+                   help=f"the weight slots' own candidate widths {_recipe('weight_candidates')}")
     p.add_argument("--penalty", default="bitops", help="bitops (E[BitOPs] / FP32) | memory (stored bits)")
-    p.add_argument("--alpha-split", default="val", help="val (bi-level, default) | train (MixQ-GNN's)")
-    p.add_argument("--alpha-lr", type=float, default=0.01)
+    p.add_argument("--alpha-split", default="val", help="val (bi-level) | train (MixQ-GNN's single level)")
+    p.add_argument("--alpha-lr", type=float, default=None, help=f"learning rate of the bit logits α "
+                                                               f"{_recipe('alpha_lr')}")
     p.add_argument("--sampling", default="softmax", help="softmax (mixture) | gumbel (hard samples)")
     p.add_argument("--alpha-init", default="uniform", help="uniform | a candidate width to start near")
-    p.add_argument("--final-method", default="qat", help="method of the fixed-bit training: qat | lsq | dq")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--root", default=None, help="data folder (else $QGNN_DATA, else the user cache)")
+    p.add_argument("--final-method", default=None,
+                   help=f"method of the fixed-bit training: qat | lsq | dq {_recipe('final_method')}")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
+    p.add_argument("--root", default=None, help="data folder (default: $QGNN_DATA, else the user cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("search", help="MixQ-GNN: search a bit assignment, then train it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("search", help="MixQ-GNN: search a bit assignment, then train it")
     _common(p)
-    p.add_argument("--lambda", dest="lam", type=_finite_float, default=0.1, help="weight of the penalty")
-    p.add_argument("--out", default=None, help="results JSON (default runs/search-<dataset>-<model>-l<λ>.json)")
-    p.add_argument("--save", default=None, help="checkpoint of the selected fixed-bit model")
+    p.add_argument("--lambda", dest="lam", type=_finite_float, default=None,
+                   help=f"weight of the penalty {_recipe('lam')}")
+    p.add_argument("--out", default=None,
+                   help="results JSON (default: runs/search-<dataset>-<model>-l<λ>.json)")
+    p.add_argument("--save", default=None, help="checkpoint of the selected fixed-bit model (safetensors)")
     p.set_defaults(func=cmd_search)
-    p = sub.add_parser("sweep", help="MixQ-GNN over several λ: table, JSON and accuracy-vs-BitOPs plot",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("sweep", help="MixQ-GNN over several λ: table, JSON and accuracy-vs-BitOPs plot")
     _common(p)
-    p.add_argument("--lambdas", type=_finite_float, nargs="+", default=[0.0, 0.1, 1.0])
+    p.add_argument("--lambdas", type=_finite_float, nargs="+", default=[0.0, 0.1, 1.0],
+                   help="the λ values, one search each")
     p.add_argument("--out-dir", default="runs/sweep", help="folder for the JSON files and the plot")
     p.add_argument("--no-fp32", action="store_true", help="skip the FP32 reference run")
     p.set_defaults(func=cmd_sweep)
 
 
 def _configs(args, lam):
+    """(TrainConfig, SearchConfig) of the flags; a flag left unset takes SearchConfig's default (the recipe)."""
     from qgnn.search.mixq import SearchConfig
     from qgnn.train import TrainConfig
 
     init = int(args.alpha_init) if args.alpha_init.isdigit() else args.alpha_init
     cfg = TrainConfig(dataset=args.dataset, model=args.model, seeds=args.seeds, seed=args.seed, folds=args.folds,
                       epochs=args.epochs, device=args.device)
-    wc = None if args.weight_candidates is None else tuple(args.weight_candidates)
-    sc = SearchConfig(lam=lam, candidates=tuple(args.candidates), weight_candidates=wc, penalty=args.penalty,
-                      search_epochs=args.search_epochs, alpha_split=args.alpha_split, alpha_lr=args.alpha_lr,
-                      sampling=args.sampling, alpha_init=init, final_method=args.final_method)
+    given = {"lam": lam, "candidates": args.candidates, "weight_candidates": args.weight_candidates,
+             "alpha_lr": args.alpha_lr, "final_method": args.final_method}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    sc = SearchConfig(penalty=args.penalty, search_epochs=args.search_epochs, alpha_split=args.alpha_split,
+                      sampling=args.sampling, alpha_init=init, **given)
     return cfg, sc.validate()
 
 
@@ -105,12 +125,14 @@ def _row(results: dict) -> dict:
 
 
 def format_rows(rows: list[dict]) -> str:
+    from qgnn.train.results import format_ratio
+
     head = ("λ", "test acc (%)", "val acc (%)", "BitOPs red.", "linear red.", "avg bits", "search s/ep", "train s/ep")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lam = "fp32" if r["lambda"] is None else f"{r['lambda']:g}"
         lines.append(" | ".join([lam, f"{r['test_acc']:.2f} ± {r['test_std']:.2f}", f"{r['val_acc']:.2f}",
-                                 f"{r['bitops_reduction']:.1f}x", f"{r['bitops_reduction_linear']:.2f}x",
+                                 format_ratio(r["bitops_reduction"]), format_ratio(r["bitops_reduction_linear"]),
                                  f"{r['avg_bits']:.2f}", f"{r['search_s_per_epoch']:.4f}",
                                  f"{r['train_s_per_epoch']:.4f}"]))
     return "\n".join(lines)
@@ -118,12 +140,19 @@ def format_rows(rows: list[dict]) -> str:
 
 def cmd_search(args) -> int:
     from qgnn.search.mixq import run_search
+    from qgnn.train.outputs import OutputWriteError
     from qgnn.train.results import format_table
 
     cfg, sc = _configs(args, args.lam)
     _check(cfg)
     out = Path(args.out or f"runs/search-{cfg.dataset.lower()}-{cfg.model.lower()}-l{sc.lam:g}.json")
-    results = run_search(cfg, sc, root=args.root, out=out, save=args.save, progress=False if args.quiet else None)
+    try:
+        results = run_search(cfg, sc, root=args.root, out=out, save=args.save,
+                             progress=False if args.quiet else None)
+    except OutputWriteError as e:  # the run finished: show it before the line saying where it went
+        if e.results:
+            print(format_table(e.results))
+        raise
     print(format_table(results))
     print(format_rows([_row(results)]))
     print("assignment of the selected run: " + json.dumps(results["runs"][results["selected_run"]]["assignment"]))
@@ -143,10 +172,13 @@ def _write_summary(out_dir: Path, rows: list[dict], fp32: dict | None, dataset: 
 
 
 def cmd_sweep(args) -> int:
+    from qgnn.env import check_device
     from qgnn.search.mixq import run_search
     from qgnn.train import run_experiment
+    from qgnn.train.outputs import check_dir_target
 
-    out_dir = Path(args.out_dir)
+    out_dir = check_dir_target(args.out_dir, "--out-dir")  # before the first search starts
+    check_device(args.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     fp32 = None
@@ -160,7 +192,9 @@ def cmd_sweep(args) -> int:
         _write_summary(out_dir, rows, None, args.dataset)  # after every λ: a stopped sweep keeps its rows
     if not args.no_fp32:
         cfg, _ = _configs(args, 0.0)
-        fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", progress=False if args.quiet else None)
+        # resume=True: a sweep stopped during its FP32 reference continues it (a rerun never deletes its state)
+        fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", resume=True,
+                              progress=False if args.quiet else None)
     summary = _write_summary(out_dir, rows, fp32, args.dataset)
     print(format_rows(rows))
     if fp32:
@@ -174,12 +208,10 @@ def cmd_sweep(args) -> int:
 def plot_sweep(summary: dict, path: Path, title: str = "") -> Path | None:
     """Two panels: accuracy against qgnn's BitOPs reduction, and against the linear (MixQ-GNN) measure with
     MixQ-GNN's published points. Returns the path, or None without matplotlib."""
-    try:
-        import matplotlib
+    from qgnn.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = summary["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -203,6 +235,8 @@ def plot_sweep(summary: dict, path: Path, title: str = "") -> Path | None:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from qgnn.train.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path

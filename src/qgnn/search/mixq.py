@@ -35,13 +35,17 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from qgnn.config import ConfigBase
 from qgnn.errors import ConfigError
 from qgnn.quant import RelaxedQuantizer, parse_candidates
+from qgnn.quant.relaxed import SAMPLINGS
+from qgnn.recipes import SEARCH
 from qgnn.search.assignment import BitAssignment
 from qgnn.search.penalty import PENALTY_KINDS
 from qgnn.train.config import TrainConfig
@@ -53,27 +57,36 @@ from qgnn.train.tasks import GraphTask, NodeTask, penalty, penalty_modules
 __all__ = ["SearchConfig", "run_search", "search_assignment"]
 
 ALPHA_SPLITS = ("val", "train")
+_RECIPE = SEARCH.settings
 FINAL_METHODS = ("qat", "lsq", "dq")
 
 
 @dataclass
-class SearchConfig:
-    """Options of the search phase (the fixed-bit phase uses the TrainConfig as given)."""
+class SearchConfig(ConfigBase):
+    """Options of the search phase (the fixed-bit phase uses the TrainConfig as given). A typed config
+    (:mod:`qgnn.config`): values are checked when built (``validate`` runs then, and again when called),
+    ``to_dict`` / ``from_dict`` carry the config version.
 
-    lam: float = 0.1                       # λ of the penalty (any finite number; < 0 rewards bits)
-    candidates: tuple[int, ...] = (2, 4, 8)
-    weight_candidates: tuple[int, ...] | None = None  # weight slots' own set (default: candidates)
+    Defaults: the validated search recipe (:data:`qgnn.recipes.SEARCH`, docs/notes/mixq.md):
+    weights {2, 4, 8}, activations {4, 8}, λ = 50, α at lr 0.05, Degree-Quant for the fixed-bit training.
+    """
+
+    lam: float = _RECIPE["lam"]            # λ of the penalty (any finite number; < 0 rewards bits)
+    candidates: tuple[int, ...] = _RECIPE["candidates"]
+    weight_candidates: tuple[int, ...] | None = _RECIPE["weight_candidates"]  # weight slots' own set (None: candidates)
     penalty: str = "bitops"                # "bitops" or "memory"
     search_epochs: int | None = None       # default: the recipe's epochs
     alpha_split: str = "val"
-    alpha_lr: float = 0.01
+    alpha_lr: float = _RECIPE["alpha_lr"]
     temperature: float = 1.0
     sampling: str = "softmax"              # "softmax" (MixQ's mixture) or "gumbel" (hard samples)
     alpha_init: str | int = "uniform"      # or a candidate width favoured at the start
-    final_method: str = "qat"
+    final_method: str = _RECIPE["final_method"]
+
+    config_name: ClassVar[str] = "search"
 
     def validate(self) -> SearchConfig:
-        if not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam):
+        if not math.isfinite(self.lam):
             raise ConfigError(f"--lambda must be a finite number, got {self.lam!r}")
         self.candidates = parse_candidates(self.candidates)
         if self.weight_candidates is not None:
@@ -91,17 +104,12 @@ class SearchConfig:
             (self.alpha_init == "uniform" or self.alpha_init in every,
              f"--alpha-init must be 'uniform' or a width in every candidate set, got {self.alpha_init!r}"),
             (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+            (self.sampling in SAMPLINGS, f"unknown sampling {self.sampling!r}; valid: {', '.join(SAMPLINGS)}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
         return self
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["candidates"] = list(self.candidates)
-        d["weight_candidates"] = None if self.weight_candidates is None else list(self.weight_candidates)
-        return d
 
 
 # ------------------------------------------------------------------------------------------- search steps
@@ -170,10 +178,12 @@ def _cycle(loader):
             raise ConfigError("the validation split has no batch of two or more graphs to search on")
 
 
-def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchConfig, bar=None
+def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchConfig, bar=None, control=None
                       ) -> tuple[BitAssignment, float, dict, float]:
     """Run the search of one run on ``runner`` (configured with method ``mixq``); returns
-    (assignment, seconds per search epoch, {slot path: E[b] at the end}, the searched model's val acc)."""
+    (assignment, seconds per search epoch, {slot path: E[b] at the end}, the searched model's val acc).
+    ``control`` (:class:`~qgnn.train.Control`): a stop request ends the search at the epoch boundary
+    (Interrupted; a search keeps no resume state)."""
     set_seed(seed)
     model = runner.build()
     task = runner.task_for(fold)
@@ -200,6 +210,10 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
         seconds += time.perf_counter() - t0
         if bar is not None:
             bar.update(1)
+        if control is not None and control.stop_requested:
+            from qgnn.train.runner import Interrupted
+
+            raise Interrupted(f"stopped in the search of seed {seed}" + (f", fold {fold}" if fold is not None else ""))
     expected = {f"{n}": round(float(m.bit_width), 3) for n, m in model.named_modules()
                 if isinstance(m, RelaxedQuantizer)}
     # Validation accuracy of the searched model itself (relaxed widths; arg-max with gumbel sampling).
@@ -209,14 +223,21 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
 
 # ------------------------------------------------------------------------------------------- both phases
 def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path | None = None,
-               save: str | Path | None = None, progress: bool | None = None) -> dict:
+               save: str | Path | None = None, progress: bool | None = None, control=None, bar=None) -> dict:
     """Search and train every run of ``cfg`` (seeds or folds); returns the results dict (also written to
-    ``out``; the selected run's fixed-bit model to ``save``). See the module docstring."""
-    from qgnn.env import environment
+    ``out``; the selected run's fixed-bit model to ``save``). See the module docstring. ``control``
+    (:class:`~qgnn.train.Control`) stops both phases at an epoch boundary; ``bar``: a caller's tqdm to advance
+    one step per epoch instead of this function's own bar (`qgnn compare`: one bar over its whole grid)."""
+    from qgnn.env import check_device, environment
     from qgnn.prompts import prompt_report
     from qgnn.train.checkpoint import save_checkpoint, write_json
+    from qgnn.train.outputs import check_file_target, write_outputs
 
     sc.validate()
+    for flag, target in (("--out", out), ("--save", save)):  # before any data is loaded or epoch trained
+        if target:
+            check_file_target(target, flag)
+    check_device(cfg.device)
     if cfg.method not in ("fp32",) + FINAL_METHODS:
         raise ConfigError(f"qgnn search trains the found assignment with --final-method; got --method {cfg.method}")
     top = max(sc.candidates + (sc.weight_candidates or ()))
@@ -229,17 +250,19 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     if sc.search_epochs:
         searcher.cfg = dataclasses.replace(searcher.cfg, epochs=sc.search_epochs)
     final_cfg = dataclasses.replace(cfg, method=sc.final_method, bits=top, quant={})
-    trainer = Runner(final_cfg, root=root, progress=False)
+    trainer = Runner(final_cfg, root=root, progress=False, control=control)
     base_final = trainer.cfg
     run_list = _run_list(trainer.cfg)
     total_epochs = len(run_list) * (searcher.cfg.epochs + trainer.cfg.epochs)
-    bar = tqdm(total=total_epochs, disable=None if progress is None else not progress, unit="ep",
-               desc=f"search {cfg.dataset}/{cfg.model} λ={sc.lam:g}", dynamic_ncols=True)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=total_epochs, disable=None if progress is None else not progress, unit="ep",
+                   desc=f"search {cfg.dataset}/{cfg.model} λ={sc.lam:g}", dynamic_ncols=True)
     t_start = time.perf_counter()
     runs, best, best_cfg = [], None, None
     try:
         for r, (seed, fold) in enumerate(run_list):
-            assignment, search_spe, expected, search_val = search_assignment(searcher, seed, fold, sc, bar)
+            assignment, search_spe, expected, search_val = search_assignment(searcher, seed, fold, sc, bar, control)
             trainer.cfg = dataclasses.replace(base_final, quant={"overrides": assignment.to_overrides()})
             result, state = trainer._one_run(r, seed, fold, None, runs, best, bar)
             cost = trainer.cost(state)
@@ -253,7 +276,8 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
                 best = {"index": r, "val": result["val_acc"], "val_loss": result["val_loss"], "state": state}
                 best_cfg = trainer.cfg
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
     total = time.perf_counter() - t_start
     keys = [k for k in ("test_acc", "val_acc", "train_acc", "val_loss", "best_epoch") if k in runs[0]]
     results = {
@@ -272,10 +296,15 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
         **({"prompt": {**cfg.prompt, **prompt_report(trainer.build())}} if cfg.prompt else {}),
         "env": environment(),
     }
-    if save:
-        trainer.cfg = best_cfg
-        save_checkpoint(save, best["state"], trainer.checkpoint_meta(results))
-        results["checkpoint"] = str(save)
-    if out:
-        write_json(out, results)
+    trainer.cfg = best_cfg
+    meta = trainer.checkpoint_meta(results)
+
+    def write_checkpoint(path: Path) -> None:
+        save_checkpoint(path, best["state"], meta)
+        results["checkpoint"] = str(path)
+
+    # a write failing after the search (disk full...) still writes the rest and rescues the failed one
+    writes = [("--save", Path(save), write_checkpoint)] if save else []
+    writes += [("--out", Path(out), lambda path: write_json(path, results))] if out else []
+    write_outputs(writes, results)
     return results

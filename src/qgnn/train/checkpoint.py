@@ -9,12 +9,15 @@
 
 Both are written to a temporary file in the same folder and moved into place
 with ``os.replace``, so an interrupted write never leaves half a file behind.
+The file gets the mode an ordinary ``open(path, "w")`` would give it (0644
+under umask 022; an existing file keeps its own), not the temporary file's 0600.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +31,39 @@ from qgnn.errors import CheckpointError
 CHECKPOINT_FORMAT = "qgnn-checkpoint/1"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` can only set it, and
+    setting it briefly would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    """The mode ``path`` should end with: an existing file's own, else what ``open(path, "w")`` gives
+    (0o666 less the umask). mkstemp creates 0600 files, which would hide results from a group / others."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the result onto ``path``."""
+    """Call ``write(tmp_path)`` then rename the result onto ``path`` (with the mode of :func:`_final_mode`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _final_mode(path))  # after write(): a writer may replace the file it was given
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -90,8 +118,14 @@ def load_state(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"resume state not found: {path}") from None
-    except Exception as e:  # torch raises many types for truncated / foreign files
-        raise CheckpointError(f"corrupt or unreadable resume state {path}: {e.__class__.__name__}: {e}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"resume state {path} is a folder; delete it (or pass --overwrite) to start over"
+                              ) from None
+    except Exception:  # torch raises many types for truncated / foreign files
+        # torch's own message advises weights_only=False, i.e. running the file's code: never repeat it.
+        raise CheckpointError(f"resume state {path} is corrupt (truncated, not a torch file, or holding objects "
+                              "other than tensors and plain containers, which qgnn does not unpickle); delete it, or "
+                              "rerun with --overwrite instead of --resume, to start over") from None
     if not isinstance(state, dict) or state.get("format") != "qgnn-state/1":
-        raise CheckpointError(f"{path} is not a qgnn resume state")
+        raise CheckpointError(f"{path} is not a qgnn resume state; delete it (or pass --overwrite) to start over")
     return state

@@ -2,6 +2,19 @@
 
 `TrainConfig.resolve()` returns a copy with every field filled in; that copy is
 what the results JSON records under ``config``, so a run can be repeated from it.
+
+A TrainConfig is a typed config (:class:`qgnn.config.ConfigBase`): every value is checked against its
+field's type when built (``"bits": "four"`` in a config file is one ``qgnn: error:`` line naming the field,
+the value and the expected type), and ``to_dict`` / ``from_dict`` carry the config version (a results file
+without one, written before versions, loads as the current version). The nested dicts are checked by
+their own configs once the task is known (``validate`` after ``resolve``): ``quant`` by
+:class:`~qgnn.methods.QuantConfig` (or, for recommendation, the method's options class), ``prompt`` by
+:class:`~qgnn.prompts.PromptConfig`, ``model_kwargs`` by the model's constructor.
+
+Bits: 1..8 quantize (with a quantization method); 32 means float32, i.e. ``--method fp32``. An fp32 config
+records ``bits`` as null (``--method fp32 --bits 32`` is accepted and stored as null, the same run as
+``--method fp32``); fp32 with bits below 32, or a quantization method at 32 bits, is an error saying which
+flag to change.
 """
 
 from __future__ import annotations
@@ -9,15 +22,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import Literal
 
+from qgnn.config import ConfigBase
 from qgnn.errors import ConfigError
 
 SAMPLINGS = ("user", "interaction")  # recommendation: how an epoch draws its (user, positive) pairs
 METHODS = ("fp32",)  # extended by qgnn.methods as quantization methods register
+FLOAT_BITS = 32  # --bits 32: float32, the same as --method fp32 (recorded as bits null)
+QUANT_METHODS_HINT = "qat, lsq, dq, a2q, mixq"
+REC_KEYS = ("options", "pretrained", "val_frac", "test_curve")  # TrainConfig.quant keys of recommendation runs
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     dataset: str = "cora"
     model: str = "gcn"
     method: str = "fp32"
@@ -40,11 +58,24 @@ class TrainConfig:
     num_layers: int | None = None
     dropout: float | None = None
     normalize_features: bool | None = None   # row-normalise node features (Kipf & Welling's recipe)
-    node_features: str = "auto"        # TU graphs without features: auto | degree | constant
+    node_features: Literal["auto", "degree", "constant"] = "auto"  # TU graphs without features
     device: str = "cpu"
     model_kwargs: dict = field(default_factory=dict)
     quant: dict = field(default_factory=dict)   # extra QuantConfig fields: slots, overrides, options, ...
     prompt: dict = field(default_factory=dict)  # prompts (qgnn.prompts.train): kind, k, rank, freeze_backbone, ...
+    recipes: list[str] = field(default_factory=list)  # filled by resolve(): the qgnn.recipes entries that applied
+
+    def __post_init__(self):
+        # typed configs given in Python (prompt=PromptConfig(...), quant={"options": DQConfig(...)}) are stored
+        # in their dict form, as a config file gives them
+        if isinstance(self.prompt, ConfigBase):
+            self.prompt = self.prompt.fields_dict()
+        if isinstance(self.quant, dict) and isinstance(self.quant.get("options"), ConfigBase):
+            self.quant = {**self.quant, "options": self.quant["options"].fields_dict()}
+        self.check_types()
+        if self.method.lower() == "fp32" and self.bits == FLOAT_BITS:
+            self.bits = None  # float32: one record for `--method fp32` and `--method fp32 --bits 32`
+        self.validate()
 
     def resolve(self, task: str) -> TrainConfig:
         """Fill unset fields from the model's recipe for `task`; validate ranges."""
@@ -58,6 +89,16 @@ class TrainConfig:
         for k in ("hidden", "num_layers", "dropout"):
             if getattr(c, k) is None:
                 setattr(c, k, model_kw.get(k))
+        from qgnn.recipes import apply_method_recipe, apply_prompt_recipe
+
+        # Validated method / prompt defaults (qgnn.recipes) fill what the user left unset; their names are
+        # recorded, so the results JSON says which recipe ran.
+        applied = []
+        c.bits, c.quant, name = apply_method_recipe(c.method, task, c.model, c.bits, c.quant)
+        applied += [name] if name else []
+        prompt, name = apply_prompt_recipe(dict(self.prompt), c.method, task, c.model)
+        applied += [name] if name else []
+        c.recipes = sorted(set(self.recipes) | set(applied))
         if c.method != "fp32" and c.bits is None:
             c.bits = 8
         c.seeds = c.seeds if c.seeds is not None else (10 if task == "node" else 1)
@@ -76,7 +117,7 @@ class TrainConfig:
             c.normalize_features = task == "node"
         from qgnn.prompts.train import resolve_prompt
 
-        c.prompt = resolve_prompt(self.prompt)
+        c.prompt = resolve_prompt(prompt)
         c.validate()
         return c
 
@@ -88,7 +129,6 @@ class TrainConfig:
             (self.folds is None or 1 <= self.folds <= 10, f"--folds must be in 1..10, got {self.folds}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.bits is None or 1 <= self.bits <= 8, f"--bits must be in 1..8, got {self.bits}"),
             (self.sampling in (None, *SAMPLINGS),
              f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"),
             (self.sampling is None or self.task in (None, "rec"),
@@ -97,23 +137,57 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self._validate_bits()
+        if self.task is not None:
+            self._validate_quant()
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def _validate_bits(self) -> None:
+        """1..8 with a quantization method, 32 / null with fp32 (module docstring)."""
+        bits, fp32 = self.bits, self.method.lower() == "fp32"
+        if bits is None or (fp32 and bits == FLOAT_BITS):
+            return
+        if not (1 <= bits <= 8 or bits == FLOAT_BITS):
+            raise ConfigError(f"--bits must be in 1..8 (quantized) or {FLOAT_BITS} (float32, --method fp32), "
+                              f"got {bits}")
+        if fp32:
+            raise ConfigError(f"fp32 trains in float32; --bits {bits} needs a quantization method "
+                              f"({QUANT_METHODS_HINT})")
+        if bits == FLOAT_BITS:
+            raise ConfigError(f"--bits {FLOAT_BITS} is float32: use --method fp32 (--method {self.method} quantizes "
+                              "to 1..8 bits)")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+    def _validate_quant(self) -> None:
+        """``quant`` through its own config, once the task is known: QuantConfig for node / graph tasks, the
+        method's options class (and the runner's keys) for recommendation."""
+        method = self.method.lower()
+        if self.task == "rec":
+            unknown = sorted(set(self.quant) - set(REC_KEYS))
+            if unknown:
+                raise ConfigError(f"unknown quant keys for a recommendation run: {', '.join(unknown)}; valid keys: "
+                                  f"{', '.join(REC_KEYS)}")
+            if method != "fp32" and self.quant.get("options"):
+                from qgnn.methods.config import rec_method_config
+
+                rec_method_config(method).from_dict(self.quant["options"])
+            return
+        if method == "fp32":
+            if self.quant:
+                raise ConfigError(f"fp32 takes no quant settings, got {', '.join(sorted(self.quant))} "
+                                  f"(they need a quantization method: {QUANT_METHODS_HINT})")
+            return
+        from qgnn.methods.config import QuantConfig
+
+        if "method" in self.quant or "bits" in self.quant:
+            raise ConfigError("quant must not set method or bits: they are the config's own method and bits")
+        QuantConfig.from_dict({**self.quant, "method": self.method, "bits": self.bits or 8})
 
     @classmethod
     def from_json(cls, path) -> TrainConfig:
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 d = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text (a binary file)
+            raise ConfigError(f"cannot read config {path}: not a JSON config or results file ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"cannot read config {path}: expected a JSON object, got {type(d).__name__}")
         return cls.from_dict(d.get("config", d))

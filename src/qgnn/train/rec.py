@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qgnn.errors import CheckpointError, ConfigError, lookup
-from qgnn.train.checkpoint import load_checkpoint, load_state, save_state
+from qgnn.train.checkpoint import load_checkpoint, load_state
 from qgnn.train.config import SAMPLINGS, TrainConfig
 from qgnn.train.rec_metrics import KS, UserItemIndex, rank_metrics
 from qgnn.train.results import summarize_runs
-from qgnn.train.seeding import set_seed
+from qgnn.train.seeding import load_rng_state, rng_state, set_seed
 from qgnn.train.selection import BestTracker, validation_due
 
 REC_METHODS = {"fp32": "fp32", "qat": "qat", "lsq": "lsq", "gnaq": "gnaq", "bigear": "bigear"}
@@ -263,13 +263,16 @@ class RecRunner:
         state = load_state(self.state_path)
         if state["config"] != self.cfg.to_dict():
             raise CheckpointError(f"{self.state_path} was saved for a different configuration; "
-                                  "rerun with the same options or delete the file")
+                                  "rerun with the same options, or delete it / pass --overwrite to start over")
         return state
 
     def _save_state(self, runs, best, current):
+        # a failed save warns once and training goes on (qgnn.train.outputs.save_state_or_warn)
         if self.state_path:
-            save_state(self.state_path, {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "runs": runs,
-                                         "best": best, "current": current})
+            from qgnn.train.outputs import save_state_or_warn
+
+            save_state_or_warn(self, {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "runs": runs,
+                                      "best": best, "current": current})
 
     def run(self, resume: bool = False) -> dict:
         c = self.cfg
@@ -310,7 +313,7 @@ class RecRunner:
             opt.load_state_dict(current["optimizer"])
             tracker.load_state_dict(current["tracker"])
             gen.set_state(current["gen"])
-            torch.set_rng_state(current["rng"])
+            load_rng_state(current["rng"], model)  # every stream, the model's generators included
             start, train_s, eval_s, test_s = current["epoch"], current["train_s"], current["eval_s"], current["test_s"]
             train_cpu, history = current["train_cpu"], list(current.get("history", []))
             bar.update(start)
@@ -354,7 +357,7 @@ class RecRunner:
                     "index": r, "epoch": epochs_run, "train_s": train_s, "eval_s": eval_s, "test_s": test_s,
                     "train_cpu": train_cpu, "history": history, "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
-                    "tracker": tracker.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state()})
+                    "tracker": tracker.state_dict(), "gen": gen.get_state(), "rng": rng_state(model)})
                 last_save = time.monotonic()
             if stop:
                 from qgnn.train.runner import Interrupted

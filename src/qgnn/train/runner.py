@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from qgnn.errors import CheckpointError, ConfigError, QgnnError
 from qgnn.prompts.train import apply_prompts
-from qgnn.train.checkpoint import load_state, save_checkpoint, save_state
+from qgnn.train.checkpoint import load_state, save_checkpoint
 from qgnn.train.config import TrainConfig
 from qgnn.train.results import summarize_runs
-from qgnn.train.seeding import set_seed
+from qgnn.train.seeding import load_rng_state, rng_state, set_seed
 from qgnn.train.selection import BestTracker, validation_due
 from qgnn.train.tasks import GraphTask, NodeTask, penalty_modules
 
@@ -76,6 +76,15 @@ def apply_method(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     except ImportError:
         raise ConfigError(f"unknown method {cfg.method!r}; valid methods: fp32") from None
     return _apply(model, cfg)
+
+
+def _normalised(config: dict) -> dict | None:
+    """A saved config in today's dict form (a state written before configs carried a version compares equal to
+    the same configuration now); None when it does not read as a TrainConfig at all."""
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ConfigError, TypeError):
+        return None
 
 
 def _run_list(cfg: TrainConfig) -> list[tuple[int, int | None]]:
@@ -150,16 +159,19 @@ class Runner:
         if not self.state_path or not self.state_path.exists():
             return None
         state = load_state(self.state_path)
-        if state["config"] != self.cfg.to_dict():
+        if _normalised(state["config"]) != self.cfg.to_dict():
             raise CheckpointError(
                 f"{self.state_path} was saved for a different configuration; "
-                "rerun with the same options or delete the file")
+                "rerun with the same options, or delete it / pass --overwrite to start over")
         return state
 
     def _save_state(self, runs_done, best, current) -> None:
+        # a failed save warns once and training goes on (qgnn.train.outputs.save_state_or_warn)
         if self.state_path:
-            save_state(self.state_path, {"format": STATE_FORMAT, "config": self.cfg.to_dict(),
-                                         "runs": runs_done, "best": best, "current": current})
+            from qgnn.train.outputs import save_state_or_warn
+
+            save_state_or_warn(self, {"format": STATE_FORMAT, "config": self.cfg.to_dict(),
+                                      "runs": runs_done, "best": best, "current": current})
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
@@ -203,7 +215,9 @@ class Runner:
             if sched is not None and current["scheduler"] is not None:
                 sched.load_state_dict(current["scheduler"])
             tracker.load_state_dict(current["tracker"])
-            torch.set_rng_state(current["rng"])
+            # every stream, the model's own generators included (qgnn.train.seeding): torch's CPU state
+            # alone left Degree-Quant's percentile sampling to restart from its seed
+            load_rng_state(current["rng"], model)
             start_epoch, seconds = current["epoch"], current["seconds"]
             bar.update(start_epoch)
         last_save = time.monotonic()
@@ -227,7 +241,7 @@ class Runner:
             if self.state_path and (stop or time.monotonic() - last_save > self.save_every):
                 cur = {"index": r, "epoch": epochs_run, "seconds": seconds, "model": model.state_dict(),
                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                       "tracker": tracker.state_dict(), "rng": torch.get_rng_state()}
+                       "tracker": tracker.state_dict(), "rng": rng_state(model)}
                 self._save_state(runs_done, best, cur)
                 last_save = time.monotonic()
             if stop:
@@ -300,30 +314,41 @@ class Runner:
 
 def run_experiment(cfg: TrainConfig, *, root=None, out: str | Path | None = None,
                    save: str | Path | None = None, resume: bool = False, progress: bool | None = None,
-                   control: Control | None = None, save_every: float = 60.0) -> dict:
+                   control: Control | None = None, save_every: float = 60.0, overwrite: bool = False) -> dict:
     """Train `cfg`, write the results JSON to `out` and the selected model to `save`.
 
     The resume state lives beside the results (``<out>.state.pt``, else ``<save>.state.pt``)
-    and is removed once the experiment has finished.
+    and is removed once the experiment has finished. Before anything is loaded: `out` and `save` must be
+    writable, the device usable, and an interrupted run's state is either resumed (`resume`) or replaced
+    (`overwrite`), never silently deleted. A write that fails after training keeps the state and raises
+    :class:`~qgnn.train.outputs.OutputWriteError` (:func:`~qgnn.train.outputs.write_outputs`).
     """
+    from qgnn.env import check_device
     from qgnn.train.checkpoint import write_json
+    from qgnn.train.outputs import check_file_target, check_stale_state, state_path_for, write_outputs
 
+    for flag, target in (("--out", out), ("--save", save)):
+        if target:
+            check_file_target(target, flag)
+    state_path = state_path_for(out, save)
+    check_stale_state(state_path, resume, overwrite)
+    check_device(cfg.device)
     runner_cls = Runner
     if _dataset_task(cfg.dataset) == "rec":  # recommendation: its own loop, same interface (qgnn.train.rec)
         from qgnn.train.rec import RecRunner as runner_cls
-    anchor = out or save
-    state_path = Path(f"{anchor}.state.pt") if anchor else None
     runner = runner_cls(cfg, root=root, state_path=state_path, progress=progress, control=control,
                         save_every=save_every)
     results = runner.run(resume=resume)
     best_state = results.pop("_best_state")
-    if save:
-        save_checkpoint(save, best_state, runner.checkpoint_meta(results))
-        results["checkpoint"] = str(save)
-    if out:
-        write_json(out, results)
-    if state_path and state_path.exists():
-        state_path.unlink()
+    meta = runner.checkpoint_meta(results)
+
+    def write_checkpoint(path: Path) -> None:
+        save_checkpoint(path, best_state, meta)
+        results["checkpoint"] = str(path)
+
+    writes = [("--save", Path(save), write_checkpoint)] if save else []
+    writes += [("--out", Path(out), lambda path: write_json(path, results))] if out else []
+    write_outputs(writes, results, state_path, state_current=not getattr(runner, "state_save_failed", False))
     return results
 
 

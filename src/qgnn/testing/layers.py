@@ -1,5 +1,9 @@
-"""Helpers for the quantized-layer tests (plain functions: a conftest.py here would shadow
-tests/conftest.py)."""
+"""The layer tables of the quantized-layer tests: every float PyG layer (and option) a quantized layer must
+reproduce, and factories of quantized copies with quantizers on every slot.
+
+For the tests of qgnn and of user layers: a new quantized layer class is checked by adding its float
+counterpart to ``FLOAT_LAYERS`` (``QUANT_LAYER_FOR`` maps the float type to the quantized class).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,19 @@ from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
 from qgnn.nn import QUANT_LAYER_FOR, WEIGHT_SLOTS
 from qgnn.quant import LSQQuantizer, UniformQuantizer
+from qgnn.testing.graphs import graph as _graph
+from qgnn.testing.parity import permute_graph, sqnr
+
+__all__ = ["IN", "OUT", "FLOAT_LAYERS", "MAIN", "GRAPH_MAIN", "graph", "gin_mlp", "make_float", "run", "slots_of",
+           "uniform_quantizers", "lsq_quantizers", "quantized", "sqnr", "permute_graph", "effective_edges", "targets"]
 
 IN, OUT = 8, 12
 
 
 def graph(n: int = 30, e: int = 90, f: int = IN, seed: int = 0, isolated: int = 3, self_loops: bool = False):
-    """Random features and a random directed graph whose last ``isolated`` nodes have no edge at all."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, f, generator=g)
-    k = max(n - isolated, 1)
-    ei = torch.randint(0, k, (2, e), generator=g)
-    if not self_loops:
-        ei = ei[:, ei[0] != ei[1]]
-    return x, ei
+    """Random features and a random directed graph whose last ``isolated`` nodes have no edge at all
+    (:func:`qgnn.testing.graphs.graph` with the defaults of the layer tests)."""
+    return _graph(n, e, f, seed, isolated=isolated, self_loops=self_loops)
 
 
 def gin_mlp(i: int = IN, o: int = OUT) -> nn.Module:
@@ -115,18 +119,6 @@ def quantized(name: str, bits: int | None = None, seed: int = 0, **kw):
     f = make_float(name, seed)
     qs = {} if bits is None else uniform_quantizers(f, bits, **kw)
     return f, QUANT_LAYER_FOR[type(f)].from_float(f, qs)
-
-
-def sqnr(y: torch.Tensor, y_hat: torch.Tensor) -> float:
-    y, y_hat = y.detach(), y_hat.detach()
-    return float(10 * torch.log10(y.pow(2).sum() / (y - y_hat).pow(2).sum().clamp_min(1e-30)))
-
-
-def permute_graph(x: torch.Tensor, ei: torch.Tensor, perm: torch.Tensor):
-    """New node i is old node perm[i]; edges keep their order (so sums add in the same order)."""
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(perm.numel())
-    return x[perm], inv[ei]
 
 
 def effective_edges(layer: nn.Module, ei: torch.Tensor, n: int) -> torch.Tensor:

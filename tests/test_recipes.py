@@ -1,0 +1,105 @@
+"""The recipe table (qgnn.recipes): what unset flags mean, and that a user's value always wins."""
+
+from __future__ import annotations
+
+import pytest
+
+from qgnn.recipes import apply_method_recipe, apply_prompt_recipe, method_recipe, prompt_recipe, search_recipe
+from qgnn.train import TrainConfig
+
+
+def test_a2q_starts_from_the_validated_width():
+    c = TrainConfig(dataset="cora", model="gcn", method="a2q").resolve("node")
+    assert c.bits == method_recipe("a2q").bits == 4
+    assert method_recipe("a2q").name in c.recipes
+    # The user's --bits wins over the recipe.
+    assert TrainConfig(method="a2q", bits=8).resolve("node").bits == 8
+
+
+def test_methods_without_a_recipe_keep_8_bits_and_record_nothing():
+    c = TrainConfig(method="qat").resolve("node")
+    assert c.bits == 8 and c.recipes == []
+    assert TrainConfig(method="fp32").resolve("node").recipes == []
+
+
+def test_mixq_options_filled_but_user_options_win():
+    c = TrainConfig(method="mixq").resolve("node")
+    assert c.quant["options"]["candidates"] == [4, 8]
+    assert c.quant["options"]["weight_candidates"] == [2, 4, 8]
+    c = TrainConfig(method="mixq", quant={"options": {"candidates": [2, 4, 8]}}).resolve("node")
+    assert c.quant["options"]["candidates"] == [2, 4, 8]
+    assert c.quant["options"]["weight_candidates"] == [2, 4, 8]  # the keys the user left out still come in
+
+
+def test_prompt_recipe_fills_lr_and_placement():
+    c = TrainConfig(model="gin", method="dq", bits=4, prompt={"kind": "gpf-lorap"}).resolve("node")
+    rec = prompt_recipe("dq", "node", "gin")
+    assert rec.name in c.recipes
+    for key, value in rec.settings.items():
+        assert c.prompt[key] == value
+    c = TrainConfig(model="gin", method="dq", bits=4, prompt={"kind": "gpf-lorap", "lr": 0.01,
+                                                             "node_after_quant": False}).resolve("node")
+    assert c.prompt["lr"] == 0.01 and c.prompt["node_after_quant"] is False
+
+
+def test_no_prompt_no_prompt_recipe():
+    c = TrainConfig(method="dq", bits=4).resolve("node")
+    assert c.prompt == {} and not any(r.startswith("prompt") for r in c.recipes)
+    assert apply_prompt_recipe({"kind": "none"}, "dq", "node", "gcn") == ({"kind": "none"}, None)
+
+
+def test_apply_method_recipe_does_not_mutate_its_input():
+    quant = {"options": {"lambda": 1.0}}
+    bits, out, name = apply_method_recipe("mixq", "node", "gcn", None, quant)
+    assert quant == {"options": {"lambda": 1.0}}
+    assert out["options"]["lambda"] == 1.0 and name
+
+
+def test_resolved_config_round_trips_with_its_recipes():
+    c = TrainConfig(method="a2q").resolve("node")
+    again = TrainConfig.from_dict(c.to_dict()).resolve("node")
+    assert again.to_dict() == c.to_dict()
+
+
+def test_search_recipe_is_the_search_default():
+    from qgnn.search.mixq import SearchConfig
+
+    sc = SearchConfig()
+    for key, value in search_recipe().settings.items():
+        got = getattr(sc, key)
+        assert (tuple(got) if isinstance(got, list | tuple) else got) == \
+            (tuple(value) if isinstance(value, list | tuple) else value), key
+
+
+@pytest.mark.parametrize("method", ["a2q", "mixq"])
+def test_recipes_build_valid_models(method):
+    """The recipe's options are accepted by the method (a misspelt option would be an error)."""
+    import torch
+
+    from qgnn import quantize_
+    from qgnn.methods import QuantConfig
+    from qgnn.models import build_model
+
+    c = TrainConfig(method=method).resolve("node")
+    model = build_model("gcn", "node", 8, 3)
+    quantize_(model, QuantConfig(method=c.method, bits=c.bits, **c.quant))
+    x = torch.randn(5, 8)
+    ei = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    assert model(x, ei).shape == (5, 3)
+
+
+def test_plain_qat_hosts_get_their_own_prompt_recipe():
+    """QAT hosts: the node prompt in front of the input quantizer (GIN, GAT), GCN keeps the grid's setting
+    and its recipe carries a note that is printed under the results table."""
+    from qgnn.recipes import recipe_notes
+    from qgnn.train.results import table_notes
+
+    gin = TrainConfig(model="gin", method="qat", bits=4, prompt={"kind": "gpf-lorap"}).resolve("node")
+    assert gin.prompt["node_after_quant"] is False and gin.prompt["lr"] == 1e-3
+    gcn = TrainConfig(model="gcn", method="qat", bits=4, prompt={"kind": "gpf-lorap"}).resolve("node")
+    assert gcn.prompt["node_after_quant"] is True
+    assert recipe_notes(gcn.recipes) and not recipe_notes(gin.recipes)
+    notes = table_notes({"config": gcn.to_dict(), "cost": {}})
+    assert any("plain-QAT GCN" in n for n in notes)
+    dq = TrainConfig(model="gin", method="dq", bits=4, prompt={"kind": "gpf-lorap"}).resolve("node")
+    assert dq.prompt["node_after_quant"] is True

@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 from _report import pct  # noqa: E402
+from qgnn.recipes import SEARCH  # noqa: E402
 
 SEEDS = 3
 # name -> (plain command, TrainConfig kwargs, search?)
@@ -89,6 +90,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def _is_search_recipe(search: dict) -> bool:
+    """Whether a search result ran the search recipe's settings (qgnn.recipes.SEARCH)."""
+    return all(list(v) == list(search.get(k) or []) if isinstance(v, tuple) else search.get(k) == v
+               for k, v in SEARCH.settings.items())
+
+
 def _cost(res: dict, key: str) -> float:
     runs = res.get("cost_runs")  # a search: the mean over runs of each run's own assignment
     return runs[key]["mean"] if runs else res["cost"][key]
@@ -102,8 +109,11 @@ def render() -> None:
         if r is None:
             continue
         m = r["metrics"]
+        recipes = list(r["config"].get("recipes") or [])
+        if r.get("search") and _is_search_recipe(r["search"]):
+            recipes.insert(0, SEARCH.name)
         rows.append(f"| `{command}` | {pct(m['test_acc'])} | {pct(m['val_acc'])} | {_cost(r, 'avg_bits'):.2f} | "
-                    f"{_cost(r, 'bitops_reduction'):.1f}x | {', '.join(r['config'].get('recipes') or []) or '–'} |")
+                    f"{_cost(r, 'bitops_reduction'):.1f}x | {', '.join(recipes) or '–'} |")
 
     def acc(name):
         return 100 * res[name]["metrics"]["test_acc"]["mean"] if res.get(name) else None

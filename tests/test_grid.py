@@ -85,12 +85,29 @@ def test_a_stopped_cell_resumes_from_its_state(tmp_path):
     assert resumed["metrics"]["test_acc"]["runs"] == fresh["metrics"]["test_acc"]["runs"]
 
 
-def test_a_stop_request_ends_a_search_cell_at_an_epoch_boundary(tmp_path):
+def test_a_stopped_search_cell_resumes_from_its_state(tmp_path):
     cell = Cell("s", TrainConfig(dataset="synthetic-node", seeds=1, epochs=3), search=SearchConfig())
     path = tmp_path / "s.json"
     with pytest.raises(Interrupted, match="stopped in the search"):  # as after Ctrl-C in the first search epoch
         run_cell(cell, path, control=Control(stop_requested=True))
-    assert not path.exists()
-    res, cached = run_cell(cell, path)  # a search keeps no state: the cell starts again and finishes
-    assert not cached and res["cell"]["kind"] == "search" and len(res["search"]["assignments"]) == 1
+    assert not path.exists() and state_path(path).exists()  # the search's place is kept
+    notes = []
+    res, cached = run_cell(cell, path, note=notes.append)
+    assert not cached and any("resuming after 1 of 6 epochs" in n for n in notes) and not state_path(path).exists()
+    assert res["cell"]["kind"] == "search" and len(res["search"]["assignments"]) == 1
+    fresh, _ = run_cell(cell, tmp_path / "fresh.json")
+    assert res["search"]["assignments"] == fresh["search"]["assignments"]
+    assert res["metrics"]["test_acc"]["runs"] == fresh["metrics"]["test_acc"]["runs"]
     assert run_cell(cell, path)[1]  # then it is reused
+
+
+def test_a_search_state_of_another_lambda_is_removed_with_a_note(tmp_path):
+    cell = Cell("s", TrainConfig(dataset="synthetic-node", seeds=1, epochs=2), search=SearchConfig(lam=1.0))
+    path = tmp_path / "s.json"
+    with pytest.raises(Interrupted):
+        run_cell(cell, path, control=Control(stop_requested=True))
+    notes = []
+    other = Cell("s", cell.config, search=SearchConfig(lam=2.0))
+    res, cached = run_cell(other, path, note=notes.append)
+    assert not cached and res["search"]["lam"] == 2.0 and not state_path(path).exists()
+    assert len(notes) == 1 and "saved for another configuration" in notes[0]

@@ -10,10 +10,11 @@ run -> cache. A :class:`Cell` is one experiment: a :class:`~qgnn.train.TrainConf
   recipe (:mod:`qgnn.recipes`) reruns the cell, and two requests that resolve to the same configuration share
   it. The comparison key (:func:`fingerprint`) is written into the JSON as ``"cell"``; a results file without
   it (written before this module, or by ``qgnn train``) is matched on its recorded ``config``.
-* **resumable**: a training cell keeps the runner's resume state beside its JSON (``<path>.state.pt``) while it
+* **resumable**: a cell keeps its resume state beside its JSON (``<path>.state.pt``: the runner's for a training
+  cell, :func:`~qgnn.search.mixq.run_search`'s for a search cell, which holds the search's place too) while it
   runs; a stopped cell (Ctrl-C through :class:`~qgnn.train.Control`) continues from it, giving the result of an
   uninterrupted run. A state saved for another configuration cannot continue this cell: it is removed, with a
-  note. A search cell has no resume state: a stopped one starts again.
+  note.
 """
 
 from __future__ import annotations
@@ -152,6 +153,18 @@ def _note(msg: str) -> None:
     print(f"qgnn: {msg}", file=sys.stderr)
 
 
+def _continues(fp: dict, state: dict) -> bool:
+    """Whether a resume state continues the cell of fingerprint ``fp``: same kind (a training run's state has no
+    "kind"), same fixed-bit config and, for a search, the same search options and search epochs."""
+    if state.get("kind", "train") != fp["kind"] or not same_config(fp["config"], state.get("config", {})):
+        return False
+    if fp["kind"] != "search":
+        return True
+    search = fp["search"]
+    return (_plain(state.get("search")) == search
+            and state.get("search_epochs") == (search.get("search_epochs") or fp["config"]["epochs"]))
+
+
 def _usable_state(fp: dict, spath: Path, force: bool, note: Callable[[str], None]) -> dict | None:
     """The resume state at ``spath`` when it continues this cell; a state of anything else is removed."""
     from qgnn.errors import CheckpointError
@@ -167,7 +180,7 @@ def _usable_state(fp: dict, spath: Path, force: bool, note: Callable[[str], None
         except CheckpointError as e:
             why = f"unreadable ({e})"
         else:
-            if fp["kind"] != "train" or not same_config(fp["config"], state.get("config", {})):
+            if not _continues(fp, state):
                 why, state = "saved for another configuration", None
     if state is None:
         note(f"removing the resume state {spath}: {why}")
@@ -181,7 +194,7 @@ def run_cell(cell: Cell, path: str | Path, *, root=None, force: bool = False, co
 
     ``bar``: a tqdm advanced by one per epoch trained (resumed epochs count as done); without it the runner
     draws its own bar when ``progress`` allows. ``control``: stops the cell at an epoch boundary
-    (:class:`~qgnn.train.Interrupted`; a training cell saves its resume state first). ``force``: train again
+    (:class:`~qgnn.train.Interrupted`, after saving the cell's resume state). ``force``: train again
     even when a matching result (or resume state) exists.
     """
     from qgnn.train import Control
@@ -199,10 +212,15 @@ def run_cell(cell: Cell, path: str | Path, *, root=None, force: bool = False, co
     start = bar.n if bar is not None else 0
     total = cell_epochs(cell)
     if state is not None:
-        cfg = resolved(cell)
-        done = len(state.get("runs", [])) * cfg.epochs + ((state.get("current") or {}).get("epoch") or 0)
+        if cell.search is None:
+            cfg = resolved(cell)
+            done = len(state.get("runs", [])) * cfg.epochs + ((state.get("current") or {}).get("epoch") or 0)
+        else:
+            from qgnn.search.mixq import state_epochs
+
+            done = state_epochs(state)
         note(f"{cell.name}: resuming after {done} of {total} epochs ({spath})")
-        if bar is not None:
+        if bar is not None and cell.search is None:  # run_search advances the bar it is given by its done epochs
             bar.update(done)
 
     def tick(run, epoch):
@@ -222,7 +240,7 @@ def run_cell(cell: Cell, path: str | Path, *, root=None, force: bool = False, co
             from qgnn.search.mixq import run_search
 
             results = run_search(cell.config, cell.search, root=root, out=path, save=cell.save,
-                                 progress=run_progress, control=control, bar=bar)
+                                 resume=state is not None, progress=run_progress, control=control, bar=bar)
     finally:
         if own_tick:
             control.on_epoch_end.remove(tick)

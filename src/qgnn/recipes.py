@@ -91,21 +91,22 @@ _METHODS: dict[tuple[str, str, str], MethodRecipe] = {
 _PROMPT_DEFAULT = PromptRecipe("prompt-lr1e-3-after-quant", {"lr": 1e-3, "node_after_quant": True},
                                why="the prompt grid's setting (docs/notes/prompts-grid.md, Prompts on INT4 hosts)")
 # Plain-QAT hosts (EMA min / max ranges) are where the grid's setting hurts: on validation GPF-LoRAP lost
-# 0.6-11 points to the host in every QAT cell (GIN Cora 39.68 against 50.84). Measured on Cora, 3 seeds,
-# validation (test) accuracy, host -> GPF-LoRAP at prompt lr 1e-3 with the node prompt in front of the
-# input quantizer (docs/notes/prompts-grid.md, "Prompts on plain-QAT hosts"):
-#   GIN 49.47 (48.40) -> 51.20 (50.50); GAT 57.80 (58.77) -> 58.07 (59.90); GCN 78.33 (78.37) -> 72.07 (71.83).
-# So QAT hosts put the node prompt before the quantizer (its range then covers the prompted input), except
-# GCN, where every setting tried lost on validation (after the quantizer at lr 1e-3: 76.76 against 78.52, 5
-# seeds; at lr 1e-4: 76.67 against 78.33, 3 seeds; before it: 72.07) and the least harmful one is kept.
+# 0.6-11 points to the host in every QAT cell (GIN Cora 39.68 against 50.84). Measured on Cora, 3 seeds, mean
+# validation accuracy, host / GPF-LoRAP at prompt lr 1e-3 with the node prompt after / in front of the input
+# quantizer (docs/notes/prompts-grid.md, "Prompts on plain-QAT hosts"; benchmarks/defaults.py --probe-only):
+#   GIN 49.47 / 40.47 / 51.20; GAT 57.80 / 49.73 / 58.07; GCN 78.33 / 75.60 / 72.07.
+# So QAT hosts put the node prompt in front of the quantizer (its range then covers the prompted input),
+# except GCN, where every setting measured lost on validation (also at prompt lr 1e-4: 76.67 against 78.33)
+# and the least harmful one is kept, with a note under the results table.
 _PROMPT_QAT = PromptRecipe("prompt-qat-lr1e-3-before-quant", {"lr": 1e-3, "node_after_quant": False},
                            why="on plain-QAT GIN / GAT hosts the node prompt in front of the input quantizer did "
                                "no harm on validation (docs/notes/prompts-grid.md)")
 _PROMPT_QAT_GCN = PromptRecipe(
     "prompt-qat-gcn-lr1e-3-after-quant", {"lr": 1e-3, "node_after_quant": True},
     why="the least harmful setting measured on a plain-QAT GCN host (docs/notes/prompts-grid.md)",
-    note="on a plain-QAT GCN host no prompt setting measured beat the host on validation (Cora: 1.8 points "
-         "below it at this setting); prompts help on dq, a2q and mixq hosts (docs/prompts.md)")
+    note="on a plain-QAT GCN host no prompt setting measured beat the host on validation (Cora, 3 seeds: 2.7 "
+         "points below it at this setting, the least harmful); prompts help on dq, a2q and mixq hosts "
+         "(docs/prompts.md)")
 _PROMPTS: dict[tuple[str, str, str], PromptRecipe] = {
     ("*", "*", "*"): _PROMPT_DEFAULT,
     ("qat", "*", "*"): _PROMPT_QAT,

@@ -333,7 +333,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("command", ["train", "search", "sweep", "export", "eval", "info"])
+@pytest.mark.parametrize("command", ["train", "search", "sweep", "export", "eval", "compare", "info"])
 def test_every_option_has_help_and_its_default_once(command):
     p = _subparsers()[command]
     text = p.format_help()

@@ -54,11 +54,9 @@ def run(args, control) -> int:
                                            control=control, bar=bar)
             except Interrupted:
                 write_json(grid.out_dir / "compare.json", _summary(grid, rows, len(rows), len(cells)))
-                how = ("resumes from its saved state" if cell.search is None
-                       else "starts again (a search keeps no state)")
                 raise Interrupted(f"stopped in cell {cell.name} ({len(rows)} of {len(cells)} cells finished); run the "
-                                  f"same command again to continue: finished cells are reused and this one {how}"
-                                  ) from None
+                                  "same command again to continue: finished cells are reused and this one resumes "
+                                  "from its saved state") from None
             trained += not cached
             rows.append(row_of(cell.name, spec, prompt, results, scores, paths[cell.name]))
             # after every cell: a stopped comparison keeps its finished rows

@@ -82,6 +82,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default=None,
                    help="results JSON (default: runs/search-<dataset>-<model>-l<λ>.json)")
     p.add_argument("--save", default=None, help="checkpoint of the selected fixed-bit model (safetensors)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search of the same command (its state: <out>.state.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over, deleting an interrupted search's state (<out>.state.pt) instead of refusing")
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("sweep", help="MixQ-GNN over several λ: table, JSON and accuracy-vs-BitOPs plot")
     _common(p)
@@ -89,6 +93,9 @@ def add_parsers(sub) -> None:
                    help="the λ values, one search each")
     p.add_argument("--out-dir", default="runs/sweep", help="folder for the JSON files and the plot")
     p.add_argument("--no-fp32", action="store_true", help="skip the FP32 reference run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start every λ and the FP32 reference over, deleting the interrupted ones' resume states "
+                        "(<out-dir>/*.json.state.pt; default: an interrupted one continues from its state)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -139,16 +146,20 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def cmd_search(args) -> int:
+    from qgnn.grid import stop_on_sigint
     from qgnn.search.mixq import run_search
+    from qgnn.train import Control
     from qgnn.train.outputs import OutputWriteError
     from qgnn.train.results import format_table
 
     cfg, sc = _configs(args, args.lam)
     _check(cfg)
     out = Path(args.out or f"runs/search-{cfg.dataset.lower()}-{cfg.model.lower()}-l{sc.lam:g}.json")
+    control = Control()
     try:
-        results = run_search(cfg, sc, root=args.root, out=out, save=args.save,
-                             progress=False if args.quiet else None)
+        with stop_on_sigint(control):  # Ctrl-C: save the resume state at the epoch's end, then exit 130
+            results = run_search(cfg, sc, root=args.root, out=out, save=args.save, resume=args.resume,
+                                 overwrite=args.overwrite, progress=False if args.quiet else None, control=control)
     except OutputWriteError as e:  # the run finished: show it before the line saying where it went
         if e.results:
             print(format_table(e.results))
@@ -172,6 +183,15 @@ def _write_summary(out_dir: Path, rows: list[dict], fp32: dict | None, dataset: 
 
 
 def cmd_sweep(args) -> int:
+    from qgnn.grid import stop_on_sigint
+    from qgnn.train import Control
+
+    control = Control()
+    with stop_on_sigint(control, "this epoch; the same command continues from there"):
+        return _sweep(args, control)
+
+
+def _sweep(args, control) -> int:
     from qgnn.env import check_device
     from qgnn.search.mixq import run_search
     from qgnn.train import run_experiment
@@ -182,19 +202,22 @@ def cmd_sweep(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     fp32 = None
+    # Unless --overwrite: a sweep stopped in a λ's search or in its FP32 reference continues it from its resume
+    # state (a rerun never deletes one); a λ without a state starts afresh.
+    resume = not args.overwrite
+    quiet = False if args.quiet else None
     for lam in args.lambdas:
         cfg, sc = _configs(args, lam)
         _check(cfg)
-        res = run_search(cfg, sc, root=args.root, out=out_dir / f"search-l{lam:g}.json",
-                         progress=False if args.quiet else None)
+        res = run_search(cfg, sc, root=args.root, out=out_dir / f"search-l{lam:g}.json", resume=resume,
+                         overwrite=args.overwrite, progress=quiet, control=control)
         rows.append(_row(res))
         print(format_rows(rows[-1:]))
         _write_summary(out_dir, rows, None, args.dataset)  # after every λ: a stopped sweep keeps its rows
     if not args.no_fp32:
         cfg, _ = _configs(args, 0.0)
-        # resume=True: a sweep stopped during its FP32 reference continues it (a rerun never deletes its state)
-        fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", resume=True,
-                              progress=False if args.quiet else None)
+        fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", resume=resume,
+                              overwrite=args.overwrite, progress=quiet, control=control)
     summary = _write_summary(out_dir, rows, fp32, args.dataset)
     print(format_rows(rows))
     if fp32:

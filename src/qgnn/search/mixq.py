@@ -26,6 +26,14 @@ Where α learns from (``alpha_split``):
   batch (a train-mode forward, as in DARTS: BatchNorm statistics and activation ranges also see that
   batch's features; its labels reach only α). The validation split is then used for α and for epoch
   selection; the test split stays unseen.
+
+Interruptions lose no work, as in training (:mod:`qgnn.train.runner`): with an ``out`` (or ``save``) target,
+:func:`run_search` keeps a resume state beside it (``<out>.state.pt``) holding the finished runs and the current
+run's place: in the search (epoch, weights and α, both optimizers, the scheduler, every random stream and the
+position in the validation batches α steps on), or, once the assignment is found, the assignment and the
+fixed-bit phase's own Runner state. It is saved at epoch boundaries every ``save_every`` seconds, after each
+phase, and when asked to stop (Ctrl-C); ``resume=True`` continues from it and gives the uninterrupted result
+(same assignments, same selected epochs, bit-identical weights).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qgnn.config import ConfigBase
-from qgnn.errors import ConfigError
+from qgnn.errors import CheckpointError, ConfigError
 from qgnn.quant import RelaxedQuantizer, parse_candidates
 from qgnn.quant.relaxed import SAMPLINGS
 from qgnn.recipes import SEARCH
@@ -50,11 +58,11 @@ from qgnn.search.assignment import BitAssignment
 from qgnn.search.penalty import PENALTY_KINDS
 from qgnn.train.config import TrainConfig
 from qgnn.train.results import summarize, summarize_runs
-from qgnn.train.runner import Runner, _run_list
-from qgnn.train.seeding import set_seed
+from qgnn.train.runner import STATE_FORMAT, Control, Interrupted, Runner, _normalised, _run_list
+from qgnn.train.seeding import load_rng_state, rng_state, set_seed
 from qgnn.train.tasks import GraphTask, NodeTask, penalty, penalty_modules
 
-__all__ = ["SearchConfig", "run_search", "search_assignment"]
+__all__ = ["SearchConfig", "run_search", "search_assignment", "state_epochs"]
 
 ALPHA_SPLITS = ("val", "train")
 _RECIPE = SEARCH.settings
@@ -178,12 +186,40 @@ def _cycle(loader):
             raise ConfigError("the validation split has no batch of two or more graphs to search on")
 
 
-def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchConfig, bar=None, control=None
-                      ) -> tuple[BitAssignment, float, dict, float]:
+class _ValBatches:
+    """The endless validation batches α steps on (graph tasks, ``alpha_split="val"``), counting those taken.
+
+    A resumed search skips as many and goes on with the batch the uninterrupted one would take next: the
+    validation loader does not shuffle, so the same count is the same place. The skip's own random draws (a
+    DataLoader draws a base seed from torch's generator at every pass) are undone by restoring the saved random
+    streams after it.
+    """
+
+    def __init__(self, loader, skip: int = 0):
+        self._batches = _cycle(loader)
+        self.taken = 0
+        for _ in range(skip):
+            next(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.taken += 1
+        return next(self._batches)
+
+
+def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchConfig, bar=None, control=None, *,
+                      index: int = 0, current: dict | None = None, save=None, save_every: float = 60.0,
+                      where: str = "") -> tuple[BitAssignment, float, dict, float]:
     """Run the search of one run on ``runner`` (configured with method ``mixq``); returns
     (assignment, seconds per search epoch, {slot path: E[b] at the end}, the searched model's val acc).
-    ``control`` (:class:`~qgnn.train.Control`): a stop request ends the search at the epoch boundary
-    (Interrupted; a search keeps no resume state)."""
+
+    ``control`` (:class:`~qgnn.train.Control`): its ``on_epoch_end`` callbacks get (``index``, epoch) after
+    every search epoch, and a stop request ends the search at that epoch boundary (Interrupted, after ``save``;
+    ``where`` is appended to its message). ``save``: called with the search's progress (tensors and plain
+    containers) at an epoch boundary every ``save_every`` seconds and before stopping; ``current``: such progress
+    to continue from (same runner configuration, seed and fold), giving what the uninterrupted search gives."""
     set_seed(seed)
     model = runner.build()
     task = runner.task_for(fold)
@@ -197,9 +233,22 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
     opt_a = torch.optim.Adam(alphas, lr=sc.alpha_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.StepLR(opt_w, c.lr_step, c.lr_gamma) if c.lr_step else None
     pens = penalty_modules(model)
-    val_iter = _cycle(task.val_loader) if isinstance(task, GraphTask) and sc.alpha_split == "val" else None
-    seconds = 0.0
-    for _ in range(c.epochs):
+    val_iter = (_ValBatches(task.val_loader, current["val_batches"] if current else 0)
+                if isinstance(task, GraphTask) and sc.alpha_split == "val" else None)
+    start_epoch, seconds = 0, 0.0
+    if current is not None:  # continue an interrupted search where its progress was saved
+        model.load_state_dict(current["model"])  # weights, α and the observers' ranges
+        opt_w.load_state_dict(current["opt_w"])
+        opt_a.load_state_dict(current["opt_a"])
+        if sched is not None and current["scheduler"] is not None:
+            sched.load_state_dict(current["scheduler"])
+        load_rng_state(current["rng"], model)  # last: building the model and the batch skip above drew numbers too
+        start_epoch, seconds = current["epoch"], current["seconds"]
+        if bar is not None:
+            bar.update(start_epoch)
+    control = control or Control()
+    last_save = time.monotonic()
+    for epoch in range(start_epoch, c.epochs):
         t0 = time.perf_counter()
         if isinstance(task, NodeTask):
             _node_step(task, model, opt_w, opt_a, alphas, pens, sc.alpha_split)
@@ -210,10 +259,17 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
         seconds += time.perf_counter() - t0
         if bar is not None:
             bar.update(1)
-        if control is not None and control.stop_requested:
-            from qgnn.train.runner import Interrupted
-
-            raise Interrupted(f"stopped in the search of seed {seed}" + (f", fold {fold}" if fold is not None else ""))
+        for cb in control.on_epoch_end:
+            cb(index, epoch)
+        stop = control.stop_requested
+        if save is not None and (stop or time.monotonic() - last_save > save_every):
+            save({"epoch": epoch + 1, "seconds": seconds, "model": model.state_dict(), "opt_w": opt_w.state_dict(),
+                  "opt_a": opt_a.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                  "val_batches": val_iter.taken if val_iter is not None else 0, "rng": rng_state(model)})
+            last_save = time.monotonic()
+        if stop:
+            run = f"run {index + 1} (seed {seed}" + (f", fold {fold})" if fold is not None else ")")
+            raise Interrupted(f"stopped in the search of {run}, epoch {epoch + 1}{where}")
     expected = {f"{n}": round(float(m.bit_width), 3) for n, m in model.named_modules()
                 if isinstance(m, RelaxedQuantizer)}
     # Validation accuracy of the searched model itself (relaxed widths; arg-max with gumbel sampling).
@@ -221,22 +277,80 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
     return BitAssignment.from_model(model), seconds / c.epochs, expected, search_val_acc
 
 
+# ------------------------------------------------------------------------------------------- resume state
+class _FixedBitRunner(Runner):
+    """The fixed-bit phase: the Runner's own loop (``_one_run``), whose current-run state (model, optimizer,
+    scheduler, selection, random streams) goes into the search's resume state through ``save_phase`` rather
+    than into a training state file of its own."""
+
+    save_phase = None  # callable(the Runner's current-run state)
+
+    def _save_state(self, runs_done, best, current) -> None:
+        if self.state_path and self.save_phase is not None:
+            self.save_phase(current)
+
+
+def state_epochs(state: dict) -> int:
+    """Epochs a search resume state has done (what a progress bar counts as done on resume): both phases of every
+    finished run, and the current run's search epochs, plus its fixed-bit epochs once the search is over."""
+    searched, trained = state["search_epochs"], state["config"]["epochs"]
+    cur = state.get("current") or {}
+    done = len(state.get("runs", [])) * (searched + trained)
+    if cur.get("phase") == "search":
+        return done + cur["search"]["epoch"]
+    if cur.get("phase") == "train":
+        return done + searched + ((cur.get("run") or {}).get("epoch") or 0)
+    return done
+
+
+def _search_dict(saved) -> dict | None:
+    """A saved SearchConfig dict in today's form; None when it does not read as one."""
+    try:
+        return SearchConfig.from_dict(saved).validate().to_dict()
+    except (ConfigError, TypeError):
+        return None
+
+
+def _load_search_state(path: Path | None, cfg: TrainConfig, sc: SearchConfig, search_epochs: int) -> dict | None:
+    """The resume state at ``path`` when there is one; one saved for another configuration (the fixed-bit
+    TrainConfig, the SearchConfig, the search's epochs), or by a training run, is refused with one line."""
+    from qgnn.train.checkpoint import load_state
+
+    if path is None or not path.exists():
+        return None
+    state = load_state(path)
+    if (state.get("kind") != "search" or _normalised(state.get("config")) != cfg.to_dict()
+            or _search_dict(state.get("search")) != sc.to_dict() or state.get("search_epochs") != search_epochs):
+        raise CheckpointError(f"{path} was saved for a different configuration; rerun with the same options, or "
+                              "delete it / pass --overwrite to start over")
+    return state
+
+
 # ------------------------------------------------------------------------------------------- both phases
 def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path | None = None,
-               save: str | Path | None = None, progress: bool | None = None, control=None, bar=None) -> dict:
+               save: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+               progress: bool | None = None, control=None, bar=None, save_every: float = 60.0) -> dict:
     """Search and train every run of ``cfg`` (seeds or folds); returns the results dict (also written to
-    ``out``; the selected run's fixed-bit model to ``save``). See the module docstring. ``control``
-    (:class:`~qgnn.train.Control`) stops both phases at an epoch boundary; ``bar``: a caller's tqdm to advance
-    one step per epoch instead of this function's own bar (`qgnn compare`: one bar over its whole grid)."""
+    ``out``; the selected run's fixed-bit model to ``save``). See the module docstring.
+
+    The resume state lives beside the results (``<out>.state.pt``, else ``<save>.state.pt``), as for
+    :func:`~qgnn.train.run_experiment`: an interrupted search's state is continued (``resume``) or replaced
+    (``overwrite``), never silently deleted, and is removed once the outputs are written. ``control``
+    (:class:`~qgnn.train.Control`) stops either phase at an epoch boundary, after saving the state; its
+    ``on_epoch_end`` callbacks get (run index, epoch within the phase) after every epoch of both phases.
+    ``bar``: a caller's tqdm to advance one step per epoch instead of this function's own bar (`qgnn compare`:
+    one bar over its whole grid); the epochs a resumed search has done count as done."""
     from qgnn.env import check_device, environment
     from qgnn.prompts import prompt_report
     from qgnn.train.checkpoint import save_checkpoint, write_json
-    from qgnn.train.outputs import check_file_target, write_outputs
+    from qgnn.train.outputs import check_file_target, check_stale_state, state_path_for, write_outputs
 
     sc.validate()
     for flag, target in (("--out", out), ("--save", save)):  # before any data is loaded or epoch trained
         if target:
             check_file_target(target, flag)
+    state_path = state_path_for(out, save)
+    check_stale_state(state_path, resume, overwrite)
     check_device(cfg.device)
     if cfg.method not in ("fp32",) + FINAL_METHODS:
         raise ConfigError(f"qgnn search trains the found assignment with --final-method; got --method {cfg.method}")
@@ -245,44 +359,81 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
                "weight_candidates": None if sc.weight_candidates is None else list(sc.weight_candidates),
                "temperature": sc.temperature, "sampling": sc.sampling,
                "init": sc.alpha_init}
+    control = control or Control()
     search_cfg = dataclasses.replace(cfg, method="mixq", bits=top, quant={"options": options}, prompt={})
     searcher = Runner(search_cfg, root=root, progress=False)
     if sc.search_epochs:
         searcher.cfg = dataclasses.replace(searcher.cfg, epochs=sc.search_epochs)
     final_cfg = dataclasses.replace(cfg, method=sc.final_method, bits=top, quant={})
-    trainer = Runner(final_cfg, root=root, progress=False, control=control)
+    trainer = _FixedBitRunner(final_cfg, root=root, state_path=state_path, progress=False, control=control,
+                              save_every=save_every)
     base_final = trainer.cfg
+    searched, trained = searcher.cfg.epochs, base_final.epochs
+    state = _load_search_state(state_path, base_final, sc, searched) if resume else None
+    runs: list[dict] = list(state["runs"]) if state else []
+    best = state["best"] if state else None  # {"index", "val", "val_loss", "state"}
+    current = state["current"] if state else None
+    head = {"format": STATE_FORMAT, "kind": "search", "config": base_final.to_dict(), "search": sc.to_dict(),
+            "search_epochs": searched}
+
+    def save_state(cur: dict | None) -> None:
+        # the finished runs, the best so far and the current run's place; a failed save warns once and the search
+        # goes on (qgnn.train.outputs.save_state_or_warn)
+        from qgnn.train.outputs import save_state_or_warn
+
+        if state_path:
+            save_state_or_warn(trainer, {**head, "runs": runs, "best": best, "current": cur})
+
     run_list = _run_list(trainer.cfg)
-    total_epochs = len(run_list) * (searcher.cfg.epochs + trainer.cfg.epochs)
+    total_epochs = len(run_list) * (searched + trained)
     own_bar = bar is None
     if own_bar:
         bar = tqdm(total=total_epochs, disable=None if progress is None else not progress, unit="ep",
                    desc=f"search {cfg.dataset}/{cfg.model} λ={sc.lam:g}", dynamic_ncols=True)
+    bar.update(len(runs) * (searched + trained))
+    where = f"; resume with --resume (state in {state_path})" if state_path else ""
     t_start = time.perf_counter()
-    runs, best, best_cfg = [], None, None
     try:
-        for r, (seed, fold) in enumerate(run_list):
-            assignment, search_spe, expected, search_val = search_assignment(searcher, seed, fold, sc, bar, control)
-            trainer.cfg = dataclasses.replace(base_final, quant={"overrides": assignment.to_overrides()})
-            result, state = trainer._one_run(r, seed, fold, None, runs, best, bar)
-            cost = trainer.cost(state)
-            result.update({"assignment": assignment.bits, "expected_bits": expected, "search_val_acc": search_val,
-                           "search_seconds_per_epoch": search_spe,
-                           "bitops_reduction": cost["bitops_reduction"],
+        for r in range(len(runs), len(run_list)):
+            seed, fold = run_list[r]
+            cur = current if current is not None and current["index"] == r else None
+            current = None
+            if cur is not None and cur["phase"] == "train":  # the assignment was found before the interruption
+                found = dict(cur["found"])
+                bar.update(searched)
+            else:
+                assignment, search_spe, expected, search_val = search_assignment(
+                    searcher, seed, fold, sc, bar, control, index=r, current=cur["search"] if cur else None,
+                    save=lambda progress, r=r: save_state({"index": r, "phase": "search", "search": progress}),
+                    save_every=save_every, where=where)
+                found = {"assignment": assignment.bits, "expected_bits": expected, "search_val_acc": search_val,
+                         "search_seconds_per_epoch": search_spe}
+                save_state({"index": r, "phase": "train", "found": found, "run": None})  # never searched again
+            trainer.cfg = dataclasses.replace(
+                base_final, quant={"overrides": BitAssignment(found["assignment"]).to_overrides()})
+            trainer.save_phase = lambda run, r=r, found=found: save_state(
+                {"index": r, "phase": "train", "found": found, "run": run})
+            result, model_state = trainer._one_run(r, seed, fold, cur["run"] if cur is not None and
+                                                   cur["phase"] == "train" else None, runs, best, bar)
+            cost = trainer.cost(model_state)
+            result.update({**found, "bitops_reduction": cost["bitops_reduction"],
                            "bitops_reduction_linear": cost["bitops_reduction_linear"],
                            "avg_bits": cost["avg_bits"], "cost": cost})
             runs.append(result)
             if best is None or (result["val_acc"], -result["val_loss"]) > (best["val"], -best["val_loss"]):
-                best = {"index": r, "val": result["val_acc"], "val_loss": result["val_loss"], "state": state}
-                best_cfg = trainer.cfg
+                best = {"index": r, "val": result["val_acc"], "val_loss": result["val_loss"], "state": model_state}
+            save_state(None)
     finally:
         if own_bar:
             bar.close()
     total = time.perf_counter() - t_start
+    best_cfg = dataclasses.replace(
+        base_final, quant={"overrides": BitAssignment(runs[best["index"]]["assignment"]).to_overrides()})
+    trainer.cfg = best_cfg
     keys = [k for k in ("test_acc", "val_acc", "train_acc", "val_loss", "best_epoch") if k in runs[0]]
     results = {
         "config": best_cfg.to_dict(),
-        "search": {**sc.to_dict(), "search_epochs": searcher.cfg.epochs,
+        "search": {**sc.to_dict(), "search_epochs": searched,
                    "assignments": [r["assignment"] for r in runs]},
         "metrics": summarize_runs(runs, keys),
         "cost": dict(runs[best["index"]]["cost"]),
@@ -296,15 +447,15 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
         **({"prompt": {**cfg.prompt, **prompt_report(trainer.build())}} if cfg.prompt else {}),
         "env": environment(),
     }
-    trainer.cfg = best_cfg
     meta = trainer.checkpoint_meta(results)
 
     def write_checkpoint(path: Path) -> None:
         save_checkpoint(path, best["state"], meta)
         results["checkpoint"] = str(path)
 
-    # a write failing after the search (disk full...) still writes the rest and rescues the failed one
+    # a write failing after the search (disk full...) still writes the rest, rescues the failed one and keeps the
+    # resume state, from which --resume writes the outputs again without searching or training
     writes = [("--save", Path(save), write_checkpoint)] if save else []
     writes += [("--out", Path(out), lambda path: write_json(path, results))] if out else []
-    write_outputs(writes, results)
+    write_outputs(writes, results, state_path, state_current=not getattr(trainer, "state_save_failed", False))
     return results

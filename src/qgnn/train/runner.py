@@ -159,7 +159,8 @@ class Runner:
         if not self.state_path or not self.state_path.exists():
             return None
         state = load_state(self.state_path)
-        if _normalised(state["config"]) != self.cfg.to_dict():
+        # a search's state (kind "search", qgnn.search.mixq) records its fixed-bit config: not a training run's
+        if state.get("kind", "train") != "train" or _normalised(state["config"]) != self.cfg.to_dict():
             raise CheckpointError(
                 f"{self.state_path} was saved for a different configuration; "
                 "rerun with the same options, or delete it / pass --overwrite to start over")

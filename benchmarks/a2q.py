@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                               device=args.device)
             cells += [_harness.Cell(f"a2q-{name}-fp32", dataclasses.replace(cfg, method="fp32", bits=None)),
                       _harness.Cell(f"a2q-{name}", cfg)]
-        _harness.run(cells, root=args.root, force=args.force,
+        _harness.run(cells, root=args.root, force=args.force, dry_run=args.dry_run,
                      after=lambda cell, res, cached: print(cell.name, pct(res["metrics"]["test_acc"]), flush=True))
     render()
     return 0

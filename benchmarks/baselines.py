@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     cells = [_harness.Cell(f"baseline-{name}", TrainConfig(**EXPERIMENTS[name][0], folds=args.folds,
                                                            epochs=args.epochs, device=args.device))
              for name in args.only or list(EXPERIMENTS)]
-    _harness.run(cells, root=args.root, force=args.force, progress=None, after=show)
+    _harness.run(cells, root=args.root, force=args.force, progress=None, after=show, dry_run=args.dry_run)
     render()
     return 0
 

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         if args.probe or args.probe_only:
             cells += [_harness.Cell(f"defaults-{name}", TrainConfig(**kw, seeds=SEEDS))
                       for name, kw in _probe_cells().items()]
-        _harness.run(cells, root=args.root, force=args.force,
+        _harness.run(cells, root=args.root, force=args.force, dry_run=args.dry_run,
                      after=lambda cell, res, cached: print(cell.name, pct(res["metrics"]["test_acc"]), flush=True))
     render()
     return 0

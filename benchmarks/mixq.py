@@ -1,9 +1,14 @@
 """MixQ-GNN search against FP32 and MixQ-GNN's own logs (issue: mixed precision).
 
-Each group runs `qgnn sweep` (search, then fixed-bit training, per seed) into
-benchmarks/results/mixq-<name>/ and the `mixq` section (docs/notes/mixq.md) is rebuilt
-from every sweep.json there. Reductions are given in both measures: qgnn's BitOPs
-(MACs × b_a × b_w) and the linear one MixQ-GNN reports (its points are only
+Each group is what `qgnn sweep` runs (search, then fixed-bit training, per seed; GCN, 5 seeds), as cells of
+the benchmark harness (benchmarks/_harness.py): one per λ, benchmarks/results/mixq-<name>/search-l<λ>.json, and
+where the group asks for it the FP32 reference, fp32.json. A cell whose JSON holds the same experiment is
+reused (results written by `qgnn sweep` before the harness included, matched on their recorded config and
+search options), unless --force; a stopped cell continues; --dry-run lists the cells and what would happen to
+each. Every search option a recipe would fill is given (GROUPS), so a group stays the experiment its name says.
+After a group trained, its sweep.json (the rows, as `qgnn sweep` writes them) and sweep.png are rewritten. The
+`mixq` section (docs/notes/mixq.md) is rebuilt from every sweep.json there. Reductions are given in both
+measures: qgnn's BitOPs (MACs × b_a × b_w) and the linear one MixQ-GNN reports (its points are only
 comparable with the latter).
 
     OMP_NUM_THREADS=1 python benchmarks/mixq.py --only cora-c248 cora-c48
@@ -18,54 +23,98 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness  # noqa: E402
+import _report  # noqa: E402
 from _report import RESULTS_DIR, update_section  # noqa: E402
 
-# name -> qgnn sweep arguments
+SEEDS = 5
+# The library's search defaults when the first groups ran (before the search recipe, qgnn.recipes.SEARCH):
+# candidates {2, 4, 8} for every slot (no weight set of their own), α lr 0.01, plain QAT for the fixed-bit
+# training. Each group gives every option the recipe would fill.
+FORMER = dict(candidates=(2, 4, 8), weight_candidates=None, alpha_lr=0.01, final_method="qat")
+C48 = dict(FORMER, candidates=(4, 8))
+W248_A48_DQ = dict(C48, weight_candidates=(2, 4, 8), final_method="dq")
+# name -> dataset, λ values, search options (qgnn.search.mixq.SearchConfig), FP32 reference run (`qgnn sweep`
+# without --no-fp32)
 GROUPS = {
-    "cora-c248": ["--dataset", "cora", "--seeds", "5", "--lambdas", "0.1", "1.0", "--no-fp32"],
-    "cora-c48": ["--dataset", "cora", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8", "--no-fp32"],
-    "citeseer-c48": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8",
-                     "--no-fp32"],
+    "cora-c248": dict(dataset="cora", lambdas=(0.1, 1.0), search=FORMER),
+    "cora-c48": dict(dataset="cora", lambdas=(1.0,), search=C48),
+    "citeseer-c48": dict(dataset="citeseer", lambdas=(1.0,), search=C48),
     # Degree-Quant for the fixed-bit training: at INT4 it keeps GCN Cora at 81.86 where plain QAT drops to 78.49
-    "cora-c48-dq": ["--dataset", "cora", "--seeds", "5", "--lambdas", "0.1", "1.0", "3.0", "--candidates", "4", "8",
-                    "--final-method", "dq"],
-    "cora-c248-dq": ["--dataset", "cora", "--seeds", "5", "--lambdas", "0.1", "1.0", "--final-method", "dq",
-                     "--no-fp32"],
+    "cora-c48-dq": dict(dataset="cora", lambdas=(0.1, 1.0, 3.0), search=dict(C48, final_method="dq"), fp32=True),
+    "cora-c248-dq": dict(dataset="cora", lambdas=(0.1, 1.0), search=dict(FORMER, final_method="dq")),
     # weights {2, 4, 8}, activations {4, 8}: a 2-bit first-layer weight is what passes 8x (a 2-bit activation
     # costs 13-16 points, a 2-bit weight ~1 point: fixed-bit probe W2A4 in layer 0 = 81.18 ± 1.14 at 10.6x)
-    "cora-w248-a48-dq": ["--dataset", "cora", "--seeds", "5", "--lambdas", "1.0", "3.0", "--candidates", "4", "8",
-                         "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--no-fp32"],
+    "cora-w248-a48-dq": dict(dataset="cora", lambdas=(1.0, 3.0), search=W248_A48_DQ),
     # larger λ: λ = 1 and 3 kept W4 in the first layer (82.22 at 7.94x); λ = 10 moved its expected width to
     # 3.6-3.75 bits but the arg-max stayed 4 (81.70 at 7.95x): Adam steps α by ~alpha_lr whatever the
     # gradient's scale, so in 200 epochs α moves ~2 at 0.01; a faster α (0.05) lets the penalty finish the move
-    "cora-w248-a48-dq-hi": ["--dataset", "cora", "--seeds", "5", "--lambdas", "10.0", "--candidates", "4",
-                            "8", "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--no-fp32"],
-    "cora-w248-a48-dq-alr": ["--dataset", "cora", "--seeds", "5", "--lambdas", "1.0", "10.0", "--candidates", "4",
-                             "8", "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--alpha-lr", "0.05",
-                             "--no-fp32"],
+    "cora-w248-a48-dq-hi": dict(dataset="cora", lambdas=(10.0,), search=W248_A48_DQ),
+    "cora-w248-a48-dq-alr": dict(dataset="cora", lambdas=(1.0, 10.0), search=dict(W248_A48_DQ, alpha_lr=0.05)),
     # α at 0.05 settles the first layer's weight firmly at 4 bits for λ = 1 and 10 (val loss prefers W4 in the
     # relaxed model); λ = 50 makes the penalty outweigh that
-    "cora-w248-a48-dq-l50": ["--dataset", "cora", "--seeds", "5", "--lambdas", "50.0", "--candidates", "4", "8",
-                             "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--alpha-lr", "0.05",
-                             "--no-fp32"],
-    "citeseer-w248-a48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "50.0", "--candidates", "4", "8",
-                             "--weight-candidates", "2", "4", "8", "--final-method", "dq", "--alpha-lr", "0.05",
-                             "--no-fp32"],
-    "citeseer-c48-dq": ["--dataset", "citeseer", "--seeds", "5", "--lambdas", "1.0", "--candidates", "4", "8",
-                        "--final-method", "dq", "--no-fp32"],
+    "cora-w248-a48-dq-l50": dict(dataset="cora", lambdas=(50.0,), search=dict(W248_A48_DQ, alpha_lr=0.05)),
+    "citeseer-w248-a48-dq": dict(dataset="citeseer", lambdas=(50.0,), search=dict(W248_A48_DQ, alpha_lr=0.05)),
+    "citeseer-c48-dq": dict(dataset="citeseer", lambdas=(1.0,), search=dict(C48, final_method="dq")),
 }
+
+
+def group_cells(name: str) -> list:
+    """The cells of group ``name``: a search per λ (`qgnn sweep`'s search-l<λ>.json), then its FP32 reference
+    (fp32.json) when the group has one."""
+    from qgnn.search.mixq import SearchConfig
+    from qgnn.train import TrainConfig
+
+    g = GROUPS[name]
+    cfg = TrainConfig(dataset=g["dataset"], model="gcn", seeds=SEEDS)
+    cells = [_harness.Cell(f"mixq-{name}/search-l{lam:g}", cfg, search=SearchConfig(lam=lam, **g["search"]),
+                           legacy=True) for lam in g["lambdas"]]
+    if g.get("fp32"):
+        cells.append(_harness.Cell(f"mixq-{name}/fp32", cfg, legacy=True))
+    return cells
+
+
+def write_sweep(name: str) -> Path:
+    """mixq-<name>/sweep.json and sweep.png from the group's results, as `qgnn sweep` writes them."""
+    from qgnn.search.cli import _row, _write_summary, plot_sweep
+
+    g, out_dir = GROUPS[name], _harness.path_of(f"mixq-{name}/sweep").parent
+    rows = [_row(_harness.load(f"mixq-{name}/search-l{lam:g}")) for lam in g["lambdas"]]
+    summary = _write_summary(out_dir, rows, _harness.load(f"mixq-{name}/fp32") if g.get("fp32") else None,
+                             g["dataset"])
+    plot_sweep(summary, out_dir / "sweep.png", title=f"{g['dataset']} / gcn")
+    return out_dir / "sweep.json"
+
+
+def _sweep_current(name: str) -> bool:
+    """Whether mixq-<name>/sweep.json has a row for every λ of the group (and the FP32 reference it asks for)."""
+    summary = _harness.load(f"mixq-{name}/sweep")
+    g = GROUPS[name]
+    return (summary is not None and [r["lambda"] for r in summary["rows"]] == list(g["lambdas"])
+            and (summary.get("fp32_test_acc") is not None) == bool(g.get("fp32")))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", default=None, choices=sorted(GROUPS))
-    p.add_argument("--render", action="store_true")
+    p.add_argument("--root", default=None)
+    _harness.add_arguments(p)
     args = p.parse_args(argv)
     if not args.render:
-        from qgnn.cli import main as qgnn_main
+        groups = {name: group_cells(name) for name in args.only or GROUPS}
+        trained = set()
 
-        for name in args.only or GROUPS:
-            qgnn_main(["sweep", *GROUPS[name], "--quiet", "--out-dir", str(RESULTS_DIR / f"mixq-{name}")])
+        def after(cell, res, cached):
+            group = cell.name.split("/")[0].removeprefix("mixq-")
+            if not cached:
+                trained.add(group)
+            # after the group's last cell its rows are complete; a group whose cells were all reused keeps its
+            # sweep.json unless it lacks a row
+            if cell is groups[group][-1] and (group in trained or not _sweep_current(group)):
+                print(f"{group}: {write_sweep(group)}", flush=True)
+
+        _harness.run([c for cells in groups.values() for c in cells], root=args.root, force=args.force, after=after,
+                     dry_run=args.dry_run)
     render()
     return 0
 
@@ -148,7 +197,7 @@ def pareto_plot(dataset: str) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = RESULTS_DIR.parent.parent / "docs" / f"mixq-pareto-{dataset}.png"
+    path = _report.RESULTS_MD.parent / f"mixq-pareto-{dataset}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

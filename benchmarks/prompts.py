@@ -1,13 +1,18 @@
 """Prompts on quantized hosts (issue 5): INT4 accuracy without prompts, with GPF-plus, LoRAP and GPF-LoRAP,
 FP32 beside them; and LoRAP's training-time overhead over its host, measured in one process.
 
-Every accuracy cell runs through `qgnn.train.run_experiment`, exactly as
+Every accuracy cell is a cell of the benchmark harness (benchmarks/_harness.py): it runs through
+`qgnn.train.run_experiment`, exactly as
 `qgnn train --dataset D --model M --method H --bits 4 --prompt P --seeds S` does (the mixq host through
 `qgnn.search.mixq.run_search`, see MIXQ_HOST; validation-based selection,
-the model's published recipe, prompts at their defaults k = 40, r = 2, trained jointly with the quantized
-weights), and writes benchmarks/results/prompts-<model>-<dataset>-<host><bits>-<prompt>.json. Existing files
-are kept (the grid can be stopped and continued) unless --force. The `prompts` section (docs/notes/prompts-grid.md) is
-rebuilt from those files.
+the model's published recipe, prompts at k = 40, r = 2, trained jointly with the quantized
+weights), and writes benchmarks/results/prompts-<model>-<dataset>-<host><bits>-<prompt>.json. A cell whose
+JSON holds the same experiment is reused (results written before the harness included, matched on their
+recorded config), unless --force; a stopped cell continues; --dry-run lists the cells and what would happen to
+each. Every prompt setting a recipe would fill is given (`_cfg`): the grid's prompts train at the run's lr with
+the node prompt on the float input (the library's defaults when the grid ran), the sweeps at the values they
+name. The `prompts` section (docs/notes/prompts-grid.md) is rebuilt from those files (--render: from the files
+alone).
 
 Timing (`--timing`): the host and the host + LoRAP model train side by side in one process, one epoch each in
 turn (so load from other processes hits both alike); the overhead is the ratio of the median epoch times
@@ -54,6 +59,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness  # noqa: E402
 from _report import RESULTS_DIR, command_line, pct, update_section, write_json  # noqa: E402
 
 MODELS = ("gcn", "gin", "gat")
@@ -78,25 +84,26 @@ def _cfg(model, dataset, host, bits, prompt, seeds, epochs, device, prompt_lr=No
     from qgnn.train import TrainConfig
 
     quant = dict(method=host, bits=bits) if host != "fp32" else dict(method="fp32")
-    extra = (({"lr": prompt_lr} if prompt_lr else {}) | ({"align": align} if align else {})
-             | ({"normalize": True} if normalize else {}) | ({"node_after_quant": True} if node_after_quant else {}))
+    # lr and node_after_quant are always given, so that no prompt recipe (qgnn.recipes) fills them: a cell is the
+    # setting its name says whatever today's defaults are. lr None: the prompts train at the run's lr.
+    extra = ({"lr": prompt_lr, "node_after_quant": bool(node_after_quant)} | ({"align": align} if align else {})
+             | ({"normalize": True} if normalize else {}))
     return TrainConfig(dataset=dataset, model=model, seeds=seeds, epochs=epochs, device=device, **quant,
                        prompt={} if prompt == "none" or host == "fp32" else {"kind": prompt, **extra})
 
 
-def _train(cfg, root=None) -> dict:
-    """One cell: `run_experiment`, or for the mixq host the search then the fixed-bit training (MIXQ_HOST);
-    the results JSON then says ``"host": "mixq"`` (its config is the fixed-bit phase's)."""
+def _cell(name, cfg):
+    """The harness cell of one results name: `run_experiment`, or for the mixq host the search then the
+    fixed-bit training (MIXQ_HOST); the results JSON then says ``"host": "mixq"`` (its config is the fixed-bit
+    phase's). Results written by this script before the harness are accepted on their recorded config."""
     if cfg.method != "mixq":
-        from qgnn.train import run_experiment
-
-        return run_experiment(cfg, root=root, progress=False)
+        return _harness.Cell(name, cfg, legacy=True)
     import dataclasses
 
-    from qgnn.search.mixq import SearchConfig, run_search
+    from qgnn.search.mixq import SearchConfig
 
     final = dataclasses.replace(cfg, method=MIXQ_HOST["final_method"], bits=None)
-    return {"host": "mixq", **run_search(final, SearchConfig(**MIXQ_HOST), root=root, progress=False)}
+    return _harness.Cell(name, final, search=SearchConfig(**MIXQ_HOST), legacy=True, meta={"host": "mixq"})
 
 
 def _host_bits(r: dict) -> tuple[str, int | None]:
@@ -117,40 +124,36 @@ def _align_name(model, dataset, host, bits, prompt, align, normalize=False):
     return f"prompts-align-{model}-{dataset}-{host}{bits}-{prompt}-{align:g}" + ("-norm" if normalize else "")
 
 
-def _sweep(args, values, name_of, options_of) -> None:
+def _sweep_cells(args, values, name_of, options_of) -> list:
     """Every prompt cell of the grid (trained jointly, as there) at each value of one prompt option: one
-    results JSON per cell and value, kept unless --force."""
-    for model in args.models:
-        for dataset in args.datasets:
-            for host in args.hosts:
-                for prompt in [p for p in args.prompts if p != "none"]:
-                    for value in values:
-                        name = name_of(model, dataset, host, args.bits, prompt, value)
-                        if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
-                            continue
-                        cfg = _cfg(model, dataset, host, args.bits, prompt, args.seeds, args.epochs, args.device,
-                                   **options_of(value))
-                        res = _train(cfg, root=args.root)
-                        res["command"] = command_line()
-                        write_json(name, res)
-                        print(name, "val", pct(res["metrics"]["val_acc"]), "test", pct(res["metrics"]["test_acc"]),
-                              f"{res['timing']['seconds_per_epoch']:.3f} s/epoch", flush=True)
-                        render()
+    results JSON per cell and value."""
+    return [_cell(name_of(model, dataset, host, args.bits, prompt, value),
+                  _cfg(model, dataset, host, args.bits, prompt, args.seeds, args.epochs, args.device,
+                       **options_of(value)))
+            for model in args.models for dataset in args.datasets for host in args.hosts
+            for prompt in [p for p in args.prompts if p != "none"] for value in values]
 
 
-def run_align(args) -> None:
+def align_cells(args) -> list:
     """The aggregation-alignment loss (``--aligns``): λ‖s_q + P(s_q) − s*‖² / ‖s*‖² per prompted layer
     (qgnn.prompts.PromptedLayer) added to each prompt cell, for each λ (``--normalize``: normalised logits)."""
-    _sweep(args, args.aligns, lambda *cell: _align_name(*cell, args.normalize),
-           lambda a: {"align": a, "normalize": args.normalize})
+    return _sweep_cells(args, args.aligns, lambda *cell: _align_name(*cell, args.normalize),
+                        lambda a: {"align": a, "normalize": args.normalize})
 
 
-def run_lr_sweep(args) -> None:
+def lr_cells(args) -> list:
     """The prompts' own learning rate (``--prompt-lrs``): each prompt cell at each rate (the host's parameters
     keep the recipe's); the rate is chosen per cell on mean validation accuracy, among these and the grid's
     (the recipe's lr)."""
-    _sweep(args, args.prompt_lrs, lambda *cell: _lr_name(*cell, args.node_after_quant),
-           lambda lr: {"prompt_lr": lr, "node_after_quant": args.node_after_quant})
+    return _sweep_cells(args, args.prompt_lrs, lambda *cell: _lr_name(*cell, args.node_after_quant),
+                        lambda lr: {"prompt_lr": lr, "node_after_quant": args.node_after_quant})
+
+
+def _show_sweep(cell, res, cached) -> None:
+    if not cached:
+        print(cell.name, "val", pct(res["metrics"]["val_acc"]), "test", pct(res["metrics"]["test_acc"]),
+              f"{res['timing']['seconds_per_epoch']:.3f} s/epoch", flush=True)
+        render()
 
 
 def _val_test(r) -> tuple[float, float]:
@@ -314,20 +317,20 @@ def lr_table(commands: set) -> str:
             + "\n".join(head + rows))
 
 
-def run_grid(args) -> None:
-    from qgnn.train.results import format_table
-
+def grid_cells(args) -> list:
+    """The grid: FP32 per model and dataset, then every host with every prompt (none included)."""
     cells = [(m, d, "fp32", None, "none") for m in args.models for d in args.datasets]
     cells += [(m, d, h, args.bits, p) for m in args.models for d in args.datasets for h in args.hosts
               for p in args.prompts]
-    for cell in cells:
-        name = _name(*cell)
-        if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
-            continue
-        res = _train(_cfg(*cell, args.seeds, args.epochs, args.device), root=args.root)
-        res["command"] = command_line()
-        write_json(name, res)
-        print(name, pct(res["metrics"]["test_acc"]), f"{res['timing']['seconds_per_epoch']:.3f} s/epoch", flush=True)
+    return [_cell(_name(*cell), _cfg(*cell, args.seeds, args.epochs, args.device)) for cell in cells]
+
+
+def _show_grid(cell, res, cached) -> None:
+    from qgnn.train.results import format_table
+
+    if not cached:
+        print(cell.name, pct(res["metrics"]["test_acc"]), f"{res['timing']['seconds_per_epoch']:.3f} s/epoch",
+              flush=True)
         print(format_table(res), flush=True)
         render()
 
@@ -340,45 +343,55 @@ def run_timing(args) -> None:
     from qgnn.train.seeding import set_seed
     from qgnn.train.tasks import penalty_modules
 
-    for model in args.models:
-        for dataset in args.datasets:
-            for host in args.hosts:
-                runners, states = {}, {}
-                for prompt in ("none", "lorap"):
-                    r = Runner(_cfg(model, dataset, host, args.bits, prompt, 1, args.epochs, args.device),
-                               root=args.root, progress=False)
-                    set_seed(0)
-                    m = r.build()
-                    opt, _ = r._optim(m)
-                    runners[prompt], states[prompt] = r, (m, opt, penalty_modules(m), r.task_for(None), [])
-                for _ in range(args.epochs):
-                    for prompt in ("none", "lorap"):
-                        m, opt, pens, task, times = states[prompt]
-                        t0 = time.perf_counter()
-                        task.train_epoch(m, opt, pens)
-                        task.evaluate(m)
-                        times.append(time.perf_counter() - t0)
-                med = {p: statistics.median(states[p][4]) for p in states}
-                res = {"model": model, "dataset": dataset, "host": host, "bits": args.bits, "epochs": args.epochs,
-                       "median_seconds_per_epoch": med, "overhead_ratio": med["lorap"] / med["none"],
-                       "seconds": {p: states[p][4] for p in states}, "threads": torch.get_num_threads(),
-                       "command": command_line()}
-                write_json(f"prompts-timing-{model}-{dataset}-{host}{args.bits}", res)
-                print(f"timing {model} {dataset} {host}{args.bits}: host {med['none']:.4f} s/epoch, "
-                      f"+LoRAP {med['lorap']:.4f} s/epoch, ratio {res['overhead_ratio']:.3f}", flush=True)
+    for model, dataset, host, name in _pending(args, "timing"):
+        runners, states = {}, {}
+        for prompt in ("none", "lorap"):
+            r = Runner(_cfg(model, dataset, host, args.bits, prompt, 1, args.epochs, args.device),
+                       root=args.root, progress=False)
+            set_seed(0)
+            m = r.build()
+            opt, _ = r._optim(m)
+            runners[prompt], states[prompt] = r, (m, opt, penalty_modules(m), r.task_for(None), [])
+        for _ in range(args.epochs):
+            for prompt in ("none", "lorap"):
+                m, opt, pens, task, times = states[prompt]
+                t0 = time.perf_counter()
+                task.train_epoch(m, opt, pens)
+                task.evaluate(m)
+                times.append(time.perf_counter() - t0)
+        med = {p: statistics.median(states[p][4]) for p in states}
+        res = {"model": model, "dataset": dataset, "host": host, "bits": args.bits, "epochs": args.epochs,
+               "median_seconds_per_epoch": med, "overhead_ratio": med["lorap"] / med["none"],
+               "seconds": {p: states[p][4] for p in states}, "threads": torch.get_num_threads(),
+               "command": command_line()}
+        write_json(name, res)
+        print(f"timing {model} {dataset} {host}{args.bits}: host {med['none']:.4f} s/epoch, "
+              f"+LoRAP {med['lorap']:.4f} s/epoch, ratio {res['overhead_ratio']:.3f}", flush=True)
     render()
 
 
-def _pending(args, kind: str):
-    """(model, dataset, host, prompt, result name) of every cell of a per-seed study (``--tune``, ``--ranges``)
-    whose JSON does not exist yet (all of them with --force)."""
+def _studies(args, kind: str) -> list[tuple]:
+    """(model, dataset, host, prompt, result name) of every result of a study that keeps its own loop: per seed
+    (``--tune``, ``--ranges``: host and prompt trained in turn, the JSON a paired summary) or timed in one process
+    (``--timing``: host and host + LoRAP, no prompt in its name, prompt None). Each is kept while its JSON exists
+    (--force reruns it)."""
+    prompts = [None] if kind == "timing" else [p for p in args.prompts if p != "none"]
+    out = []
     for model in args.models:
         for dataset in args.datasets:
             for host in args.hosts:
-                for prompt in [p for p in args.prompts if p != "none"]:
-                    name = f"prompts-{kind}-{model}-{dataset}-{host}{args.bits}-{prompt}"
-                    if args.force or not (RESULTS_DIR / f"{name}.json").exists():
-                        yield model, dataset, host, prompt, name
+                for prompt in prompts:
+                    name = f"prompts-{kind}-{model}-{dataset}-{host}{args.bits}" + (f"-{prompt}" if prompt else "")
+                    out.append((model, dataset, host, prompt, name))
+    return out
+
+
+def _pending(args, kind: str):
+    """The results of :func:`_studies` to run: those whose JSON does not exist yet (all of them with --force);
+    timing yields (model, dataset, host, name), the others (model, dataset, host, prompt, name)."""
+    for model, dataset, host, prompt, name in _studies(args, kind):
+        if args.force or not (RESULTS_DIR / f"{name}.json").exists():
+            yield (model, dataset, host, name) if kind == "timing" else (model, dataset, host, prompt, name)
 
 
 def run_tune(args) -> None:
@@ -396,8 +409,10 @@ def run_tune(args) -> None:
             base = dataclasses.replace(base, seed=seed)
             ckpt = work / f"{model}-{dataset}-{host}{args.bits}-seed{seed}.ckpt"
             h = run_experiment(base, root=args.root, save=ckpt, progress=False)
+            # the prompts at the run's lr, the node prompt on the float input (as _cfg: no recipe fills them)
             tuned_cfg = dataclasses.replace(base, prompt={"kind": prompt, "freeze_backbone": True,
-                                                          "backbone": str(ckpt)})
+                                                          "backbone": str(ckpt), "lr": None,
+                                                          "node_after_quant": False})
             t = run_experiment(tuned_cfg, root=args.root, progress=False)
             runs.append({"seed": seed, "host_test": h["metrics"]["test_acc"]["mean"],
                          "host_val": h["metrics"]["val_acc"]["mean"],
@@ -564,7 +579,7 @@ def tune_table(commands: set) -> str:
             "population std.\n\n" + "\n".join(rows))
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["gcn"], choices=MODELS)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -575,7 +590,6 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (timing: default 60)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--root", default=None)
-    p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
     p.add_argument("--timing", action="store_true", help="measure LoRAP's training overhead instead")
     p.add_argument("--tune", action="store_true", help="prompt tuning on each seed's frozen, trained host")
     p.add_argument("--ranges", action="store_true",
@@ -584,31 +598,53 @@ def main(argv=None) -> int:
                    help="train each prompt cell at each of these prompt learning rates (choice on validation)")
     p.add_argument("--node-after-quant", action="store_true",
                    help="with --prompt-lrs: the node prompt on the first layer's quantized input (docs/prompts.md)")
-    p.add_argument("--render", action="store_true", help="only rebuild the docs section from the JSON files")
     p.add_argument("--aligns", nargs="+", type=float, default=None,
                    help="train each prompt cell with each of these aggregation-alignment weights λ (0: off)")
     p.add_argument("--normalize", action="store_true", help="with --aligns: LoRAP with normalised logits")
-    args = p.parse_args(argv)
-    if args.render:
+    _harness.add_arguments(p)
+    return p
+
+
+def mode(args) -> str:
+    """Which study a command runs (the first of these flags it has): render, aligns, lrs, ranges, tune, timing,
+    else the grid."""
+    for flag, name in (("render", "render"), ("aligns", "aligns"), ("prompt_lrs", "lrs"), ("ranges", "ranges"),
+                       ("tune", "tune"), ("timing", "timing")):
+        if getattr(args, flag):
+            return name
+    return "grid"
+
+
+def plan(args) -> tuple[list, list[tuple[str, bool]]]:
+    """What a command runs: (harness cells, [(result name, JSON exists)] of a study with its own loop)."""
+    kind = mode(args)
+    if kind in ("ranges", "tune", "timing"):
+        return [], [(s[-1], (RESULTS_DIR / f"{s[-1]}.json").exists()) for s in _studies(args, kind)]
+    return {"aligns": align_cells, "lrs": lr_cells, "grid": grid_cells}[kind](args), []
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    kind = mode(args)
+    if kind == "render":
         render()
-    elif args.aligns:
-        run_align(args)
-    elif args.prompt_lrs:
-        run_lr_sweep(args)
-    elif args.ranges:
-        _only_grid_hosts(args, "--ranges")
-        run_ranges(args)
-    elif args.tune:
-        _only_grid_hosts(args, "--tune")
-        run_tune(args)
-    elif args.timing:
-        _only_grid_hosts(args, "--timing")
+        return 0
+    if kind in ("ranges", "tune", "timing"):
+        _only_grid_hosts(args, f"--{kind}")
+    if kind == "timing":
         args.epochs = args.epochs or 60
+    if args.dry_run:
+        _harness.preview(*plan(args))
+    elif kind == "ranges":
+        run_ranges(args)
+    elif kind == "tune":
+        run_tune(args)
+    elif kind == "timing":
         run_timing(args)
     else:
-        run_grid(args)
+        _harness.run(plan(args)[0], root=args.root, force=args.force,
+                     after=_show_grid if kind == "grid" else _show_sweep)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     cells = [_harness.Cell(f"quant-{name}", TrainConfig(**EXPERIMENTS[name][1], seeds=args.seeds, folds=args.folds,
                                                         epochs=args.epochs, device=args.device))
              for name in names]
-    _harness.run(cells, root=args.root, force=args.force, progress=None, after=show)
+    _harness.run(cells, root=args.root, force=args.force, progress=None, after=show, dry_run=args.dry_run)
     return 0
 
 

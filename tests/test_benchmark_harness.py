@@ -88,7 +88,8 @@ def _section(text, name):
     return m.group(0) if m else None
 
 
-@pytest.mark.parametrize("script, section", [("quant", "quant"), ("a2q", "a2q"), ("baselines", "baselines")])
+@pytest.mark.parametrize("script, section", [("quant", "quant"), ("a2q", "a2q"), ("baselines", "baselines"),
+                                             ("prompts", "prompts"), ("mixq", "mixq")])
 def test_migrated_scripts_render_the_committed_section_from_the_committed_json(script, section, tmp_path,
                                                                                monkeypatch):
     mod = _script(script)

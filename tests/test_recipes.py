@@ -103,3 +103,10 @@ def test_plain_qat_hosts_get_their_own_prompt_recipe():
     assert any("plain-QAT GCN" in n for n in notes)
     dq = TrainConfig(model="gin", method="dq", bits=4, prompt={"kind": "gpf-lorap"}).resolve("node")
     assert dq.prompt["node_after_quant"] is True
+
+
+def test_a_fully_pinned_config_records_no_recipe():
+    pinned = TrainConfig(method="dq", bits=4, prompt={"kind": "lorap", "lr": 0.01, "node_after_quant": False})
+    assert pinned.resolve("node").recipes == []
+    assert TrainConfig(method="a2q", bits=4).resolve("node").recipes == []
+    assert TrainConfig(method="a2q").resolve("node").recipes == ["a2q-start4"]

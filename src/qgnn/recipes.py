@@ -152,9 +152,13 @@ def apply_method_recipe(method: str, task: str | None, model: str | None, bits: 
     if recipe is None:
         return bits, quant, None
     quant = copy.deepcopy(quant)
-    if recipe.options:
-        quant["options"] = {**copy.deepcopy(recipe.options), **(quant.get("options") or {})}
-    return (recipe.bits if bits is None else bits), quant, recipe.name
+    given = quant.get("options") or {}
+    filled = [k for k in recipe.options if k not in given]
+    if filled:
+        quant["options"] = {**{k: copy.deepcopy(recipe.options[k]) for k in filled}, **given}
+    used = filled or (bits is None and recipe.bits is not None)
+    # the name is recorded only where the recipe filled something: a fully pinned config ran no recipe
+    return (recipe.bits if bits is None else bits), quant, recipe.name if used else None
 
 
 def apply_prompt_recipe(prompt: dict, host_method: str, task: str | None,
@@ -163,6 +167,6 @@ def apply_prompt_recipe(prompt: dict, host_method: str, task: str | None,
     if not prompt or prompt.get("kind", "lorap") == "none":
         return prompt, None
     recipe = prompt_recipe(host_method, task, model)
-    if recipe is None:
+    if recipe is None or all(k in prompt for k in recipe.settings):
         return prompt, None
     return {**recipe.settings, **prompt}, recipe.name

@@ -7,8 +7,7 @@ to ``cache_dir()`` (``$QGNN_CACHE``). With ``QGNN_OFFLINE=1`` nothing is downloa
 and missing files raise :class:`qgnn.errors.DataNotFoundError` naming them.
 """
 
-import importlib
-import importlib.util
+from qgnn._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("cache_dir", "resolve_root"), "qgnn.data.paths"),
@@ -29,13 +28,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # PEP 562: the names above load on first use, so that importing a light sibling module (the CLI's
-    # parser, `qgnn info`'s data root) does not import torch / PyG through this package.
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule, as eager imports gave
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -11,8 +11,7 @@
   export, and ``RecIntModel`` (decoded table + LightGCN propagation) with its full-ranking evaluation.
 """
 
-import importlib
-import importlib.util
+from qgnn._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("export_checkpoint", "export_model"), "qgnn.export.exporter"),
@@ -27,13 +26,4 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "IntModel", "export_checkpoint", "export_
            "unpack_bits_reference", "write_file"]
 
 
-def __getattr__(name: str):
-    # PEP 562: the names above load on first use, so that importing a light sibling module (the CLI's
-    # parser, qgnn.export.cli) does not import torch / PyG through this package.
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule, as eager imports gave
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

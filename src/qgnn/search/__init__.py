@@ -8,8 +8,7 @@ aggregation MACs counted per edge and feature (see :mod:`qgnn.search.cost` and d
 * :func:`model_bytes` gives (bytes, FP32 bytes) without data; :func:`slot_bits` reads a layer's slot width.
 """
 
-import importlib
-import importlib.util
+from qgnn._lazy import lazy_exports
 
 _EXPORTS = {name: "qgnn.search.cost" for name in (
     "ACTIVATION_SLOTS", "FP32_BITS", "WEIGHT_SLOTS", "CostReport", "Op", "cost_report", "format_cost_table",
@@ -28,13 +27,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # PEP 562: the names above load on first use, so that importing a light sibling module (the CLI's
-    # parser, qgnn.search.cli) does not import torch / PyG through this package.
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule, as eager imports gave
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

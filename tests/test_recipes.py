@@ -110,3 +110,19 @@ def test_a_fully_pinned_config_records_no_recipe():
     assert pinned.resolve("node").recipes == []
     assert TrainConfig(method="a2q", bits=4).resolve("node").recipes == []
     assert TrainConfig(method="a2q").resolve("node").recipes == ["a2q-start4"]
+
+
+@pytest.mark.parametrize("method, bits", [("gnaq", 2), ("qat", 2), ("lsq", 2), ("bigear", 1)])
+def test_quantized_lightgcn_from_a_checkpoint_fine_tunes_as_the_documented_rows(method, bits):
+    """The plain `qgnn train --dataset ml-100k --model lightgcn --method gnaq --bits 2 --pretrained fp32.ckpt
+    --seeds 3` resolves to the configuration of the documented row (benchmarks/recsys.py: lr 5e-3, 15 epochs,
+    patience 5), so it reaches that row's figure."""
+    plain = TrainConfig(dataset="ml-100k", model="lightgcn", method=method, bits=bits, seeds=3,
+                        quant={"pretrained": "fp32.ckpt"}).resolve("rec").to_dict()
+    row = TrainConfig(dataset="ml-100k", model="lightgcn", method=method, bits=bits, seeds=3, lr=5e-3, epochs=15,
+                      patience=5, quant={"pretrained": "fp32.ckpt"}).resolve("rec").to_dict()
+    assert plain.pop("recipes") and not row.pop("recipes")
+    assert plain == row
+    # From scratch (no checkpoint) the model's own recipe applies: a 15-epoch budget would be far too short.
+    scratch = TrainConfig(dataset="ml-100k", model="lightgcn", method="qat", bits=2).resolve("rec")
+    assert scratch.epochs > 15 and scratch.recipes == []

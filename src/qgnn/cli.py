@@ -124,8 +124,9 @@ def add_train_parser(sub) -> None:
     r.add_argument("--test-curve", action="store_true",
                    help="with --val-frac 0: also record the test metrics every --eval-every epochs in the history "
                         "(a record for reading off a validated run's epoch; nothing is selected from it)")
-    r.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option, e.g. lambda_rank=0.5 (repeatable; see qgnn.methods.gnaq)")
+    p.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, any task: e.g. p_max=0.3 (dq), target_avg_bits=3 (a2q), lambda_rank=0.5 "
+                        "(gnaq); repeatable; the method's config names the valid ones (docs/methods.md)")
     r.add_argument("--static-intervals", action="store_true", help="GNAQ ablation: per-node levels frozen")
     r.add_argument("--ste", action="store_true", help="GNAQ ablation: straight-through codes instead of RAU")
     r.add_argument("--no-lambdaloss", action="store_true", help="GNAQ ablation: BPR only (lambda_rank = 0)")
@@ -156,15 +157,16 @@ def _rec_options(args, base: dict) -> None:
 
     from qgnn.errors import ConfigError
 
-    given = {}
+    opts = {}  # --method-opt: any method's options (checked by its typed config: a misspelt one is an error)
     for item in getattr(args, "method_opt", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--method-opt wants KEY=VALUE, got {item!r}")
         try:
-            given[key] = json.loads(value)
+            opts[key] = json.loads(value)
         except json.JSONDecodeError:
-            given[key] = value
+            opts[key] = value
+    given = {}
     for flag, key, value in (("static_intervals", "dynamic", False), ("ste", "estimator", "ste"),
                              ("no_lambdaloss", "lambda_rank", 0.0)):
         if getattr(args, flag, False):
@@ -172,13 +174,16 @@ def _rec_options(args, base: dict) -> None:
     pretrained = getattr(args, "pretrained", None)
     val_frac = getattr(args, "val_frac", None)
     test_curve = getattr(args, "test_curve", False)
+    if opts:
+        base["quant"] = {**(base.get("quant") or {})}
+        base["quant"]["options"] = {**(base["quant"].get("options") or {}), **opts}
     if not (given or pretrained or val_frac is not None or test_curve):
         return
     from qgnn.data.registry import dataset_task
 
     if dataset_task(base.get("dataset", "cora")) != "rec":
-        raise ConfigError("--pretrained, --val-frac, --test-curve, --method-opt, --static-intervals, --ste and "
-                          "--no-lambdaloss apply to recommendation datasets (--model lightgcn) only")
+        raise ConfigError("--pretrained, --val-frac, --test-curve, --static-intervals, --ste and --no-lambdaloss "
+                          "apply to recommendation datasets (--model lightgcn) only")
     quant = dict(base.get("quant") or {})
     if given:
         quant["options"] = {**(quant.get("options") or {}), **given}
@@ -239,8 +244,7 @@ def _check_names(cfg) -> None:
 
 
 def cmd_train(args) -> int:
-    import signal
-
+    from qgnn.grid import stop_on_sigint
     from qgnn.train import Control, run_experiment
     from qgnn.train.outputs import OutputWriteError
     from qgnn.train.results import format_table
@@ -251,23 +255,15 @@ def cmd_train(args) -> int:
     bits += f"-{cfg.prompt['kind']}" if cfg.prompt else ""
     out = Path(args.out or f"runs/{cfg.dataset.lower()}-{cfg.model.lower()}-{cfg.method.lower()}{bits}.json")
     control = Control()
-
-    def on_sigint(signum, frame):
-        if control.stop_requested:
-            raise KeyboardInterrupt
-        control.stop_requested = True
-        print("\nqgnn: stopping after this epoch (Ctrl-C again to abort without saving)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        results = run_experiment(cfg, root=args.root, out=out, save=args.save, resume=args.resume,
-                                 overwrite=args.overwrite, progress=False if args.quiet else None, control=control)
+        with stop_on_sigint(control):
+            results = run_experiment(cfg, root=args.root, out=out, save=args.save, resume=args.resume,
+                                     overwrite=args.overwrite, progress=False if args.quiet else None,
+                                     control=control)
     except OutputWriteError as e:  # the run finished: show it before the line saying where it went
         if e.results:
             print(format_table(e.results))
         raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
     print(format_table(results))
     print(f"results: {out}" + (f"\ncheckpoint: {args.save}" if args.save else ""))
     return 0
@@ -324,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = runner is not None and isinstance(e, runner.Interrupted)
         print(f"qgnn: {'interrupted' if interrupted else 'error'}: {e}", file=sys.stderr)
         return 130 if interrupted else 2
+    except KeyboardInterrupt:  # a second Ctrl-C (abort without saving), or one outside a training loop
+        print("qgnn: interrupted: aborted by Ctrl-C (a resume state saved before it, if any, is kept)",
+              file=sys.stderr)
+        return 130
     finally:
         ROOT_OPTION.reset(token)
 

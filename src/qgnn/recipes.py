@@ -22,7 +22,7 @@ import copy
 from dataclasses import dataclass, field
 
 __all__ = ["SEARCH", "MethodRecipe", "PromptRecipe", "SearchRecipe", "method_recipe", "prompt_recipe", "search_recipe",
-           "apply_method_recipe", "apply_prompt_recipe", "recipe_notes", "RECIPES"]
+           "apply_method_recipe", "apply_prompt_recipe", "apply_train_recipe", "recipe_notes", "RECIPES"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class MethodRecipe:
     bits: int | None = None
     options: dict = field(default_factory=dict)
     why: str = ""
+    train: dict = field(default_factory=dict)   # TrainConfig fields (lr, epochs, patience) where unset
+    when_pretrained: bool = False               # applies only to a run that starts from --pretrained
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ _METHODS: dict[tuple[str, str, str], MethodRecipe] = {
         why="A2Q starts from 4 bits and learns its widths down to ~2 (docs/notes/a2q.md)"),
     # `qgnn train --method mixq` trains the relaxed model of the search; it uses the search's candidate sets
     # and λ so that it is the same model `qgnn search` trains in its first phase.
+    # Recommendation: a quantized LightGCN fine-tunes an FP32 checkpoint (--pretrained). The rows of
+    # docs/results.md ("Recommendation") fine-tune at lr 5e-3 for up to 15 epochs with patience 5, selected on
+    # validation Recall@20 (GNAQ selects epoch 1-4 on ml-100k): the FP32 recipe's lr 1e-3 / 1000 epochs /
+    # patience 50 is the training from scratch that the checkpoint already did.
+    **{(m, "rec", "*"): MethodRecipe(
+        f"{m}-finetune-lr5e-3-15ep", train={"lr": 5e-3, "epochs": 15, "patience": 5}, when_pretrained=True,
+        why="the fine-tuning budget of the recommendation rows (docs/notes/recsys.md)")
+       for m in ("qat", "lsq", "gnaq", "bigear")},
     ("mixq", "*", "*"): MethodRecipe(
         "mixq-w248-a48",
         options={"candidates": [4, 8], "weight_candidates": [2, 4, 8], "lambda": 50.0},
@@ -97,7 +107,8 @@ _PROMPT_DEFAULT = PromptRecipe("prompt-lr1e-3-after-quant", {"lr": 1e-3, "node_a
 #   GIN 49.47 / 40.47 / 51.20; GAT 57.80 / 49.73 / 58.07; GCN 78.33 / 75.60 / 72.07.
 # So QAT hosts put the node prompt in front of the quantizer (its range then covers the prompted input),
 # except GCN, where every setting measured lost on validation (also at prompt lr 1e-4: 76.67 against 78.33)
-# and the least harmful one is kept, with a note under the results table.
+# and the least harmful one is kept, with a note under the results table. SAGE was not measured: it takes the
+# GIN / GAT entry (an extrapolation, said in docs/prompts.md).
 _PROMPT_QAT = PromptRecipe("prompt-qat-lr1e-3-before-quant", {"lr": 1e-3, "node_after_quant": False},
                            why="on plain-QAT GIN / GAT hosts the node prompt in front of the input quantizer did "
                                "no harm on validation (docs/notes/prompts-grid.md)")
@@ -147,9 +158,10 @@ def search_recipe() -> SearchRecipe:
 
 def apply_method_recipe(method: str, task: str | None, model: str | None, bits: int | None,
                         quant: dict) -> tuple[int | None, dict, str | None]:
-    """(bits, quant, recipe name): ``bits`` and ``quant["options"]`` with the recipe's values where unset."""
+    """(bits, quant, recipe name): ``bits`` and ``quant["options"]`` with the recipe's values where unset.
+    (Its ``train`` fields are filled by :func:`apply_train_recipe`.)"""
     recipe = method_recipe(method, task, model)
-    if recipe is None:
+    if recipe is None or (recipe.when_pretrained and not quant.get("pretrained")):
         return bits, quant, None
     quant = copy.deepcopy(quant)
     given = quant.get("options") or {}
@@ -159,6 +171,18 @@ def apply_method_recipe(method: str, task: str | None, model: str | None, bits: 
     used = filled or (bits is None and recipe.bits is not None)
     # the name is recorded only where the recipe filled something: a fully pinned config ran no recipe
     return (recipe.bits if bits is None else bits), quant, recipe.name if used else None
+
+
+def apply_train_recipe(cfg) -> str | None:
+    """Fill the unset TrainConfig fields the method's recipe names (``train``) in place, before the model's
+    recipe fills the rest; returns the recipe's name if it filled any."""
+    recipe = method_recipe(cfg.method, cfg.task, cfg.model)
+    if recipe is None or not recipe.train or (recipe.when_pretrained and not cfg.quant.get("pretrained")):
+        return None
+    filled = [k for k, v in recipe.train.items() if getattr(cfg, k) is None]
+    for k in filled:
+        setattr(cfg, k, recipe.train[k])
+    return recipe.name if filled else None
 
 
 def apply_prompt_recipe(prompt: dict, host_method: str, task: str | None,

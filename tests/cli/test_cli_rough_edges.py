@@ -418,3 +418,17 @@ def test_rewriting_a_file_keeps_its_mode(tmp_path):
     f.chmod(0o640)
     write_json(f, {"a": 2})
     assert stat.S_IMODE(f.stat().st_mode) == 0o640 and json.loads(f.read_text()) == {"a": 2}
+
+
+def test_method_opt_reaches_node_methods_and_a_misspelt_option_is_named(tmp_path, capsys):
+    """--method-opt sets any method's options (checked by its typed config), not only recommendation's."""
+    import json
+
+    out = tmp_path / "dq.json"
+    common = ["train", "--dataset", "synthetic-node", "--method", "dq", "--bits", "4", "--epochs", "1", "--seeds", "1",
+              "--quiet", "--out", str(out)]
+    assert main([*common, "--method-opt", "p_max=0.3"]) == 0
+    assert json.loads(out.read_text())["config"]["quant"]["options"]["p_max"] == 0.3
+    assert main([*common, "--method-opt", "p_mx=0.3", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "p_mx" in err[0] and "p_max" in err[0]

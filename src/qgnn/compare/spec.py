@@ -22,7 +22,9 @@ DEFAULT_METHODS = {"node": ["fp32", "qat:8", "lsq:4", "dq:4", "a2q", "mixq"],
                    "graph": ["fp32", "qat:8", "lsq:4", "dq:4", "a2q", "mixq"],
                    # the recommendation grid of docs/results.md: 2-bit embeddings, BiGeaR at its 1 bit
                    "rec": ["fp32", "qat:2", "lsq:2", "gnaq:2", "bigear"]}
-PRETRAINED_METHODS = ("gnaq", "bigear")  # start from an FP32 LightGCN (qgnn.train.rec)
+# Start from the FP32 LightGCN: gnaq and bigear need it (qgnn.train.rec); qat and lsq fine-tune it as the
+# documented recommendation rows do (and take the fine-tuning recipe, qgnn.recipes, from it).
+PRETRAINED_METHODS = ("gnaq", "bigear", "qat", "lsq")
 
 
 @dataclass(frozen=True)
@@ -153,17 +155,18 @@ def build_cells(grid: Grid) -> list[tuple]:
     base = TrainConfig(dataset=grid.dataset, model=grid.model, seeds=grid.seeds, seed=grid.seed, folds=grid.folds,
                        epochs=grid.epochs, device=grid.device)
     fp32_ckpt = grid.cells_dir / "fp32.safetensors"
-    needs_ckpt = any(s.method in PRETRAINED_METHODS for s in grid.methods) and grid.pretrained is None
+    rec = grid.task == "rec"
+    needs_ckpt = rec and any(s.method in PRETRAINED_METHODS for s in grid.methods) and grid.pretrained is None
     if needs_ckpt and not any(s.method == "fp32" for s in grid.methods):
-        raise ConfigError("gnaq and bigear start from an FP32 LightGCN: put fp32 in --methods (its checkpoint is "
-                          "used) or pass --pretrained CKPT")
+        raise ConfigError("gnaq, bigear, qat and lsq start from an FP32 LightGCN: put fp32 in --methods (its "
+                          "checkpoint is used) or pass --pretrained CKPT")
     out = []
     for spec in grid.methods:
         for prompt in (["none"] if spec.method == "fp32" else grid.prompts):
             cfg = dataclasses.replace(base, method="fp32" if spec.search else spec.method, bits=spec.bits,
                                       prompt={} if prompt == "none" else {"kind": prompt})
             save = None
-            if spec.method in PRETRAINED_METHODS:
+            if rec and spec.method in PRETRAINED_METHODS:
                 cfg.quant = {"pretrained": grid.pretrained or str(fp32_ckpt)}
             elif spec.method == "fp32" and needs_ckpt:
                 save = fp32_ckpt

@@ -16,8 +16,10 @@ continuous bit-width b per entry, x̂ = s · clamp(round(x/s), qmin(B), qmax(B))
   a · ReLU(M − M_target)² on the node-feature storage M (KB), which pushes the widths down; the task
   (or local) loss pushes them up where values are clipped.
 
-``QuantConfig.bits`` is the initial width. Options (``QuantConfig(options={...})`` or ``A2QConfig(...)``)
-and their defaults are the fields of :class:`A2QConfig`; docs/methods.md explains them.
+``QuantConfig.bits`` is the initial width (``qgnn train --method a2q`` without ``--bits``: 4, the recipe
+``a2q-start4`` of :mod:`qgnn.recipes`; from 8 the widths do not come down within the epoch budget).
+Options (``QuantConfig(options={...})`` or ``A2QConfig(...)``) and their defaults are the fields of
+:class:`A2QConfig`; docs/methods.md explains them.
 """
 
 from __future__ import annotations

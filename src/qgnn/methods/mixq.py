@@ -12,7 +12,9 @@ arg-max widths and ``quantize_`` builds the fixed-bit model from them (:mod:`qgn
 phases). Options (``QuantConfig.options``, the fields of :class:`MixQConfig`): ``candidates``,
 ``weight_candidates``, ``lambda``, ``penalty``, ``temperature``, ``momentum`` (EMA of activation ranges),
 ``sampling`` (``softmax`` or ``gumbel``), ``init`` / ``init_logit`` (α's start: uniform, or favour one width,
-e.g. ``init=8`` starts near the 8-bit model and lets the penalty lower widths).
+e.g. ``init=8`` starts near the 8-bit model and lets the penalty lower widths). These defaults are
+:class:`MixQConfig`'s (candidates {2, 4, 8}, λ = 0.1); ``qgnn train --method mixq`` and ``qgnn search`` take
+the validated search recipe instead (:mod:`qgnn.recipes`: weights {2, 4, 8}, activations {4, 8}, λ = 50).
 
 ``weight_candidates`` gives the weight slots their own set (default: ``candidates``), e.g. weights
 {2, 4, 8} with activations {4, 8}: a 2-bit weight matrix (one scale per output channel) costs far less

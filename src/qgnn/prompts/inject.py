@@ -105,9 +105,11 @@ class PromptConfig(ConfigBase):
     normalize: LoRAP's mixing weights from the aggregate's direction, softmax(W_a s_i / rms(s_i)) (default
     off: softmax(W_a s_i), our reading of the paper).
     node_after_quant: the node prompt (GPF / GPF-plus) acts on the first layer's quantized input, after its
-    ``input`` quantizer, instead of on the raw features before it (default off: GPF's place). Our option: a
-    dense prompt in front of a min / max quantizer widens its range (a coarser grid for every feature) and
-    is itself mostly rounded away; after it, the prompt stays a full-precision correction, as LoRAP's does.
+    ``input`` quantizer, instead of on the raw features before it (default off: GPF's place; ``qgnn train``
+    takes it from the prompt recipe of the host, :mod:`qgnn.recipes`: on, except on plain-QAT hosts other
+    than GCN). Our option: a dense prompt in front of a min / max quantizer widens its range (a coarser grid
+    for every feature) and is itself mostly rounded away; after it, the prompt stays a full-precision
+    correction, as LoRAP's does.
     """
 
     config_name: ClassVar[str] = "prompt"

@@ -9,11 +9,13 @@
 * ``backbone``: a ``qgnn train --save`` checkpoint of the host (same dataset, model, method and bits,
   no prompts) whose weights fill the model before the prompts are injected: prompt tuning on a trained
   quantized backbone.
-* ``lr`` / ``weight_decay`` (default: the run's): the optimizer settings of the prompt parameters
-  alone (their own Adam parameter group). Adam moves every parameter by about lr per step whatever its
-  gradient's scale, so a zero-initialised prompt grows at the host's lr to the size of the weights within
-  a few dozen steps, however small the aggregate it corrects (GCN on Cora: ‖s_i‖ ≈ 0.34); a smaller lr
-  (or a stronger decay) keeps it a correction. For Adam this is the same as LoRA's output scale α / r.
+* ``lr`` / ``weight_decay`` (absent: the run's; ``TrainConfig.resolve`` fills ``lr`` from the prompt recipe
+  of the host, :mod:`qgnn.recipes`, so ``qgnn train --prompt ...`` trains the prompts at 1e-3): the
+  optimizer settings of the prompt parameters alone (their own Adam parameter group). Adam moves every
+  parameter by about lr per step whatever its gradient's scale, so a zero-initialised prompt grows at the
+  host's lr to the size of the weights within a few dozen steps, however small the aggregate it corrects
+  (GCN on Cora: ‖s_i‖ ≈ 0.34); a smaller lr (or a stronger decay) keeps it a correction. For Adam this is
+  the same as LoRA's output scale α / r.
 
 The runner calls :func:`apply_prompts` after the quantization method, so prompts sit outside every
 quantizer; ``load_model`` calls it with ``load_backbone=False`` (the checkpoint holds all weights).

@@ -4,6 +4,7 @@ JSON and a plot of accuracy against BitOPs reduction)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -89,7 +90,9 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("sweep", help="MixQ-GNN over several λ: table, JSON and accuracy-vs-BitOPs plot")
     _common(p)
-    p.add_argument("--lambdas", type=_finite_float, nargs="+", default=[0.0, 0.1, 1.0],
+    # 0: no penalty (the widest widths); 1 and 50: the two plateaus of the search recipe on Cora GCN (W4 in the
+    # first layer at ~63x BitOPs, W2 at ~126x; docs/notes/mixq.md), 50 being the recipe's own λ
+    p.add_argument("--lambdas", type=_finite_float, nargs="+", default=[0.0, 1.0, 50.0],
                    help="the λ values, one search each")
     p.add_argument("--out-dir", default="runs/sweep", help="folder for the JSON files and the plot")
     p.add_argument("--no-fp32", action="store_true", help="skip the FP32 reference run")
@@ -191,6 +194,20 @@ def cmd_sweep(args) -> int:
         return _sweep(args, control)
 
 
+@contextlib.contextmanager
+def _continue_hint(what: str, out: Path):
+    """A stopped λ (or FP32 reference) says how a sweep continues: the same command again (a sweep resumes by
+    default and has no --resume flag, which the runners' own stop message names)."""
+    from qgnn.train.runner import Interrupted
+
+    try:
+        yield
+    except Interrupted as e:
+        where = str(e).partition(";")[0]  # "stopped at run 1, epoch 2", without the runner's --resume advice
+        raise Interrupted(f"{what}: {where}; run the same command again to continue from there (state in "
+                          f"{out}.state.pt)") from None
+
+
 def _sweep(args, control) -> int:
     from qgnn.env import check_device
     from qgnn.search.mixq import run_search
@@ -209,15 +226,18 @@ def _sweep(args, control) -> int:
     for lam in args.lambdas:
         cfg, sc = _configs(args, lam)
         _check(cfg)
-        res = run_search(cfg, sc, root=args.root, out=out_dir / f"search-l{lam:g}.json", resume=resume,
-                         overwrite=args.overwrite, progress=quiet, control=control)
+        out = out_dir / f"search-l{lam:g}.json"
+        with _continue_hint(f"λ = {lam:g}", out):
+            res = run_search(cfg, sc, root=args.root, out=out, resume=resume, overwrite=args.overwrite,
+                             progress=quiet, control=control)
         rows.append(_row(res))
         print(format_rows(rows[-1:]))
         _write_summary(out_dir, rows, None, args.dataset)  # after every λ: a stopped sweep keeps its rows
     if not args.no_fp32:
         cfg, _ = _configs(args, 0.0)
-        fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", resume=resume,
-                              overwrite=args.overwrite, progress=quiet, control=control)
+        with _continue_hint("the FP32 reference", out_dir / "fp32.json"):
+            fp32 = run_experiment(cfg, root=args.root, out=out_dir / "fp32.json", resume=resume,
+                                  overwrite=args.overwrite, progress=quiet, control=control)
     summary = _write_summary(out_dir, rows, fp32, args.dataset)
     print(format_rows(rows))
     if fp32:

@@ -7,8 +7,9 @@ Per run (seed, or cross-validation fold):
    L = L_task + λ · E[BitOPs] / BitOPs_FP32. The assignment is the arg-max of α *at the end* of the
    search (as differentiable architecture search does), not at the best-validation epoch, which would
    favour the early, wide epochs.
-2. **Fixed-bit training.** A fresh model with the same seed is quantized by ``final_method`` (plain
-   ``qat`` by default, as MixQ-GNN; ``lsq`` / ``dq`` work too) with the assignment as per-module
+2. **Fixed-bit training.** A fresh model with the same seed is quantized by ``final_method`` (``dq``,
+   Degree-Quant, by default: the validated search recipe, :data:`qgnn.recipes.SEARCH`; ``qat`` as MixQ-GNN
+   trains it, ``lsq`` works too) with the assignment as per-module
    overrides, and trained with the recipe; the epoch is selected on validation as for every method.
    A prompt (``cfg.prompt``, :mod:`qgnn.prompts`) trains in this phase only: prompts stay in full
    precision and have no bit slot to search, so the search runs on the bare host, and a host and the same

@@ -73,27 +73,32 @@ class TrainConfig(ConfigBase):
         if isinstance(self.quant, dict) and isinstance(self.quant.get("options"), ConfigBase):
             self.quant = {**self.quant, "options": self.quant["options"].fields_dict()}
         self.check_types()
-        if self.method.lower() == "fp32" and self.bits == FLOAT_BITS:
+        # Method names are looked up case-insensitively; the config holds the canonical (lower-case) name, which
+        # the recipes, the fp32 checks and the runner compare against.
+        self.method = self.method.lower()
+        if self.method == "fp32" and self.bits == FLOAT_BITS:
             self.bits = None  # float32: one record for `--method fp32` and `--method fp32 --bits 32`
         self.validate()
 
     def resolve(self, task: str) -> TrainConfig:
         """Fill unset fields from the model's recipe for `task`; validate ranges."""
         from qgnn.models import default_hparams
+        from qgnn.recipes import apply_method_recipe, apply_prompt_recipe, apply_train_recipe
 
         model_kw, train_kw = default_hparams(self.model, task)
         c = dataclasses.replace(self, task=task, model_kwargs=dict(self.model_kwargs), quant=dict(self.quant))
+        # A method's own training defaults (qgnn.recipes: e.g. fine-tuning a pretrained LightGCN) come before
+        # the model's published recipe.
+        train_recipe = apply_train_recipe(c)
         for k, v in train_kw.items():
             if getattr(c, k, None) is None:
                 setattr(c, k, v)
         for k in ("hidden", "num_layers", "dropout"):
             if getattr(c, k) is None:
                 setattr(c, k, model_kw.get(k))
-        from qgnn.recipes import apply_method_recipe, apply_prompt_recipe
-
         # Validated method / prompt defaults (qgnn.recipes) fill what the user left unset; their names are
         # recorded, so the results JSON says which recipe ran.
-        applied = []
+        applied = [train_recipe] if train_recipe else []
         c.bits, c.quant, name = apply_method_recipe(c.method, task, c.model, c.bits, c.quant)
         applied += [name] if name else []
         prompt, name = apply_prompt_recipe(dict(self.prompt), c.method, task, c.model)

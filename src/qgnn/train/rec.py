@@ -260,8 +260,12 @@ class RecRunner:
     def _load_state(self):
         if not (self.state_path and self.state_path.exists()):
             return None
+        from qgnn.train.runner import _normalised
+
         state = load_state(self.state_path)
-        if state["config"] != self.cfg.to_dict():
+        # as Runner._load_state: the saved config compared in today's dict form (a state written before configs
+        # carried a version is the same configuration), and only a training run's state continues one
+        if state.get("kind", "train") != "train" or _normalised(state["config"]) != self.cfg.to_dict():
             raise CheckpointError(f"{self.state_path} was saved for a different configuration; "
                                   "rerun with the same options, or delete it / pass --overwrite to start over")
         return state

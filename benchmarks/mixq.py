@@ -159,15 +159,15 @@ def render() -> None:
 
 def pareto_plot(dataset: str) -> Path | None:
     """docs/mixq-pareto-<dataset>.png: every sweep row of ``dataset`` (test accuracy against the linear
-    reduction), the front of rows no other row beats on both axes, FP32, and MixQ-GNN's logged points."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    reduction), the front of rows no other row beats on both axes, FP32, and MixQ-GNN's logged points.
+    None without matplotlib (qgnn.plotting)."""
+    from qgnn.compare.table import pareto_optimal
+    from qgnn.plotting import pyplot
     from qgnn.search.cli import PUBLISHED_MIXQ
+
+    plt = pyplot()
+    if plt is None:
+        return None
 
     pts, fp32 = [], []
     for d in sorted(RESULTS_DIR.glob("mixq-*/sweep.json")):
@@ -180,8 +180,8 @@ def pareto_plot(dataset: str) -> Path | None:
                     fp32.append(summary["fp32_test_acc"])
     if not pts:
         return None
-    front = sorted(p for p in pts if not any(q[0] >= p[0] and q[1] > p[1] or q[0] > p[0] and q[1] >= p[1]
-                                             for q in pts))
+    # both axes maximised: reduction and test accuracy (equal points both stay on the front)
+    front = sorted(p for p, on in zip(pts, pareto_optimal([(p[0], p[1]) for p in pts]), strict=True) if on)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o", capsize=3,
                 alpha=0.6, label="qgnn MixQ search + fixed-bit training (5 seeds)")
@@ -198,8 +198,12 @@ def pareto_plot(dataset: str) -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = _report.RESULTS_MD.parent / f"mixq-pareto-{dataset}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from qgnn.train.checkpoint import atomic_write  # as qgnn.compare.plot: no torn file if the write fails
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

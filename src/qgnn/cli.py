@@ -214,43 +214,15 @@ def _prompt_from_args(args, prompt: dict) -> dict:
     return {} if prompt.get("kind") == "none" else prompt
 
 
-def _check_names(cfg) -> None:
-    """Fail fast on unknown names, before any data is loaded."""
-    from qgnn.data import dataset_names
-    from qgnn.errors import lookup
-    from qgnn.models import model_names
-    from qgnn.train.config import METHODS
-
-    tasks = {n: t for t in ("node", "graph", "rec") for n in dataset_names(t)}
-    task = lookup("dataset", cfg.dataset, tasks)
-    if task == "rec":
-        from qgnn.train.rec import REC_METHODS, REC_MODELS
-
-        lookup("recommendation model", cfg.model, REC_MODELS)
-        lookup("recommendation method", cfg.method, REC_METHODS)
-        cfg.validate()
-        return
-    if task != "rec":
-        lookup("model", cfg.model, {m: m for m in model_names(task)})
-    methods = dict.fromkeys(METHODS)
-    try:
-        from qgnn.methods import method_names
-
-        methods.update(dict.fromkeys(method_names()))
-    except ImportError:
-        pass
-    lookup("method", cfg.method, methods)
-    cfg.validate()
-
-
 def cmd_train(args) -> int:
     from qgnn.grid import stop_on_sigint
     from qgnn.train import Control, run_experiment
+    from qgnn.train.config import check_names
     from qgnn.train.outputs import OutputWriteError
     from qgnn.train.results import format_table
 
     cfg = _config_from_args(args)
-    _check_names(cfg)
+    check_names(cfg)
     bits = f"-w{cfg.bits}" if cfg.bits else ""
     bits += f"-{cfg.prompt['kind']}" if cfg.prompt else ""
     out = Path(args.out or f"runs/{cfg.dataset.lower()}-{cfg.model.lower()}-{cfg.method.lower()}{bits}.json")

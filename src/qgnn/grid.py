@@ -68,8 +68,10 @@ def resolved(cell: Cell):
     if cell.search is not None:  # as run_search trains it: the final method, at the widest candidate
         sc = cell.search.validate()
         cfg = dataclasses.replace(cfg, method=sc.final_method, bits=max(sc.candidates + (sc.weight_candidates or ())))
-    if task == "rec" and cfg.method.lower() == "bigear" and cfg.bits is None:
-        cfg = dataclasses.replace(cfg, bits=1)  # as qgnn.train.rec.RecRunner: a 1-bit method
+    if task == "rec":  # as qgnn.train.rec.RecRunner resolves it
+        from qgnn.train.rec import with_method_bits
+
+        cfg = with_method_bits(cfg)
     return cfg.resolve(task)
 
 
@@ -145,8 +147,11 @@ def cell_epochs(cell: Cell) -> int:
 
 
 def state_path(path: str | Path) -> Path:
-    """Where :func:`~qgnn.train.run_experiment` keeps the resume state of results ``path``."""
-    return Path(f"{path}.state.pt")
+    """Where :func:`~qgnn.train.run_experiment` keeps the resume state of results ``path``
+    (:func:`qgnn.train.outputs.state_path_for`: ``<path>.state.pt``)."""
+    from qgnn.train.outputs import state_path_for
+
+    return state_path_for(path, None)
 
 
 def _note(msg: str) -> None:

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -231,3 +232,44 @@ def test_an_out_dir_that_cannot_be_created_is_refused_before_training(tmp_path, 
     assert _compare(tmp_path / "file" / "cmp", "--methods", "fp32") == 2
     err = capsys.readouterr().err
     assert err.startswith("qgnn: error: --out-dir") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["parent", "itself", "cells"])
+def test_an_out_dir_in_or_at_a_file_is_one_line_before_anything_trains(tmp_path, capsys, monkeypatch, where):
+    def no_training(*a, **k):
+        raise AssertionError("a cell trained although --out-dir cannot be written")
+
+    monkeypatch.setattr("qgnn.train.run_experiment", no_training)
+    (tmp_path / "file").write_text("")
+    out = {"parent": tmp_path / "file" / "cmp", "itself": tmp_path / "file", "cells": tmp_path / "cmp"}[where]
+    if where == "cells":  # the folder exists, its cells/ is a file
+        out.mkdir()
+        (out / "cells").write_text("")
+    assert _compare(out, "--methods", "fp32", "qat:4") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qgnn: error: --out-dir") and err.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "" and not (tmp_path / "cmp" / "compare.json").exists()
+
+
+def test_a_final_write_that_fails_is_one_line_and_the_other_output_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the rescue folder goes here
+    out = tmp_path / "cmp"
+    (out / "compare.png").mkdir(parents=True)  # the figure cannot replace a folder
+    assert _compare(out, "--methods", "fp32", "--seeds", "1") == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("qgnn: error: could not write --out-dir") and "compare.png" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "1 cells, 1 trained" in captured.out  # the table came before the error line
+    assert json.loads((out / "compare.json").read_text())["complete"]  # the other output is written
+    rescued = err.split("wrote it to ")[1].split(" instead")[0]
+    assert Path(rescued).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_progress_write_that_fails_is_one_line_and_keeps_the_finished_cells(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    (out / "compare.json").mkdir(parents=True)  # compare.json cannot replace a folder
+    assert _compare(out, "--methods", "fp32", "--seeds", "1") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qgnn: error: could not write --out-dir") and err.count("\n") == 1
+    assert (out / "cells" / "fp32.json").is_file() and "run the same command again" in err

@@ -21,6 +21,7 @@ from qgnn.export.rec import RecIntModel
 from qgnn.train import TrainConfig, load_model, run_experiment
 from qgnn.train.rec import RecTask
 from qgnn.train.rec_metrics import topk_ranking
+from qgnn.train.results import format_ratio
 
 # hidden 5: N · d = 650 codes, so 1- and 2-bit tables end in padding bits
 FAST = dict(dataset="synthetic-rec", model="lightgcn", batch_size=64, hidden=5, lr=0.02, seeds=1)
@@ -117,6 +118,7 @@ def test_eval_reports_metrics_and_sizes(runs, capsys):
     text = capsys.readouterr().out
     for key in ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "latency", "peak memory", "file size"):
         assert key in text
+    assert f"{format_ratio(r['fp32_table_bytes'] / r['table_bytes'])} smaller" in text  # the CLI's one ratio format
     with pytest.raises(ConfigError, match="split"):
         evaluate_file(out, split="all", repeats=1)
     with pytest.raises(ConfigError, match="users"):

@@ -13,7 +13,7 @@ from qgnn.testing import (
     assert_close,
     assert_permutation_equivariant,
     batch_of_graphs,
-    empty_graph,
+    edgeless_graph,
     graph,
     has_data,
     hub_graph,
@@ -59,8 +59,10 @@ def test_isolated_hub_and_empty_graphs():
     indeg = degree(ei[1], 30)
     assert x.shape == (30, 8) and indeg[0] >= 29 and indeg[0] > 3 * indeg[1:].max()
     for n in (7, 0):
-        x, ei = empty_graph(n)
+        x, ei = edgeless_graph(n)
         assert x.shape == (n, 8) and ei.shape == (2, 0) and ei.dtype == torch.long
+        # the same draw as before it reused graph(): N(0, 1) features from its own generator
+        assert torch.equal(x, torch.randn(n, 8, generator=torch.Generator().manual_seed(0)))
 
 
 def test_batch_of_graphs():

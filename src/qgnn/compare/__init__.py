@@ -57,11 +57,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     control = Control()
     with stop_on_sigint(control, "this epoch; the same command continues from there"):
-        return run_compare(args, control)
+        from qgnn.compare.run import run  # the work (torch, PyG) is imported when the command runs
 
-
-def run_compare(args: argparse.Namespace, control) -> int:
-    """The command's work, with the stop ``control`` given (cmd_compare wires it to Ctrl-C)."""
-    from qgnn.compare.run import run
-
-    return run(args, control)
+        return run(args, control)

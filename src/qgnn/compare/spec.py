@@ -147,10 +147,10 @@ def build_cells(grid: Grid) -> list[tuple]:
     """[(Cell, MethodSpec, prompt)] in table order; every cell's config checked (names, ranges, recipes)."""
     import dataclasses
 
-    from qgnn.cli import _check_names
     from qgnn.grid import Cell, fingerprint
     from qgnn.search.mixq import SearchConfig
     from qgnn.train import TrainConfig
+    from qgnn.train.config import check_names
 
     base = TrainConfig(dataset=grid.dataset, model=grid.model, seeds=grid.seeds, seed=grid.seed, folds=grid.folds,
                        epochs=grid.epochs, device=grid.device)
@@ -170,7 +170,7 @@ def build_cells(grid: Grid) -> list[tuple]:
                 cfg.quant = {"pretrained": grid.pretrained or str(fp32_ckpt)}
             elif spec.method == "fp32" and needs_ckpt:
                 save = fp32_ckpt
-            _check_names(cfg)
+            check_names(cfg)
             search = SearchConfig(search_epochs=grid.search_epochs) if spec.search else None
             cell = Cell(cell_name(spec, prompt), cfg, search=search, save=save)
             fingerprint(cell)  # resolves with today's recipes: a bad combination fails here, before training

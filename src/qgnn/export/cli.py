@@ -69,7 +69,7 @@ def cmd_export(args) -> int:
 def cmd_eval(args) -> int:
     from qgnn.train.checkpoint import write_json
     from qgnn.train.outputs import check_file_target, write_outputs
-    from qgnn.train.results import format_percent
+    from qgnn.train.results import format_percent, format_ratio
 
     if args.out:
         check_file_target(args.out, "--out")  # before the model and the dataset are loaded
@@ -90,7 +90,7 @@ def cmd_eval(args) -> int:
     print(f"  file size    {r['file_bytes']:,} bytes")
     if r.get("task") == "rec":
         print(f"  table        {r['table_bytes']:,} bytes (codes + levels / scale; FP32 table "
-              f"{r['fp32_table_bytes']:,} bytes, {r['fp32_table_bytes'] / r['table_bytes']:.2f}x smaller)")
+              f"{r['fp32_table_bytes']:,} bytes, {format_ratio(r['fp32_table_bytes'] / r['table_bytes'])} smaller)")
     print(f"  paths        {', '.join(r['paths'])}")
     if args.out:
         write_outputs([("--out", Path(args.out), lambda path: write_json(path, r))], r)

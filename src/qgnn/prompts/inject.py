@@ -78,7 +78,8 @@ def check_number(what: str, value, positive: bool = False) -> float:
     return float(value)
 
 
-# The fields each kind uses (the others keep their defaults and are ignored by that kind).
+# Reference data (public; PromptConfig's docstring points here, no code reads it): the fields each kind uses
+# (the others keep their defaults and are ignored by that kind).
 KIND_OPTIONS = {
     "none": (),
     "gpf": ("targets", "node_after_quant"),

@@ -118,12 +118,6 @@ def _configs(args, lam):
     return cfg, sc.validate()
 
 
-def _check(cfg) -> None:
-    from qgnn.cli import _check_names
-
-    _check_names(cfg)
-
-
 def _row(results: dict) -> dict:
     m, c = results["metrics"], results["cost_runs"]
     return {"lambda": results["search"]["lam"], "test_acc": m["test_acc"]["mean"] * 100,
@@ -152,11 +146,12 @@ def cmd_search(args) -> int:
     from qgnn.grid import stop_on_sigint
     from qgnn.search.mixq import run_search
     from qgnn.train import Control
+    from qgnn.train.config import check_names
     from qgnn.train.outputs import OutputWriteError
     from qgnn.train.results import format_table
 
     cfg, sc = _configs(args, args.lam)
-    _check(cfg)
+    check_names(cfg)
     out = Path(args.out or f"runs/search-{cfg.dataset.lower()}-{cfg.model.lower()}-l{sc.lam:g}.json")
     control = Control()
     try:
@@ -212,6 +207,7 @@ def _sweep(args, control) -> int:
     from qgnn.env import check_device
     from qgnn.search.mixq import run_search
     from qgnn.train import run_experiment
+    from qgnn.train.config import check_names
     from qgnn.train.outputs import check_dir_target
 
     out_dir = check_dir_target(args.out_dir, "--out-dir")  # before the first search starts
@@ -225,7 +221,7 @@ def _sweep(args, control) -> int:
     quiet = False if args.quiet else None
     for lam in args.lambdas:
         cfg, sc = _configs(args, lam)
-        _check(cfg)
+        check_names(cfg)
         out = out_dir / f"search-l{lam:g}.json"
         with _continue_hint(f"λ = {lam:g}", out):
             res = run_search(cfg, sc, root=args.root, out=out, resume=resume, overwrite=args.overwrite,

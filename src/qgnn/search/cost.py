@@ -773,11 +773,15 @@ def _bytes_str(n: int) -> str:
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
+    from qgnn.train.results import format_ratio  # the one ratio format of the CLI
+
+    return format_ratio(a / b) if b else "-"
 
 
 def format_cost_table(report: CostReport) -> str:
     """A plain-text table: one row per layer op (MACs, b_a, b_w, BitOPs, FP32 BitOPs, reduction), totals."""
+    from qgnn.train.results import format_ratio
+
     head = ("layer", "type", "op", "MACs", "b_a", "b_w", "BitOPs", "FP32 BitOPs", "FP32/q")
     rows: list[tuple[str, ...]] = []
     for layer in report.layers:
@@ -807,7 +811,7 @@ def format_cost_table(report: CostReport) -> str:
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     out = [line, fmt(head), line, *(fmt(r) for r in rows), line, fmt(total), line]
     out.append(f"model bytes: {_bytes_str(report.model_bytes)} (FP32 {_bytes_str(report.model_bytes_fp32)}, "
-               f"compression {report.compression:.2f}x; quantizer tables {_bytes_str(report.qparam_bytes)})")
+               f"compression {format_ratio(report.compression)}; quantizer tables {_bytes_str(report.qparam_bytes)})")
     out.append(f"average bits: {report.avg_bits:.2f} (weights {report.avg_bits_weights:.2f}, "
                f"activations {report.avg_bits_activations:.2f})")
     if report.unsupported:

@@ -14,7 +14,7 @@ Import what a test needs; nothing here imports pytest at import time except :mod
 """
 
 from qgnn.testing.data import data_root, has_data, needs_data, require_data, use_test_data
-from qgnn.testing.graphs import batch_of_graphs, empty_graph, graph, hub_graph, isolated_graph
+from qgnn.testing.graphs import batch_of_graphs, edgeless_graph, graph, hub_graph, isolated_graph
 from qgnn.testing.parity import assert_close, assert_permutation_equivariant, permute_graph, sqnr
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     "assert_permutation_equivariant",
     "batch_of_graphs",
     "data_root",
-    "empty_graph",
+    "edgeless_graph",
     "graph",
     "has_data",
     "hub_graph",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["graph", "isolated_graph", "hub_graph", "empty_graph", "batch_of_graphs"]
+__all__ = ["graph", "isolated_graph", "hub_graph", "edgeless_graph", "batch_of_graphs"]
 
 
 def graph(n: int = 30, e: int = 90, f: int = 8, seed: int = 0, *, features: str = "randn", isolated: int = 0,
@@ -49,10 +49,11 @@ def hub_graph(n: int = 30, f: int = 8, extra_edges: int = 20, seed: int = 0) -> 
     return x, torch.cat([hub, rest + 1], 1)
 
 
-def empty_graph(n: int = 7, f: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``n`` nodes and no edge (``n=0``: no node either); edge_index has shape ``[2, 0]``."""
-    x = torch.randn(n, f, generator=torch.Generator().manual_seed(seed))
-    return x, torch.empty(2, 0, dtype=torch.long)
+def edgeless_graph(n: int = 7, f: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` nodes with N(0, 1) features and no edge (``n=0``: no node either); edge_index has shape ``[2, 0]``.
+    :func:`graph` with ``e=0``. (:func:`qgnn.data.empty_graph` is the dataset-side one: a PyG ``Data`` with
+    zero features and, by default, no node.)"""
+    return graph(n, 0, f, seed)
 
 
 def batch_of_graphs(sizes=(5, 1, 12, 8), f: int = 8, edges_per_node: int = 2, seed: int = 0):

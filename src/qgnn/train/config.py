@@ -28,7 +28,6 @@ from qgnn.config import ConfigBase
 from qgnn.errors import ConfigError
 
 SAMPLINGS = ("user", "interaction")  # recommendation: how an epoch draws its (user, positive) pairs
-METHODS = ("fp32",)  # extended by qgnn.methods as quantization methods register
 FLOAT_BITS = 32  # --bits 32: float32, the same as --method fp32 (recorded as bits null)
 QUANT_METHODS_HINT = "qat, lsq, dq, a2q, mixq"
 REC_KEYS = ("options", "pretrained", "val_frac", "test_curve")  # TrainConfig.quant keys of recommendation runs
@@ -196,3 +195,27 @@ class TrainConfig(ConfigBase):
         if not isinstance(d, dict):
             raise ConfigError(f"cannot read config {path}: expected a JSON object, got {type(d).__name__}")
         return cls.from_dict(d.get("config", d))
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """Fail fast on unknown names (dataset, model, method: one ``UnknownNameError`` line listing the valid ones),
+    then on invalid values (:meth:`TrainConfig.validate`), before any data is loaded. The names come from their
+    registries: :mod:`qgnn.data`, :mod:`qgnn.models`, :mod:`qgnn.methods` (``method_names``) and, for
+    recommendation datasets, :mod:`qgnn.train.rec`."""
+    from qgnn.data import dataset_names
+    from qgnn.errors import lookup
+
+    tasks = {n: t for t in ("node", "graph", "rec") for n in dataset_names(t)}
+    task = lookup("dataset", cfg.dataset, tasks)
+    if task == "rec":
+        from qgnn.train.rec import REC_METHODS, REC_MODELS
+
+        lookup("recommendation model", cfg.model, REC_MODELS)
+        lookup("recommendation method", cfg.method, REC_METHODS)
+    else:
+        from qgnn.methods import method_names
+        from qgnn.models import model_names
+
+        lookup("model", cfg.model, {m: m for m in model_names(task)})
+        lookup("method", cfg.method, dict.fromkeys(method_names()))
+    cfg.validate()

@@ -213,6 +213,18 @@ def make_adam(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+# Recommendation methods of one fixed width: an unset --bits means this width (TrainConfig.resolve would fill 8).
+FIXED_BITS = {"bigear": 1}
+
+
+def with_method_bits(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the width a fixed-width method implies (:data:`FIXED_BITS`: BiGeaR is 1-bit) when ``bits``
+    is unset; ``cfg`` itself otherwise. The runner and :mod:`qgnn.grid` (which resolves a cell's config as the
+    runner will) both call it."""
+    bits = FIXED_BITS.get(cfg.method.lower())
+    return dataclass_copy(cfg, bits=bits) if bits is not None and cfg.bits is None else cfg
+
+
 class RecRunner:
     """Trains the runs (seeds) of one recommendation TrainConfig; see the module docstring."""
 
@@ -221,10 +233,7 @@ class RecRunner:
         from qgnn.data import load_dataset
         from qgnn.train.runner import Control
 
-        if cfg.method.lower() == "bigear" and cfg.bits is None:  # a 1-bit method (resolve would default to 8)
-            cfg = dataclass_copy(cfg)
-            cfg.bits = 1
-        self.cfg = cfg.resolve("rec")
+        self.cfg = with_method_bits(cfg).resolve("rec")
         lookup("recommendation model", self.cfg.model, REC_MODELS)
         lookup("recommendation method", self.cfg.method, REC_METHODS)
         self.pretrained = self.cfg.quant.get("pretrained")
@@ -431,7 +440,8 @@ def load_rec_model(path: str | Path, root=None):
     return model.eval(), meta
 
 
-def dataclass_copy(cfg: TrainConfig) -> TrainConfig:
+def dataclass_copy(cfg: TrainConfig, **changes) -> TrainConfig:
+    """A copy of ``cfg`` (its ``quant`` and ``model_kwargs`` dicts copied too) with ``changes`` applied."""
     import dataclasses
 
-    return dataclasses.replace(cfg, quant=dict(cfg.quant), model_kwargs=dict(cfg.model_kwargs))
+    return dataclasses.replace(cfg, **{"quant": dict(cfg.quant), "model_kwargs": dict(cfg.model_kwargs), **changes})

@@ -141,6 +141,29 @@ def _version_at_least(version: str | None, minimum: tuple[int, int]) -> bool:
     return (major, minor) >= minimum
 
 
+def neighbor_sampler(probe_torch: bool = True) -> str:
+    """Who samples neighbours for ``qgnn.data.sampler.make_neighbor_loader``: ``"pyg-lib"`` or
+    ``"torch-sparse"`` (PyG's ``NeighborSampler`` calls them, preferring pyg-lib), else ``"qgnn"`` (qgnn's torch
+    sampler). With ``probe_torch``, whether they import (PyG's own ``torch_geometric.typing`` flags, what its
+    sampler checks); otherwise only whether they are installed (``importlib.util.find_spec``, nothing imported)."""
+    if probe_torch:
+        import torch_geometric.typing as pyg_typing
+
+        pyg_lib, torch_sparse = pyg_typing.WITH_PYG_LIB, pyg_typing.WITH_TORCH_SPARSE
+    else:
+        pyg_lib = importlib.util.find_spec("pyg_lib") is not None
+        torch_sparse = importlib.util.find_spec("torch_sparse") is not None
+    return "pyg-lib" if pyg_lib else "torch-sparse" if torch_sparse else "qgnn"
+
+
+def _sampler_line(probe_torch: bool) -> tuple[bool, str]:
+    name, seen = neighbor_sampler(probe_torch), "imports" if probe_torch else "is installed"
+    if name != "qgnn":
+        return True, f"{name} {seen}: PyG's NeighborLoader samples with it"
+    return True, (f"qgnn torch sampler in PyG's NodeLoader (neither pyg-lib nor torch-sparse {seen}; "
+                  "both are optional, installed from PyG's wheel index)")
+
+
 def backends(probe_torch: bool = True) -> dict[str, tuple[bool, str]]:
     """Optional backends: name -> (available, reason). Never imports triton itself; imports torch only with
     ``probe_torch`` (otherwise CUDA and ``torch._int_mm`` are judged from torch's build and version)."""
@@ -167,6 +190,7 @@ def backends(probe_torch: bool = True) -> dict[str, tuple[bool, str]]:
         out["plots"] = (False, "matplotlib is not installed (pip install 'qgnn[plot]')")
     else:
         out["plots"] = (True, "matplotlib installed")
+    out["sampler"] = _sampler_line(probe_torch)
     return out
 
 

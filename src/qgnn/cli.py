@@ -86,7 +86,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--node-features", default="auto", choices=["auto", "degree", "constant"],
                    help="features for TU graphs that have none")
     p.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, default=None,
-                   help="row-normalise node features (default: on for node tasks)")
+                   help="row-normalise node features (default: on for node tasks, off for sbm-*'s dense features)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps")
     p.add_argument("--prompt", default=None, choices=list(PROMPTS),
                    help="prompts injected after quantization (docs/prompts.md; default: none)")

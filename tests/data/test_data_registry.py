@@ -11,8 +11,8 @@ REAL = {"cora", "citeseer", "pubmed", "proteins", "mutag", "nci1", "imdb-binary"
 
 
 def test_dataset_names():
-    assert set(dataset_names()) == REAL | {"synthetic-node", "synthetic-graph", "synthetic-rec"}
-    assert dataset_names("node") == ["citeseer", "cora", "pubmed", "synthetic-node"]
+    assert set(dataset_names()) == REAL | {"sbm-100k", "sbm-1m", "synthetic-node", "synthetic-graph", "synthetic-rec"}
+    assert dataset_names("node") == ["citeseer", "cora", "pubmed", "sbm-100k", "sbm-1m", "synthetic-node"]
     assert set(dataset_names("rec")) == {"gowalla", "lastfm", "ml-1m-lightgcnpp", "ml-100k", "synthetic-rec"}
     assert len(dataset_names("graph")) == 9
     with pytest.raises(ConfigError):

@@ -118,7 +118,9 @@ class TrainConfig(ConfigBase):
             # the results JSON records it.
             c.quant["options"] = {"node_strategy": "nn", **c.quant.get("options", {})}
         if c.normalize_features is None:
-            c.normalize_features = task == "node"
+            from qgnn.data.registry import row_normalize_by_default
+
+            c.normalize_features = task == "node" and row_normalize_by_default(c.dataset)
         from qgnn.prompts.train import resolve_prompt
 
         c.prompt = resolve_prompt(prompt)

@@ -25,6 +25,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECTION_PAGES = {
     "defaults": ("defaults.md", "The plain commands and the figures they reach"),
     "compare": ("compare.md", "qgnn compare: methods side by side"),
+    "scale": ("scale.md", "Scale: million-node graphs"),
     "baselines": ("baselines.md", "FP32 baselines"),
     "quant": ("quantization.md", "Quantization-aware training vs. FP32"),
     "a2q": ("a2q.md", "A2Q: learned per-node bit-widths"),

@@ -9,7 +9,8 @@ forgotten here fails a test rather than going missing from the help.
 from __future__ import annotations
 
 DATASETS: dict[str, tuple[str, ...]] = {
-    "node": ("citeseer", "cora", "pubmed", "sbm-100k", "sbm-1m", "synthetic-node"),
+    "node": ("amazon-computers", "amazon-photo", "citeseer", "coauthor-cs", "coauthor-physics", "cora", "flickr",
+             "ogbn-arxiv", "ogbn-products", "pubmed", "reddit", "sbm-100k", "sbm-1m", "synthetic-node"),
     "graph": ("enzymes", "imdb-binary", "imdb-multi", "mutag", "nci1", "proteins", "ptc_mr", "reddit-binary",
               "synthetic-graph"),
     "rec": ("gowalla", "lastfm", "ml-100k", "ml-1m-lightgcnpp", "synthetic-rec"),

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from functools import partial
 
-from qgnn.data import planetoid, recsys, sbm, synthetic, tu
+from qgnn.data import ogbn, planetoid, pyg_large, recsys, sbm, synthetic, tu
 from qgnn.errors import ConfigError, lookup
 
 
@@ -25,6 +25,8 @@ DATASETS: dict[str, tuple[str, Callable]] = {
     **{n: ("graph", partial(tu.load_tu, n)) for n in tu.NAMES},
     **{n: ("rec", partial(recsys.load_recsys, n)) for n in recsys.NAMES},
     **{n: ("node", partial(sbm.load_sbm, n)) for n in sbm.NAMES},
+    **{n: ("node", partial(pyg_large.load_pyg_large, n)) for n in pyg_large.NAMES},
+    **{n: ("node", partial(ogbn.load_ogbn, n)) for n in ogbn.NAMES},
     "synthetic-node": ("node", _synthetic(synthetic.random_node_dataset)),
     "synthetic-graph": ("graph", _synthetic(synthetic.random_graph_dataset)),
     "synthetic-rec": ("rec", _synthetic(synthetic.random_rec_dataset)),
@@ -33,7 +35,9 @@ ALIASES = {alias: target for alias, target in recsys.ALIASES.items()}
 # Node datasets whose features are dense and signed (embeddings, Gaussian): PyG's NormalizeFeatures (subtract
 # the global minimum, divide each row by its sum) shrinks their spread to ~1 / (F * |min|), which trains to chance
 # (the SBM graphs: 2.9 % vs 84 % unnormalised, GCN on sbm-100k), so they are not row-normalised by default.
-DENSE_FEATURES = frozenset(sbm.NAMES)
+# Reddit's (GloVe averages plus scores) and OGB's (word2vec averages for arxiv; PCA of bag-of-words for
+# products) are signed too.
+DENSE_FEATURES = frozenset((*sbm.NAMES, *ogbn.NAMES, "reddit"))
 TASKS = ("node", "graph", "rec")
 
 

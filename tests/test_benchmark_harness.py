@@ -1,28 +1,20 @@
 """benchmarks/_harness.py: cells run once and are reused, --force retrains, a stop exits 130, and the scripts
 migrated to it rebuild their docs sections from the committed JSON exactly."""
 
-import importlib.util
 import json
 import re
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
 from qgnn.train import TrainConfig
+from qgnn_bench_testutil import BENCH, load_script
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS_MD = BENCH.parent / "docs" / "results.md"
 
 
-def _script(name):
-    """Import benchmarks/<name>.py under a private name (the scripts are not a package)."""
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_script = load_script
 
 
 @pytest.fixture

@@ -1,23 +1,16 @@
 """benchmarks/mixq.py's Pareto figures: drawn with qgnn.plotting and the front of qgnn.compare.table, written
 beside the docs page that links them (the section's text is checked by test_benchmark_harness.py)."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from qgnn_bench_testutil import load_script
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _script(name):
-    """Import benchmarks/<name>.py under a private name (the scripts are not a package)."""
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_script = load_script
 
 
 def test_pareto_plots_are_written_from_the_committed_sweeps(tmp_path, monkeypatch):

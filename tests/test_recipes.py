@@ -61,14 +61,23 @@ def test_resolved_config_round_trips_with_its_recipes():
     assert again.to_dict() == c.to_dict()
 
 
-def test_search_recipe_is_the_search_default():
-    from qgnn.search.mixq import SearchConfig
+def test_plain_qgnn_search_runs_the_search_recipe():
+    """`qgnn search` with no search flags searches with the recipe's settings (not argparse's own defaults), and a
+    flag given wins."""
+    from qgnn.cli import build_parser
+    from qgnn.search.cli import _configs
 
-    sc = SearchConfig()
+    def searched(*flags):
+        args = build_parser().parse_args(["search", *flags])
+        return _configs(args, args.lam)[1]
+
+    sc = searched()
     for key, value in search_recipe().settings.items():
         got = getattr(sc, key)
         assert (tuple(got) if isinstance(got, list | tuple) else got) == \
             (tuple(value) if isinstance(value, list | tuple) else value), key
+    assert searched("--lambda", "1", "--final-method", "qat").lam == 1.0
+    assert searched("--final-method", "qat").final_method == "qat"
 
 
 @pytest.mark.parametrize("method", ["a2q", "mixq"])

@@ -49,6 +49,16 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
 
+def add_output_arguments(parser, default_out: str, what: str = "run", checkpoint: str = "the selected model") -> None:
+    """The output options every training command shares (train, search): --out, --save, --resume, --overwrite."""
+    parser.add_argument("--out", default=None, help=f"results JSON (default: {default_out})")
+    parser.add_argument("--save", default=None, help=f"checkpoint of {checkpoint} (safetensors)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue an interrupted {what} of the same command (its state: <out>.state.pt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"start over, deleting an interrupted {what}'s state (<out>.state.pt) instead of refusing")
+
+
 def add_train_parser(sub) -> None:
     from qgnn.catalog import MODELS, PROMPTS
 
@@ -105,13 +115,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--backbone", default=None, help="host checkpoint (--save) to start the backbone from")
     p.add_argument("--root", default=None, help="data folder (default: $QGNN_DATA, else the user cache)")
     p.add_argument("--config", default=None, help="a JSON config (or results file) to start from")
-    p.add_argument("--out", default=None,
-                   help="results JSON (default: runs/<dataset>-<model>-<method>[-w<bits>][-<prompt>].json)")
-    p.add_argument("--save", default=None, help="checkpoint of the selected model (safetensors)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run of the same command (its state: <out>.state.pt)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over, deleting an interrupted run's state (<out>.state.pt) instead of refusing")
+    add_output_arguments(p, "runs/<dataset>-<model>-<method>[-w<bits>][-<prompt>].json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = p.add_argument_group("recommendation (--model lightgcn; methods fp32 | qat | lsq | gnaq | bigear)")
     r.add_argument("--pretrained", default=None, help="FP32 LightGCN checkpoint to start from (gnaq, bigear)")

@@ -72,8 +72,8 @@ SEARCH = SearchRecipe(
 # -- methods ------------------------------------------------------------------------------------------
 _METHODS: dict[tuple[str, str, str], MethodRecipe] = {
     # A2Q's bits are its *starting* width; the memory penalty pulls the average toward 2 bits. From 8 bits
-    # the widths do not come down in 200 epochs (Cora GCN: 80.03 % at 6.91 average bits, 3 seeds); from
-    # 4 they do (81.80 ± 0.45 at 2.08 bits, 5 seeds; docs/notes/a2q.md).
+    # the widths do not come down in 200 epochs; from 4 they do (Cora GCN, 3 seeds, docs/notes/defaults.md:
+    # `--bits 8` and the plain command; 5 seeds from 4: 81.80 ± 0.45 at 2.08 bits, docs/notes/a2q.md).
     ("a2q", "*", "*"): MethodRecipe(
         "a2q-start4", bits=4,
         why="A2Q starts from 4 bits and learns its widths down to ~2 (docs/notes/a2q.md)"),
@@ -106,9 +106,10 @@ _PROMPT_DEFAULT = PromptRecipe("prompt-lr1e-3-after-quant", {"lr": 1e-3, "node_a
 # quantizer (docs/notes/prompts-grid.md, "Prompts on plain-QAT hosts"; benchmarks/defaults.py --probe-only):
 #   GIN 49.47 / 40.47 / 51.20; GAT 57.80 / 49.73 / 58.07; GCN 78.33 / 75.60 / 72.07.
 # So QAT hosts put the node prompt in front of the quantizer (its range then covers the prompted input),
-# except GCN, where every setting measured lost on validation (also at prompt lr 1e-4: 76.67 against 78.33)
-# and the least harmful one is kept, with a note under the results table. SAGE was not measured: it takes the
-# GIN / GAT entry (an extrapolation, said in docs/prompts.md).
+# except GCN, where every setting measured lost on validation (LoRAP alone too, at prompt lr 1e-4: 77.72
+# against 78.52, 5 seeds, the prompt-lr table of docs/notes/prompts-grid.md) and the least harmful one is
+# kept, with a note under the results table. SAGE was not measured: it takes the GIN / GAT entry (an
+# extrapolation, said in docs/prompts.md).
 # Checked on CiteSeer, which did not choose it (3 seeds, validation): GAT 72.07 / 69.53 / 70.40, GCN 70.80 /
 # 68.07 / 68.27: no setting is harmless there, the GAT entry is still the less harmful one and GCN's two are
 # within noise of each other. Hence the note every QAT-host prompt prints.

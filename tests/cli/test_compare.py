@@ -204,22 +204,9 @@ def test_compare_on_cora(tmp_path, capsys):
 
 
 def test_one_progress_bar_counts_every_epoch_of_the_grid(tmp_path, monkeypatch):
-    import io
+    from qgnn.testing.progress import recording_tqdm
 
-    from tqdm.auto import tqdm
-
-    bars = []
-
-    class Recording(tqdm):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **{**k, "disable": False, "file": io.StringIO()})
-            self.steps = []
-            bars.append(self)
-
-        def update(self, n=1):
-            if n:
-                self.steps.append(n)
-            return super().update(n)
+    Recording, bars = recording_tqdm()
 
     monkeypatch.setattr("qgnn.compare.run.tqdm", Recording)
     assert _compare(tmp_path, "--methods", "fp32", "qat:4", "mixq") == 0

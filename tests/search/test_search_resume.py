@@ -204,24 +204,10 @@ def test_cli_sweep_continues_a_stopped_lambda(tmp_path, capsys, monkeypatch):
 
 
 def test_compare_resumes_a_stopped_mixq_cell(tmp_path, capsys, monkeypatch):
-    import io
-
-    from tqdm.auto import tqdm
-
     from qgnn.cli import main
+    from qgnn.testing.progress import recording_tqdm
 
-    bars = []
-
-    class Recording(tqdm):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **{**k, "disable": False, "file": io.StringIO()})
-            self.steps = []
-            bars.append(self)
-
-        def update(self, n=1):
-            if n:
-                self.steps.append(n)
-            return super().update(n)
+    Recording, bars = recording_tqdm()
 
     def compare(out):
         return main(["compare", "--dataset", "synthetic-node", "--epochs", "3", "--seeds", "2", "--quiet",

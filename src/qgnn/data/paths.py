@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -69,6 +70,43 @@ def processed_dir(kind: str, name: str, raw_dir: Path) -> Path:
             st = f.stat()
             h.update(f"|{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return cache_dir() / "processed" / kind / name / h.hexdigest()[:12]
+
+
+class LocalRaw:
+    """Mixin put in front of a PyG dataset class: its raw files are read from ``self._raw_folder`` (set before
+    PyG's ``__init__`` runs), its processed files go to the qgnn cache (:func:`processed_dir` under
+    ``cache_kind`` / :meth:`cache_name`), and a failure to process them is one :class:`QgnnError` line
+    (:meth:`diagnose`) instead of PyG's traceback. Planetoid, TU and the large PyG datasets share it."""
+
+    cache_kind = "pyg"
+    _raw_folder: str
+
+    @property
+    def raw_dir(self) -> str:
+        return self._raw_folder
+
+    def cache_name(self) -> str:
+        return self.name
+
+    @cached_property
+    def processed_dir(self) -> str:
+        # First read after any download, so the key sees the final raw files.
+        return str(processed_dir(self.cache_kind, self.cache_name(), Path(self._raw_folder)))
+
+    def process(self) -> None:
+        try:
+            super().process()
+        except QgnnError:
+            raise
+        except Exception as e:
+            raise QgnnError(self.diagnose(e)) from e
+
+    def diagnose(self, err: Exception) -> str:
+        """The one line saying which raw file is bad (subclasses name the file where they can)."""
+        files = ", ".join(self.raw_file_names if isinstance(self.raw_file_names, list | tuple)
+                          else [self.raw_file_names])
+        return (f"cannot build {self.cache_name()} from {self._raw_folder}/ ({type(err).__name__}: {err}); the raw "
+                f"files there ({files}) are corrupt or not PyG's format: replace them with the originals")
 
 
 def find_raw(

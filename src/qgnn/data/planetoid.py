@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch_geometric.data import Data
 from torch_geometric.datasets import Planetoid
 
-from qgnn.data.paths import build_with_retry, find_raw, processed_dir
-from qgnn.errors import QgnnError, lookup
+from qgnn.data.paths import LocalRaw, build_with_retry, find_raw
+from qgnn.errors import lookup
 
 NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 _SUFFIXES = ["x", "tx", "allx", "y", "ty", "ally", "graph", "test.index"]
@@ -38,29 +37,17 @@ class NodeDataset:
     task: str = field(default="node", init=False)
 
 
-class _Planetoid(Planetoid):
+class _Planetoid(LocalRaw, Planetoid):
     """PyG's Planetoid reading from a given raw folder and writing to the qgnn cache."""
+
+    cache_kind = "planetoid"
 
     def __init__(self, raw_folder: Path, name: str, force_reload: bool = False):
         self._raw_folder = str(raw_folder)
         super().__init__(root=self._raw_folder, name=name, split="public", force_reload=force_reload)
 
-    @property
-    def raw_dir(self) -> str:
-        return self._raw_folder
-
-    @cached_property
-    def processed_dir(self) -> str:
-        # First read after any download, so the key sees the final raw files.
-        return str(processed_dir("planetoid", self.name, Path(self._raw_folder)))
-
-    def process(self) -> None:
-        try:
-            super().process()
-        except QgnnError:
-            raise
-        except Exception as e:
-            raise QgnnError(_diagnose(Path(self.raw_dir), self.name, e)) from e
+    def diagnose(self, err: Exception) -> str:
+        return _diagnose(Path(self.raw_dir), self.name, err)
 
 
 def _diagnose(folder: Path, name: str, err: Exception) -> str:

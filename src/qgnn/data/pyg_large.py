@@ -29,16 +29,15 @@ all it has to train, then val, and none to test (none at the real datasets' size
 from __future__ import annotations
 
 import os
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch_geometric.datasets import Amazon, Coauthor, Flickr, Reddit
 
-from qgnn.data.paths import build_with_retry, find_raw, processed_dir
+from qgnn.data.paths import LocalRaw, build_with_retry, find_raw
 from qgnn.data.planetoid import NodeDataset
-from qgnn.errors import ConfigError, QgnnError, lookup
+from qgnn.errors import ConfigError, lookup
 
 TRAIN_PER_CLASS = 20
 VAL_PER_CLASS = 30
@@ -68,25 +67,15 @@ def _reader(name: str, raw_folder: Path, force_reload: bool = False):
     family, pyg_name, cls, files, _ = _SOURCES[name]
     raw_folder = Path(raw_folder)
 
-    class _Local(cls):
-        @property
-        def raw_dir(self) -> str:
-            return str(raw_folder)
+    class _Local(LocalRaw, cls):
+        cache_kind = family
 
-        @cached_property
-        def processed_dir(self) -> str:
-            # First read after any download, so the key sees the final raw files.
-            return str(processed_dir(family, pyg_name, raw_folder))
+        def __init__(self, *args, **kwargs):
+            self._raw_folder = str(raw_folder)
+            super().__init__(*args, **kwargs)
 
-        def process(self) -> None:
-            try:
-                super().process()
-            except QgnnError:
-                raise
-            except Exception as e:
-                raise QgnnError(f"cannot build {pyg_name} from {raw_folder}/ ({type(e).__name__}: {e}); the raw "
-                                f"files there ({', '.join(files)}) are corrupt or not PyG's format: replace them "
-                                f"with the originals") from e
+        def cache_name(self) -> str:
+            return pyg_name
 
     _Local.__name__ = cls.__name__
     root = str(raw_folder)

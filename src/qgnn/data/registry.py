@@ -34,7 +34,7 @@ DATASETS: dict[str, tuple[str, Callable]] = {
 ALIASES = {alias: target for alias, target in recsys.ALIASES.items()}
 # Node datasets whose features are dense and signed (embeddings, Gaussian): PyG's NormalizeFeatures (subtract
 # the global minimum, divide each row by its sum) shrinks their spread to ~1 / (F * |min|), which trains to chance
-# (the SBM graphs: 2.9 % vs 84 % unnormalised, GCN on sbm-100k), so they are not row-normalised by default.
+# (GCN on sbm-100k: benchmarks/sbm.py, docs/notes/scale.md), so they are not row-normalised by default.
 # Reddit's (GloVe averages plus scores) and OGB's (word2vec averages for arxiv; PCA of bag-of-words for
 # products) are signed too.
 DENSE_FEATURES = frozenset((*sbm.NAMES, *ogbn.NAMES, "reddit"))

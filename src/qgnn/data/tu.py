@@ -19,16 +19,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.datasets import TUDataset
 
-from qgnn.data.paths import build_with_retry, find_raw, processed_dir
+from qgnn.data.paths import LocalRaw, build_with_retry, find_raw
 from qgnn.data.splits import Split, cv_splits
-from qgnn.errors import ConfigError, QgnnError, lookup
+from qgnn.errors import ConfigError, lookup
 
 NAMES = {n.lower(): n for n in [
     "PROTEINS", "MUTAG", "NCI1", "IMDB-BINARY", "IMDB-MULTI", "REDDIT-BINARY", "ENZYMES", "PTC_MR"]}
@@ -68,29 +67,18 @@ class GraphList(InMemoryDataset):
         return f"{self.name}({len(self)})"
 
 
-class _TU(TUDataset):
+class _TU(LocalRaw, TUDataset):
     """PyG's TUDataset reading from a given raw folder and writing to the qgnn cache."""
+
+    cache_kind = "tu"
 
     def __init__(self, raw_folder: Path, name: str, force_reload: bool = False, use_node_attr=False):
         self._raw_folder = str(raw_folder)
         super().__init__(root=self._raw_folder, name=name, force_reload=force_reload,
                          use_node_attr=use_node_attr)
 
-    @property
-    def raw_dir(self) -> str:
-        return self._raw_folder
-
-    @cached_property
-    def processed_dir(self) -> str:
-        return str(processed_dir("tu", self.name, Path(self._raw_folder)))
-
-    def process(self) -> None:
-        try:
-            super().process()
-        except QgnnError:
-            raise
-        except Exception as e:
-            raise QgnnError(_diagnose(Path(self.raw_dir), self.name, e)) from e
+    def diagnose(self, err: Exception) -> str:
+        return _diagnose(Path(self.raw_dir), self.name, err)
 
 
 def _diagnose(folder: Path, name: str, err: Exception) -> str:

@@ -76,17 +76,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
+    from qgnn.cli import add_output_arguments
+
     p = sub.add_parser("search", help="MixQ-GNN: search a bit assignment, then train it")
     _common(p)
     p.add_argument("--lambda", dest="lam", type=_finite_float, default=None,
                    help=f"weight of the penalty {_recipe('lam')}")
-    p.add_argument("--out", default=None,
-                   help="results JSON (default: runs/search-<dataset>-<model>-l<λ>.json)")
-    p.add_argument("--save", default=None, help="checkpoint of the selected fixed-bit model (safetensors)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted search of the same command (its state: <out>.state.pt)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over, deleting an interrupted search's state (<out>.state.pt) instead of refusing")
+    add_output_arguments(p, "runs/search-<dataset>-<model>-l<λ>.json", "search", "the selected fixed-bit model")
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("sweep", help="MixQ-GNN over several λ: table, JSON and accuracy-vs-BitOPs plot")
     _common(p)

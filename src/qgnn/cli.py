@@ -88,8 +88,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--eval-every", type=int, default=1,
                    help="validate every N epochs and after the last (patience counts validations)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="graphs (graph tasks) or BPR triples (recommendation) per batch (default: the model's "
-                        "recipe, else 32)")
+                   help="graphs (graph tasks), BPR triples (recommendation) or seed nodes of a sampled mini-batch "
+                        "(node tasks, which otherwise train full-batch) per batch (default: the model's recipe, else "
+                        "32; node tasks: full batch, or 1024 with --fanout)")
+    p.add_argument("--fanout", type=int, nargs="+", default=None, metavar="N",
+                   help="node tasks: train on sampled mini-batches, N in-neighbours sampled per node at each layer "
+                        "(one per layer, -1 = all; --batch-size alone samples all); unset: full-batch training")
     p.add_argument("--hidden", type=int, default=None, help=f"hidden width of the model {recipe}")
     p.add_argument("--layers", dest="num_layers", type=int, default=None, help=f"number of GNN layers {recipe}")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout probability {recipe}")
@@ -143,7 +147,7 @@ def _config_from_args(args):
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
     explicit = {k: getattr(args, k) for k in (
         "dataset", "model", "method", "bits", "seeds", "seed", "folds", "fold_seed", "epochs", "lr",
-        "weight_decay", "patience", "eval_every", "batch_size", "sampling", "hidden", "num_layers", "dropout",
+        "weight_decay", "patience", "eval_every", "batch_size", "fanout", "sampling", "hidden", "num_layers", "dropout",
         "node_features", "normalize_features", "device")}
     if args.config:  # values given on the command line win over the file; defaults do not
         defaults = vars(build_parser().parse_args(["train"]))

@@ -432,3 +432,29 @@ def test_method_opt_reaches_node_methods_and_a_misspelt_option_is_named(tmp_path
     assert main([*common, "--method-opt", "p_mx=0.3", "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "p_mx" in err[0] and "p_max" in err[0]
+
+
+# -------------------------------------------------------------------------------- 9. mini-batch flags (issue 24)
+@pytest.mark.parametrize("argv, says", [
+    (["--dataset", "Cora", "--fanout", "15"], "give one per layer"),                        # 1 fanout, 2 layers
+    (["--dataset", "Cora", "--layers", "3", "--fanout", "15", "10"], "3-layer model"),
+    (["--dataset", "Cora", "--fanout", "15", "-2"], "--fanout must be -1"),
+    (["--dataset", "Cora", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--dataset", "Cora", "--fanout", "5", "5", "--batch-size", "-3"], "--batch-size must be >= 1"),
+    (["--dataset", "MUTAG", "--model", "gin", "--fanout", "5"], "MUTAG is a graph-classification dataset"),
+    (["--dataset", "MUTAG", "--model", "gin", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--dataset", "gowalla", "--model", "lightgcn", "--fanout", "5"], "gowalla is a recommendation dataset"),
+])
+def test_bad_batch_flags_are_one_line_before_data_loads(tmp_path, capsys, argv, says):
+    before = _tree(tmp_path)
+    # --root points at no data: had the check come after loading, the error would be the missing data
+    rc, _, err = _run(capsys, "train", *argv, "--root", tmp_path / "nodata", "--quiet", "--out", tmp_path / "r.json")
+    assert rc == 2 and says in err, err
+    assert _tree(tmp_path) == before  # nothing written
+
+
+def test_bad_batch_values_in_a_config_file_are_one_line(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"dataset": "synthetic-node", "fanout": []}))
+    rc, _, err = _run(capsys, "train", "--config", config, "--quiet", "--out", tmp_path / "r.json")
+    assert rc == 2 and "--fanout needs one number per layer" in err and not (tmp_path / "r.json").exists()

@@ -114,19 +114,24 @@ def test_from_float_checks_the_type_and_unsupported_options():
         QuantGCNConv.from_float(GCNConv(-1, 5), {})
 
 
-def test_unsupported_inputs_raise_config_errors():
+def test_bad_graph_inputs_raise_config_errors():
     x, ei = util.graph()
     _, q = util.quantized("sage_mean")
-    with pytest.raises(ConfigError, match="bipartite"):
-        q((x, x), ei)
-    adj = torch.sparse_coo_tensor(ei, torch.ones(ei.size(1)), (x.size(0), x.size(0)), check_invariants=True)
-    with pytest.raises(ConfigError, match="sparse adjacency"):
-        q(x, adj)
     with pytest.raises(ConfigError, match=r"shape \[2, num_edges\]"):
         q(x, ei.t())
-    with pytest.raises(ConfigError, match="size must be None"):
+    with pytest.raises(ConfigError, match="size"):
         q(x, ei, size=(3, 4))
+    with pytest.raises(ConfigError, match="integer node ids"):
+        q(x, ei.float())
+    with pytest.raises(ConfigError, match="pair"):
+        q((x, x, x), ei)
+    adj = torch.sparse_coo_tensor(ei, torch.ones(ei.size(1)), (x.size(0) + 1, x.size(0) + 1))
+    with pytest.raises(ConfigError, match="adj_t"):
+        q(x, adj)
     q(x, ei, size=(x.size(0), x.size(0)))
+    _, g = util.quantized("gcn")
+    with pytest.raises(ConfigError, match="bipartite"):
+        g((x, x), ei)
 
 
 def test_node_protect_must_return_a_node_mask():

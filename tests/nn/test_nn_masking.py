@@ -36,8 +36,8 @@ def _spy(layer):
     seen = []
     inner = layer._q
 
-    def wrapped(slot, x, keep=None):
-        out = inner(slot, x, keep)
+    def wrapped(slot, x, keep=None, **kw):
+        out = inner(slot, x, keep, **kw)
         if slot in layer.quant:
             seen.append((slot, x.detach().clone(), out.detach().clone()))
         return out

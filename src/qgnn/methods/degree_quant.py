@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from qgnn.errors import ConfigError
 from qgnn.methods.base import Method, register_method
 from qgnn.methods.config import MethodConfig
+from qgnn.nn.graph import edge_index_of
 from qgnn.quant import UniformQuantizer
 
 
@@ -64,13 +65,26 @@ class DegreeMask:
         self.prob: Tensor | None = None
         self.mask: Tensor | None = None
 
+    def on_full_graph(self, edge_index: Tensor, num_nodes: int) -> None:
+        """Mini-batches of one large graph (:func:`qgnn.nn.context.attach_graph`): p from the whole graph's
+        in-degrees, looked up by the global ids of each batch's rows (:func:`qgnn.nn.context.node_ids`). A
+        sampled subgraph caps in-degrees at the fanout, so its own CDF would say little about a node."""
+        self.full_prob = protect_probability(edge_index, num_nodes, None, self.p_min, self.p_max)
+
     def pre_hook(self, module: nn.Module, args, kwargs):
+        from qgnn.nn.context import current_node_ids
+
         self.prob = self.mask = None
         if not module.training or len(args) < 2:
             return
         x, edge_index = args[0], args[1]
-        batch = args[2] if len(args) > 2 else kwargs.get("batch")
-        self.prob = protect_probability(edge_index, x.size(0), batch, self.p_min, self.p_max)
+        ids = current_node_ids(module)
+        full = getattr(self, "full_prob", None)
+        if ids is not None and full is not None:
+            self.prob = full.to(ids.device).index_select(0, ids)
+        else:
+            batch = args[2] if len(args) > 2 else kwargs.get("batch")
+            self.prob = protect_probability(edge_index_of(edge_index), x.size(0), batch, self.p_min, self.p_max)
         self.mask = torch.bernoulli(self.prob).bool()
 
     def __call__(self, edge_index: Tensor, num_nodes: int) -> Tensor:

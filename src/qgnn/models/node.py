@@ -6,12 +6,28 @@ PyG layers) so that quantization handlers find and replace them by type.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
 from .dropout import sparse_input_dropout
+
+
+@functools.cache
+def _forward_takes_edge_weight(cls: type) -> bool:
+    return "edge_weight" in inspect.signature(cls.forward).parameters
+
+
+def takes_edge_weight(conv: nn.Module) -> bool:
+    """Whether ``conv``'s forward has an ``edge_weight`` argument; a wrapper that forwards its arguments to a
+    ``base_layer`` (qgnn.prompts) is asked about the layer it wraps."""
+    while isinstance(getattr(conv, "base_layer", None), nn.Module):
+        conv = conv.base_layer
+    return _forward_takes_edge_weight(type(conv))
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
@@ -32,11 +48,17 @@ class _Stack(nn.Module):
         self.dropout = dropout
         self.input_dropout = dropout if input_dropout is None else input_dropout
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``edge_weight``: per-edge weights for the layers whose forward takes ``edge_weight`` (GCN; e.g. the
+        whole graph's normalisation of a sampled batch, qgnn.train.minibatch); the others ignore it."""
         # bag-of-words features are mostly zeros: draw the input mask at the non-zeros only (same distribution)
         x = sparse_input_dropout(x, self.input_dropout, self.training)
         for i, conv in enumerate(self.convs):
-            x = conv(x, edge_index)
+            if edge_weight is not None and takes_edge_weight(conv):
+                x = conv(x, edge_index, edge_weight=edge_weight)
+            else:
+                x = conv(x, edge_index)
             if i < len(self.convs) - 1:
                 x = self.activation(x)
                 x = F.dropout(x, self.dropout, self.training)

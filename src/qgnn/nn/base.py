@@ -65,7 +65,6 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
-from torch_geometric.utils import is_sparse
 
 from qgnn.errors import ConfigError
 from qgnn.kernels import integer_aggregate
@@ -89,7 +88,8 @@ WEIGHT_SLOTS = frozenset({"weight", "weight_root", "att"})
 NodeProtect = Callable[[Tensor, int], Tensor]
 
 # Attributes the quantized layer adds on top of its float layer; to_float() leaves them behind.
-_QUANT_ATTRS = frozenset({"node_protect", "_last_stats", "integer_aggregation"})
+_QUANT_ATTRS = frozenset({"node_protect", "_last_stats", "integer_aggregation", "_cached_graph",
+                          "_qgnn_node_ids"})
 
 # PyG aggregation name -> integer_aggregate's reduce; other aggregations keep the fake-quant path
 _INTEGER_REDUCE = {"add": "sum", "sum": "sum", "mean": "mean"}
@@ -321,19 +321,70 @@ class QuantModule:
             return codes, scale, zero_point, x
         return codes, scale, zero_point, dequantize(codes, scale, zero_point).to(x.dtype)
 
-    def _neighbour_sum(self, x, src, dst, n, keep, ekeep, mode, project=None) -> tuple[Tensor, Tensor, int]:
-        """GIN / SAGE: (x̂, AGG_j m_j, message width) with m_j = project(x̂_j) (identity when None), on the
-        integer path ``mode`` ("input" / "message") or the fake-quant one (None)."""
+    def _quant_nodes(self, slot: str, x_src: Tensor, x_dst: Tensor | None, keep: Tensor | None,
+                     integer: bool = False):
+        """Quantize node rows of ``slot`` for a one-set (``x_dst`` None) or bipartite input, in one quantizer
+        call (so an observer updates once per forward); returns (x̂_src, x̂_dst or None, codes) with codes
+        ``(q, scale, zero_point)`` of x_src when ``integer`` (the integer path), else None.
+
+        Bipartite rows: the targets are the first ``N_dst`` nodes of the sources (PyG's sampled blocks), so
+        under a :func:`~qgnn.nn.context.node_ids` context the target rows take the first ``N_dst`` ids."""
+        if integer:
+            codes = self.quant[slot].quant_int(x_src)
+            xh = x_src if codes[0].numel() == 0 else dequantize(*codes).to(x_src.dtype)
+            xd = None if x_dst is None else self._integer_input(slot, x_dst)[3]
+            return xh, xd, codes
+        if x_dst is None:
+            return self._q(slot, x_src, keep), None, None
+        ids = self.__dict__.get("_qgnn_node_ids")
+        both = torch.cat([x_src, x_dst])
+        cat_ids = None if ids is None else torch.cat([ids, ids[: x_dst.size(0)]])
+        out = self._q(slot, both, None, ids=cat_ids)
+        return out[: x_src.size(0)], out[x_src.size(0):], None
+
+    def _aggregate_rows(self, m_src: Tensor, g, ekeep: Tensor | None, weight: Tensor | None = None) -> Tensor:
+        """``AGG_{j -> i} Q_msg(w_ji · m_j)`` over the edges of the view ``g`` (``weight`` None: 1).
+
+        A sparse input with sum / mean aggregation and no message quantizer takes the sparse-dense product
+        (no ``[E, C]`` tensor, :meth:`GraphView.aggregate`); otherwise the per-edge messages are formed (PyG's
+        gather / scatter), in edge chunks when no gradient is recorded so inference memory stays
+        O(N·C + E·chunk)."""
+        reduce = self._integer_reduce()
+        if g.sparse and reduce is not None and not self._slot_on("message") and not self._message_hooked():
+            return g.aggregate(m_src, weight, reduce)
+        chunk = self._edge_chunk(m_src.size(-1))
+        if torch.is_grad_enabled() or g.num_edges <= chunk or ekeep is not None or reduce != "sum":
+            msg = m_src.index_select(0, g.src)
+            if weight is not None:
+                msg = weight.view(-1, *([1] * (msg.dim() - 1))) * msg
+            return self.aggregate(self._q("message", msg, ekeep), g.dst, dim_size=g.n_dst)
+        out = m_src.new_zeros((g.n_dst, *m_src.shape[1:]))
+        for lo in range(0, g.num_edges, chunk):
+            src, dst = g.src[lo:lo + chunk], g.dst[lo:lo + chunk]
+            msg = m_src.index_select(0, src)
+            if weight is not None:
+                msg = weight[lo:lo + chunk].view(-1, *([1] * (msg.dim() - 1))) * msg
+            out.index_add_(0, dst, self._q("message", msg))
+        return out
+
+    @staticmethod
+    def _edge_chunk(channels: int) -> int:
+        # about 64 MB of float32 messages per chunk
+        return max(1, (1 << 24) // max(int(channels), 1))
+
+    def _message_hooked(self) -> bool:
+        return bool(self.__dict__.get("_slot_hooks", {}).get("message"))
+
+    def _neighbour_sum(self, xh_src, codes, g, ekeep, mode, project=None) -> tuple[Tensor, int]:
+        """GIN / SAGE: (AGG_j m_j, message width) with m_j = project(x̂_j) (identity when None), on the
+        integer path ``mode`` ("input": from ``codes`` of x_src; "message") or the fake-quant one (None)."""
         if mode == "input":
-            q_x, s_x, z_x, x = self._integer_input("input", x)
-            return x, self._integer_gather(q_x, s_x, z_x, src, dst, n, x), x.size(-1)
-        x = self._q("input", x, keep)
-        x_src = project(x) if project is not None else x
+            q_x, s_x, z_x = codes
+            return self._integer_gather(q_x, s_x, z_x, g.src, g.dst, g.n_dst, xh_src), xh_src.size(-1)
+        m = project(xh_src) if project is not None else xh_src
         if mode == "message":
-            out = self._integer_messages("message", x_src.index_select(0, src), dst, n)
-        else:
-            out = self.aggregate(self._q("message", x_src.index_select(0, src), ekeep), dst, dim_size=n)
-        return x, out, x_src.size(-1)
+            return self._integer_messages("message", m.index_select(0, g.src), g.dst, g.n_dst), m.size(-1)
+        return self._aggregate_rows(m, g, ekeep), m.size(-1)
 
     def _record_stats(self, n, edges, in_channels, out_channels, heads=1, message_channels=None) -> None:
         self._last_stats = {"num_nodes": n, "num_edges": edges, "in_channels": in_channels,
@@ -356,20 +407,29 @@ class QuantModule:
         per_slot[handle.id] = hook
         return handle
 
-    def _q(self, slot: str, x: Tensor, keep: Tensor | None = None) -> Tensor:
+    def _q(self, slot: str, x: Tensor, keep: Tensor | None = None, ids: Tensor | None | bool = False) -> Tensor:
         """Apply ``slot``'s quantizer (identity when absent) to the rows ``keep`` of ``x`` (all rows when
         None); the other rows, the protected ones, stay float. Then the slot's hooks, if any
-        (:meth:`register_slot_hook`).
+        (:meth:`register_slot_hook`). ``ids``: the global node id of each row (default: the
+        :func:`~qgnn.nn.context.node_ids` context's; None: row i is node i).
 
         Only the kept rows reach the quantizer, with their node ids as ``index`` for node slots, so a
         per-node table is indexed by node and an observer sees exactly what it quantizes.
         """
         q = self.quant._modules.get(slot)
         if q is not None:
+            # rows -> global node ids under a mini-batch (qgnn.nn.context.node_ids); None: row i is node i
+            # (only per-node tables are indexed by node; other granularities ignore ids)
+            if ids is False:  # not given: the context's ids
+                ids = self.__dict__.get("_qgnn_node_ids")
+            ids = ids if slot in NODE_SLOTS and q.granularity == "node" else None
+            if ids is not None and ids.numel() != x.size(0):
+                _ids_mismatch(self, slot, ids, x)
             if keep is None:
-                x = q(x)
+                x = q(x, ids)
             else:
-                x = x.index_copy(0, keep, q(x.index_select(0, keep), keep if slot in NODE_SLOTS else None))
+                index = (keep if ids is None else ids.index_select(0, keep)) if slot in NODE_SLOTS else None
+                x = x.index_copy(0, keep, q(x.index_select(0, keep), index))
         hooks = self.__dict__.get("_slot_hooks")
         if hooks and hooks.get(slot):
             for hook in list(hooks[slot].values()):
@@ -401,12 +461,18 @@ class QuantModule:
         q = self.quant._modules.get(slot)
         return w if q is None else q(w)
 
-    def _protect_mask(self, edge_index: Tensor, num_nodes: int) -> Tensor | None:
-        """Call ``node_protect`` once (training only) with the input graph and check what it returns."""
+    def _protect_mask(self, g, bipartite: bool = False) -> Tensor | None:
+        """Call ``node_protect`` once (training only) with the input graph (a :class:`GraphView`) and check
+        what it returns. The mask is over one node set: a bipartite input under a mask is refused."""
         hook = self.node_protect
         if hook is None or not self.training:
             return None
-        mask = hook(edge_index, num_nodes)
+        num_nodes = g.n_dst
+        if bipartite or g.n_src != g.n_dst:
+            raise ConfigError(f"{type(self).__name__}: protective masking (Degree-Quant) needs one node set; "
+                              "pass the sampled subgraph as (x, edge_index) rather than bipartite blocks")
+        # the graph as the layer was given it (edge_index[0] -> edge_index[1] under the layer's flow)
+        mask = hook(torch.stack([g.src, g.dst] if self.flow == "source_to_target" else [g.dst, g.src]), num_nodes)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (num_nodes,):
             got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
             raise ConfigError(f"node_protect must return a bool tensor of shape ({num_nodes},), got {got}")
@@ -424,33 +490,17 @@ class QuantModule:
             return None
         return (~mask.index_select(0, dst)).nonzero().view(-1)
 
+
     def _endpoints(self, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        """(source j, target i) per edge, following the layer's ``flow`` as PyG does."""
+        """(source j, target i) per edge of a ``[2, E]`` edge_index, following the layer's ``flow`` as PyG."""
         if self.flow == "source_to_target":
             return edge_index[0], edge_index[1]
         return edge_index[1], edge_index[0]
 
-    def _check_graph_input(self, x, edge_index, size=None) -> None:
-        """One node-feature matrix, a dense ``[2, E]`` edge_index, ``size`` None or ``(N, N)``."""
-        name = type(self).__name__
-        if isinstance(x, (tuple, list)):
-            raise ConfigError(
-                f"{name} takes one node-feature matrix; bipartite (x_src, x_dst) input is not supported by "
-                "quantized layers (per-node slots need one node set). Keep this layer float."
-            )
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ConfigError(f"{name} needs node features of shape [num_nodes, channels], got {shape}")
-        if not isinstance(edge_index, Tensor) or is_sparse(edge_index):
-            raise ConfigError(
-                f"{name} takes edge_index as a [2, num_edges] integer tensor, not a sparse adjacency; "
-                "convert it, e.g. edge_index = adj.coalesce().indices() for a torch.sparse matrix"
-            )
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ConfigError(f"{name}: edge_index must have shape [2, num_edges], got {tuple(edge_index.shape)}")
-        if size is not None and tuple(size) != (x.size(0), x.size(0)):
-            n = x.size(0)
-            raise ConfigError(f"{name} supports one node set: size must be None or ({n}, {n}), got {tuple(size)}")
+
+def _ids_mismatch(layer, slot, ids, x):
+    raise ConfigError(f"{type(layer).__name__}: slot {slot!r} has {x.size(0)} rows but the node_ids context "
+                      f"names {ids.numel()} nodes; a per-node quantizer needs one id per row")
 
 
 def set_integer_aggregation(model: nn.Module, enabled: bool = True) -> list[str]:

@@ -28,6 +28,7 @@ from qgnn.errors import ConfigError
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
+from .graph import read_graph, split_pair
 
 __all__ = ["QuantGATConv"]
 
@@ -37,7 +38,9 @@ class QuantGATConv(QuantModule, GATConv):
     ``attention`` (softmax output, rows = edges), ``message``, ``aggr``, ``output``.
 
     Forward: ``forward(x, edge_index, edge_attr=None, size=None, return_attention_weights=None)`` as
-    GATConv, with one node set (a single ``in_channels``; ``size`` None or ``(N, N)``). The ``att`` slot
+    GATConv, with a single ``in_channels`` (a shared ``lin``); ``x`` or a bipartite pair ``(x_src, x_dst)``,
+    ``edge_index`` a ``[2, E]`` tensor / ``EdgeIndex`` or a sparse adjacency (read as an edge list: attention
+    needs per-edge scores, as GATConv's own sparse path). The ``att`` slot
     quantizes ``cat([att_src, att_dst(, att_edge)])`` in one call, so a per-channel quantizer on axis 0
     gives each vector its own scale and a frozen range covers all of them.
     """
@@ -73,28 +76,44 @@ class QuantGATConv(QuantModule, GATConv):
         size: tuple[int, int] | None = None,
         return_attention_weights: bool | None = None,
     ):
-        self._check_graph_input(x, edge_index, size)
+        name = type(self).__name__
+        x_src, x_dst, pair = split_pair(x, name)
         if self.lin is None:  # a pair in_channels after construction by hand
-            raise ConfigError("QuantGATConv needs a shared lin (a single in_channels)")
-        n, heads, ch = x.size(0), self.heads, self.out_channels
-        mask = self._protect_mask(edge_index, n)
+            raise ConfigError(f"{name} needs a shared lin (a single in_channels)")
+        g = read_graph(self, x_src, x_dst, edge_index, size, pair)
+        if g.sparse and edge_attr is None and g.weight is not None and self.lin_edge is not None:
+            edge_attr = g.weight  # a sparse adjacency's values are GATConv's edge attributes
+        n, heads, ch = g.n_dst, self.heads, self.out_channels
+        mask = self._protect_mask(g, pair)
         keep = self._node_keep(mask)
 
-        x = self._q("input", x, keep)
-        res = self.res(x) if self.res is not None else None
-        h = self._q("xw", F.linear(x, self._qw("weight", self.lin.weight)), keep).view(-1, heads, ch)
+        x_src, x_dst, _ = self._quant_nodes("input", x_src, x_dst, keep)
+        x_r = x_src if not pair else x_dst
+        res = self.res(x_r) if self.res is not None and x_r is not None else None
+        w = self._qw("weight", self.lin.weight)
+        both = x_src if x_dst is None else torch.cat([x_src, x_dst])
+        ids = self.__dict__.get("_qgnn_node_ids")
+        cat_ids = False if x_dst is None else (None if ids is None else torch.cat([ids, ids[: x_dst.size(0)]]))
+        h_all = self._q("xw", F.linear(both, w), keep, ids=cat_ids).view(-1, heads, ch)
+        h = h_all[: x_src.size(0)]
+        h_dst = h if x_dst is None else h_all[x_src.size(0):]
         att_src, att_dst, att_edge = self._attention_vectors()
         alpha_src = (h * att_src).sum(dim=-1)
-        alpha_dst = (h * att_dst).sum(-1)
+        alpha_dst = (h_dst * att_dst).sum(-1) if (x_dst is not None or not pair) else None
 
-        if self.add_self_loops:  # GATConv's Tensor branch
+        edge_index = torch.stack([g.src, g.dst])  # messages src -> dst whatever the flow (as read)
+        if self.add_self_loops:  # GATConv's Tensor branch: loops for nodes that are sources and targets
+            loops = min(x_src.size(0), n)
             edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
-            edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value=self.fill_value, num_nodes=n)
-        src, dst = self._endpoints(edge_index)
+            edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value=self.fill_value,
+                                                   num_nodes=loops)
+        src, dst = edge_index[0], edge_index[1]
         ekeep = self._edge_keep(mask, dst)
 
         # GATConv.edge_update, with the attention slot between the softmax and the dropout
-        alpha = alpha_src.index_select(0, src) + alpha_dst.index_select(0, dst)
+        alpha = alpha_src.index_select(0, src)
+        if alpha_dst is not None:
+            alpha = alpha + alpha_dst.index_select(0, dst)
         if dst.numel() > 0:
             if edge_attr is not None and self.lin_edge is not None:
                 if edge_attr.dim() == 1:
@@ -115,8 +134,9 @@ class QuantGATConv(QuantModule, GATConv):
             out = out + res
         if self.bias is not None:
             out = out + self.bias
-        self._record_stats(n, edge_index.size(1), x.size(1), ch, heads=heads, message_channels=heads * ch)
+        self._record_stats(n, edge_index.size(1), x_src.size(1), ch, heads=heads, message_channels=heads * ch)
         out = self._q("output", out, keep)
-        if return_attention_weights:
-            return out, (edge_index, alpha)
+        if return_attention_weights:  # edge_index in the layer's flow, as GATConv returns it
+            ei = edge_index if self.flow == "source_to_target" else edge_index.flip(0)
+            return out, (ei, alpha)
         return out

@@ -26,6 +26,8 @@ from torch_geometric.nn import GINConv
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
+from .context import node_ids
+from .graph import read_graph, split_pair
 
 __all__ = ["QuantGINConv"]
 
@@ -33,8 +35,9 @@ __all__ = ["QuantGINConv"]
 class QuantGINConv(QuantModule, GINConv):
     """GINConv with slots ``input``, ``message``, ``aggr``, ``output``.
 
-    Forward: ``forward(x, edge_index, size=None)`` with one node set (``size`` must be None or
-    ``(N, N)``); ``eps`` / ``train_eps`` and the aggregation (``aggr``, default sum) are GINConv's.
+    Forward: ``forward(x, edge_index, size=None)`` as GINConv: ``x`` or a bipartite pair
+    ``(x_src, x_dst)``; ``edge_index`` a ``[2, E]`` tensor / ``EdgeIndex`` or a sparse adjacency ``adj_t``
+    (:mod:`qgnn.nn.graph`). ``eps`` / ``train_eps`` and the aggregation (``aggr``, default sum) are GINConv's.
     """
 
     SLOTS = ("input", "message", "aggr", "output")
@@ -48,17 +51,40 @@ class QuantGINConv(QuantModule, GINConv):
     def _integer_node_source(self, edge_weighted: bool) -> str | None:
         return "input" if self._integer_ready("input") else None
 
-    def forward(self, x: Tensor, edge_index: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        self._check_graph_input(x, edge_index, size)
-        n = x.size(0)
-        mask = self._protect_mask(edge_index, n)
+    def forward(self, x, edge_index, size: tuple[int, int] | None = None) -> Tensor:
+        x_src, x_dst, pair = split_pair(x, type(self).__name__)
+        g = read_graph(self, x_src, x_dst, edge_index, size, pair)
+        if g.sparse and not _takes_values(edge_index):
+            g.weight = None  # PyG drops a SparseTensor's values here (GINConv.message_and_aggregate)
+        n = g.n_dst
+        mask = self._protect_mask(g, pair)
         keep = self._node_keep(mask)
-        src, dst = self._endpoints(edge_index)
-        ekeep = self._edge_keep(mask, dst)
+        ekeep = self._edge_keep(mask, g.dst)
 
-        x, out, _ = self._neighbour_sum(x, src, dst, n, keep, ekeep, self.integer_aggregation_mode())
-        out = self._post_aggregate(out, dst, n)  # where GINConv's propagate fires them: Σ_j x_j
-        out = out + (1 + self.eps) * x  # GINConv's expression and order, for bitwise parity
-        out = self.nn(self._q("aggr", out, keep))
-        self._record_stats(n, edge_index.size(1), x.size(1), out.size(-1))
+        mode = self.integer_aggregation_mode()
+        if g.weight is not None and mode == "input":
+            mode = None  # weighted sums of input codes: the fake-quant path
+        x_src, x_dst, codes = self._quant_nodes("input", x_src, x_dst, keep, integer=mode == "input")
+        if g.weight is not None:
+            out = self._aggregate_rows(x_src, g, ekeep, g.weight)
+        else:
+            out, _ = self._neighbour_sum(x_src, codes, g, ekeep, mode)
+        out = self._post_aggregate(out, g.dst, n)  # where GINConv's propagate fires them: Σ_j x_j
+        x_r = x_src if not pair else x_dst
+        if x_r is not None:
+            out = out + (1 + self.eps) * x_r  # GINConv's expression and order, for bitwise parity
+        out = self._q("aggr", out, keep)
+        ids = self.__dict__.get("_qgnn_node_ids")
+        if pair and ids is not None:  # the MLP's rows are the targets: the first N_dst ids of a block
+            with node_ids(self.nn, ids[:n]):
+                out = self.nn(out)
+        else:
+            out = self.nn(out)
+        self._record_stats(n, g.num_edges, x_src.size(1), out.size(-1))
         return self._q("output", out, keep)
+
+
+def _takes_values(adj) -> bool:
+    """Whether PyG's GIN / SAGE use a sparse adjacency's values: torch sparse tensors yes (``spmm``),
+    torch_sparse's SparseTensor no (its values are dropped before the product)."""
+    return isinstance(adj, Tensor)

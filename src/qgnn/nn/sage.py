@@ -28,6 +28,8 @@ from torch_geometric.nn import SAGEConv
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
+from .gin import _takes_values
+from .graph import read_graph, split_pair
 
 __all__ = ["QuantSAGEConv"]
 
@@ -36,7 +38,9 @@ class QuantSAGEConv(QuantModule, SAGEConv):
     """SAGEConv with slots ``input``, ``weight`` (``lin_l``, neighbours), ``weight_root`` (``lin_r``),
     ``message``, ``aggr``, ``output``.
 
-    Forward: ``forward(x, edge_index, size=None)`` with one node set. Any PyG aggregation works (it is
+    Forward: ``forward(x, edge_index, size=None)`` as SAGEConv: ``x`` or a bipartite pair ``(x_src, x_dst)``
+    (the root term reads x_dst), ``edge_index`` a ``[2, E]`` tensor / ``EdgeIndex`` or a sparse adjacency
+    (:mod:`qgnn.nn.graph`). Any PyG aggregation works (it is
     the layer's own ``aggr_module``); ``weight_root`` is unused (and skipped by ``from_float``) when
     ``root_weight=False``.
     """
@@ -60,22 +64,32 @@ class QuantSAGEConv(QuantModule, SAGEConv):
             return None  # the messages are relu(lin(x̂)), float values without codes
         return "input" if self._integer_ready("input") else None
 
-    def forward(self, x: Tensor, edge_index: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        self._check_graph_input(x, edge_index, size)
-        n = x.size(0)
-        mask = self._protect_mask(edge_index, n)
+    def forward(self, x, edge_index, size: tuple[int, int] | None = None) -> Tensor:
+        x_src, x_dst, pair = split_pair(x, type(self).__name__)
+        g = read_graph(self, x_src, x_dst, edge_index, size, pair)
+        if g.sparse and not _takes_values(edge_index):
+            g.weight = None  # PyG drops a SparseTensor's values here (SAGEConv.message_and_aggregate)
+        n = g.n_dst
+        mask = self._protect_mask(g, pair)
         keep = self._node_keep(mask)
-        src, dst = self._endpoints(edge_index)
-        ekeep = self._edge_keep(mask, dst)
+        ekeep = self._edge_keep(mask, g.dst)
 
         project = (lambda h: self.lin(h).relu()) if self._projects() else None
-        x, out, msg_channels = self._neighbour_sum(x, src, dst, n, keep, ekeep, self.integer_aggregation_mode(),
-                                                   project)
-        out = self._post_aggregate(self._q("aggr", out, keep), dst, n)
+        mode = self.integer_aggregation_mode()
+        if g.weight is not None and mode == "input":
+            mode = None  # weighted sums of input codes: the fake-quant path
+        x_src, x_dst, codes = self._quant_nodes("input", x_src, x_dst, keep, integer=mode == "input")
+        if g.weight is not None:
+            m = project(x_src) if project is not None else x_src
+            out, msg_channels = self._aggregate_rows(m, g, ekeep, g.weight), m.size(-1)
+        else:
+            out, msg_channels = self._neighbour_sum(x_src, codes, g, ekeep, mode, project)
+        out = self._post_aggregate(self._q("aggr", out, keep), g.dst, n)
         out = F.linear(out, self._qw("weight", self.lin_l.weight), self.lin_l.bias)
-        if self.root_weight:
-            out = out + F.linear(x, self._qw("weight_root", self.lin_r.weight))
+        x_r = x_src if not pair else x_dst
+        if self.root_weight and x_r is not None:
+            out = out + F.linear(x_r, self._qw("weight_root", self.lin_r.weight))
         if self.normalize:
             out = F.normalize(out, p=2.0, dim=-1)
-        self._record_stats(n, edge_index.size(1), x.size(1), self.out_channels, message_channels=msg_channels)
+        self._record_stats(n, g.num_edges, x_src.size(1), self.out_channels, message_channels=msg_channels)
         return self._q("output", out, keep)

@@ -389,6 +389,13 @@ class A2QQuantizer(Quantizer):
         lo = max(self.b_min, float(self.width_lo))
         return lo, max(lo, self.b_max)
 
+    def on_full_graph(self, edge_index: Tensor, num_nodes: int) -> None:
+        """Mini-batches of one graph (:func:`qgnn.nn.context.attach_graph`): a per-node table gets one entry
+        per node of the whole graph, indexed by global id. Nodes absent from the first batch start from the
+        mean range of the present ones (see ``initialize``); a table already sized is left as it is."""
+        if self.layout.granularity == "node" and self.layout.num_nodes is None:
+            self.layout.num_nodes = int(num_nodes)
+
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def initialize(self, x: Tensor, index: Tensor | None = None) -> None:

@@ -15,6 +15,18 @@ Bits: 1..8 quantize (with a quantization method); 32 means float32, i.e. ``--met
 records ``bits`` as null (``--method fp32 --bits 32`` is accepted and stored as null, the same run as
 ``--method fp32``); fp32 with bits below 32, or a quantization method at 32 bits, is an error saying which
 flag to change.
+
+Batches (``batch_size``, ``fanout``):
+
+* graph tasks: ``batch_size`` graphs per batch (default: the model's recipe, else 32); recommendation: BPR
+  triples per batch (the recipe, else 32). ``fanout`` is refused for both.
+* node tasks train full-batch (one forward over the whole graph per epoch; ``batch_size`` and ``fanout``
+  recorded as null) unless either is given; then they train on sampled mini-batches
+  (:mod:`qgnn.train.minibatch`): ``batch_size`` seed (training) nodes per batch, ``fanout[l]`` in-neighbours
+  sampled per node at hop ``l`` (``-1``: all of them), one per layer. ``fanout`` alone: ``batch_size`` 1024;
+  ``batch_size`` alone: ``fanout`` -1 for every layer. Both are recorded resolved.
+* A node config written before fanouts existed (``task`` "node" and no ``fanout`` key) recorded the unused
+  ``batch_size`` 32: it is read as null, so the file still describes the full-batch run that produced it.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from qgnn.config import ConfigBase
 from qgnn.errors import ConfigError
 
 SAMPLINGS = ("user", "interaction")  # recommendation: how an epoch draws its (user, positive) pairs
+NODE_BATCH_SIZE = 1024  # node tasks: seeds per mini-batch when only --fanout is given
+GRAPH_BATCH_SIZE = 32  # graph / recommendation tasks: batch size when neither the user nor the recipe sets one
 FLOAT_BITS = 32  # --bits 32: float32, the same as --method fp32 (recorded as bits null)
 QUANT_METHODS_HINT = "qat, lsq, dq, a2q, mixq"
 REC_KEYS = ("options", "pretrained", "val_frac", "test_curve")  # TrainConfig.quant keys of recommendation runs
@@ -49,7 +63,8 @@ class TrainConfig(ConfigBase):
     weight_decay: float | None = None
     patience: int | None = None        # early stopping: validations without improvement
     eval_every: int = 1                # validate every N epochs (and after the last); patience counts validations
-    batch_size: int | None = None
+    batch_size: int | None = None       # graphs / BPR triples per batch; node tasks: seed nodes (module docstring)
+    fanout: list[int] | None = None     # node tasks: sampled in-neighbours per layer, -1 = all (module docstring)
     sampling: str | None = None        # recommendation: BPR triples per epoch, "user" (default) or "interaction"
     lr_step: int | None = None         # StepLR period in epochs (graph recipe), 0 = constant lr
     lr_gamma: float | None = None
@@ -109,7 +124,7 @@ class TrainConfig(ConfigBase):
         c.folds = c.folds if c.folds is not None else 10
         c.lr_step = c.lr_step if c.lr_step is not None else 0
         c.lr_gamma = c.lr_gamma if c.lr_gamma is not None else 1.0
-        c.batch_size = c.batch_size if c.batch_size is not None else 32
+        c._resolve_batches(task)
         if task == "rec" and c.sampling is None:
             c.sampling = "user"  # LightGCN's and NGCF's samplers (qgnn.train.rec)
         if c.method == "a2q" and task == "graph":
@@ -127,6 +142,36 @@ class TrainConfig(ConfigBase):
         c.validate()
         return c
 
+    def _resolve_batches(self, task: str) -> None:
+        """Fill ``batch_size`` / ``fanout`` for ``task`` in place (module docstring) and check the fanouts against
+        the model's layers."""
+        check_batching(self, task)
+        if task != "node":
+            self.batch_size = self.batch_size if self.batch_size is not None else GRAPH_BATCH_SIZE
+            return
+        if self.batch_size is None and self.fanout is None:
+            return  # full-batch, as before mini-batches existed
+        if self.batch_size is None:
+            self.batch_size = NODE_BATCH_SIZE
+        if self.fanout is None and self.num_layers is not None:
+            self.fanout = [-1] * self.num_layers
+        if self.num_layers is not None and len(self.fanout) != self.num_layers:
+            n = len(self.fanout)
+            raise ConfigError(f"--fanout gives {n} number{'s' if n != 1 else ''} ({' '.join(map(str, self.fanout))}) "
+                              f"for a {self.num_layers}-layer model: give one per layer (--layers sets the layers)")
+
+    @property
+    def minibatch(self) -> bool:
+        """Whether this (resolved) node config trains on sampled mini-batches (module docstring)."""
+        return self.task == "node" and self.fanout is not None
+
+    @classmethod
+    def from_dict(cls, d):
+        # a node config from before fanouts existed: its batch_size was never used (module docstring)
+        if isinstance(d, dict) and d.get("task") == "node" and "fanout" not in d and d.get("batch_size") is not None:
+            d = {**d, "batch_size": None}
+        return super().from_dict(d)
+
     def validate(self) -> None:
         checks = [
             (self.seeds is None or self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
@@ -135,6 +180,10 @@ class TrainConfig(ConfigBase):
             (self.folds is None or 1 <= self.folds <= 10, f"--folds must be in 1..10, got {self.folds}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.fanout is None or len(self.fanout) >= 1, "--fanout needs one number per layer, got none"),
+            (self.fanout is None or min(self.fanout, default=-1) >= -1,
+             f"--fanout must be -1 (all neighbours) or a number of neighbours >= 0, got {self.fanout}"),
             (self.sampling in (None, *SAMPLINGS),
              f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"),
             (self.sampling is None or self.task in (None, "rec"),
@@ -145,6 +194,7 @@ class TrainConfig(ConfigBase):
                 raise ConfigError(msg)
         self._validate_bits()
         if self.task is not None:
+            check_batching(self, self.task)
             self._validate_quant()
 
     def _validate_bits(self) -> None:
@@ -199,6 +249,14 @@ class TrainConfig(ConfigBase):
         return cls.from_dict(d.get("config", d))
 
 
+def check_batching(cfg: TrainConfig, task: str) -> None:
+    """``--fanout`` samples node neighbourhoods: refused on graph-classification and recommendation datasets."""
+    if cfg.fanout is not None and task != "node":
+        kind = {"graph": "a graph-classification", "rec": "a recommendation"}.get(task, f"a {task}")
+        raise ConfigError(f"--fanout samples neighbours for node datasets only; {cfg.dataset} is {kind} dataset "
+                          "(its batches are set by --batch-size alone)")
+
+
 def check_names(cfg: TrainConfig) -> None:
     """Fail fast on unknown names (dataset, model, method: one ``UnknownNameError`` line listing the valid ones),
     then on invalid values (:meth:`TrainConfig.validate`), before any data is loaded. The names come from their
@@ -221,3 +279,4 @@ def check_names(cfg: TrainConfig) -> None:
         lookup("model", cfg.model, {m: m for m in model_names(task)})
         lookup("method", cfg.method, dict.fromkeys(method_names()))
     cfg.validate()
+    check_batching(cfg, task)

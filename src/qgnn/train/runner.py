@@ -5,8 +5,11 @@ Adam, select the epoch on the validation split, record that epoch's scores.
 Across runs: mean ± std of every score, the run with the best validation score
 is the selected model (its weights go to the checkpoint).
 
+Node tasks train full-batch (:class:`~qgnn.train.tasks.NodeTask`) or, when the config gives a batch size or
+fanouts, on sampled mini-batches (:class:`~qgnn.train.minibatch.MiniBatchNodeTask`).
+
 Interruptions lose no work: the runner saves a resume state (finished runs, and
-the current run's model, optimizer, scheduler, selection and RNG) at epoch
+the current run's model, optimizer, scheduler, selection and RNG, the task's generators included) at epoch
 boundaries every ``save_every`` seconds, after each run, and when asked to stop
 (Ctrl-C); `resume=True` continues from it and gives the same result as an
 uninterrupted run.
@@ -87,6 +90,12 @@ def _normalised(config: dict) -> dict | None:
         return None
 
 
+def task_generators(task) -> dict[str, torch.Generator]:
+    """The generators a task draws from (a mini-batch task's shuffle and sampler), for the resume state."""
+    gens = getattr(task, "generators", None)
+    return gens() if callable(gens) else {}
+
+
 def _run_list(cfg: TrainConfig) -> list[tuple[int, int | None]]:
     """(seed, fold) per run. Graph runs are seeded per fold so folds differ in their draws too."""
     if cfg.task == "node":
@@ -126,9 +135,18 @@ class Runner:
         c = self.cfg
         model = build_model(c.model, c.task, self.ds.num_features, self.ds.num_classes,
                             hidden=c.hidden, num_layers=c.num_layers, dropout=c.dropout, **c.model_kwargs)
-        return apply_prompts(apply_method(model, c), c.prompt).to(self.device)
+        model = apply_prompts(apply_method(model, c), c.prompt).to(self.device)
+        if c.minibatch:  # a layer sees a different subgraph every batch: no cached normalisation
+            from qgnn.train.minibatch import no_cached_normalisation
+
+            no_cached_normalisation(model)
+        return model
 
     def task_for(self, fold: int | None):
+        if self.ds.task == "node" and self.cfg.minibatch:
+            from qgnn.train.minibatch import MiniBatchNodeTask
+
+            return MiniBatchNodeTask(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device)
         if self.ds.task == "node":
             return NodeTask(self.ds.data, self.device)
         return GraphTask(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)
@@ -216,9 +234,9 @@ class Runner:
             if sched is not None and current["scheduler"] is not None:
                 sched.load_state_dict(current["scheduler"])
             tracker.load_state_dict(current["tracker"])
-            # every stream, the model's own generators included (qgnn.train.seeding): torch's CPU state
-            # alone left Degree-Quant's percentile sampling to restart from its seed
-            load_rng_state(current["rng"], model)
+            # every stream, the model's and the task's own generators included (qgnn.train.seeding): torch's
+            # CPU state alone left Degree-Quant's percentile sampling to restart from its seed
+            load_rng_state(current["rng"], model, task_generators(task))
             start_epoch, seconds = current["epoch"], current["seconds"]
             bar.update(start_epoch)
         last_save = time.monotonic()
@@ -242,7 +260,7 @@ class Runner:
             if self.state_path and (stop or time.monotonic() - last_save > self.save_every):
                 cur = {"index": r, "epoch": epochs_run, "seconds": seconds, "model": model.state_dict(),
                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                       "tracker": tracker.state_dict(), "rng": rng_state(model)}
+                       "tracker": tracker.state_dict(), "rng": rng_state(model, task_generators(task))}
                 self._save_state(runs_done, best, cur)
                 last_save = time.monotonic()
             if stop:
@@ -289,6 +307,8 @@ class Runner:
 
         model = self.build()
         model.load_state_dict(state)
+        if self.ds.task == "node" and self.cfg.minibatch:
+            return self._batch_cost(model)
         if self.ds.task == "node":
             data, graphs = self.ds.data, None
         else:
@@ -305,6 +325,32 @@ class Runner:
             cost["per"] = f"graph (mean over the {graphs} graphs of the dataset)"
         else:
             cost["per"] = f"forward over the whole graph ({report.num_nodes} nodes, {report.num_edges} edges)"
+        return cost
+
+    def _batch_cost(self, model) -> dict:
+        """The cost of a mini-batch model on one sampled training batch (the first of a loader seeded with 0):
+        a forward over a million-node graph would cost what mini-batches avoid. BitOPs and bytes of a batch
+        compare across methods as the whole graph's do (every layer's count is linear in nodes and edges)."""
+        import warnings
+
+        from qgnn.search import cost_report
+        from qgnn.train.minibatch import MiniBatchNodeTask
+
+        state = torch.get_rng_state()
+        torch.manual_seed(0)
+        try:
+            task = MiniBatchNodeTask(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device)
+        finally:
+            torch.set_rng_state(state)
+        task.prepare(model)
+        batch = next(iter(task.loader)).to(self.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            report = cost_report(model, batch, forward=task.batch_forward)
+        cost = report.to_dict()
+        cost["unsupported"] = list(report.unsupported)
+        cost["per"] = (f"forward over one sampled training batch ({batch.batch_size} seeds, fanout "
+                       f"{list(self.cfg.fanout)}: {report.num_nodes} nodes, {report.num_edges} edges)")
         return cost
 
     def checkpoint_meta(self, results: dict) -> dict:

@@ -3,6 +3,10 @@
 A task owns its data and knows how to run a model over it; the runner owns the
 loop, the optimizer, selection and checkpoints. Extra loss terms that a method
 adds (a bit penalty, a memory penalty) come from `penalty_modules`.
+
+Node tasks on sampled mini-batches: :mod:`qgnn.train.minibatch` (same interface). A task that draws from
+generators of its own lists them in ``generators()`` (name -> ``torch.Generator``); the runner saves them
+with the resume state.
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return (logits.argmax(-1) == y).float().mean().item()
 
 
+def node_scores(out: torch.Tensor, d) -> dict[str, float]:
+    """Accuracy on the train / val / test masks of ``d`` and the validation loss, from every node's logits."""
+    return {
+        "train_acc": accuracy(out[d.train_mask], d.y[d.train_mask]),
+        "val_acc": accuracy(out[d.val_mask], d.y[d.val_mask]),
+        "test_acc": accuracy(out[d.test_mask], d.y[d.test_mask]),
+        "val_loss": F.cross_entropy(out[d.val_mask], d.y[d.val_mask]).item() if d.val_mask.any() else 0.0,
+    }
+
+
 class NodeTask:
     """Transductive node classification on one graph with train/val/test masks."""
 
@@ -51,13 +65,7 @@ class NodeTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         model.eval()
         d = self.data
-        out = model(d.x, d.edge_index)
-        return {
-            "train_acc": accuracy(out[d.train_mask], d.y[d.train_mask]),
-            "val_acc": accuracy(out[d.val_mask], d.y[d.val_mask]),
-            "test_acc": accuracy(out[d.test_mask], d.y[d.test_mask]),
-            "val_loss": F.cross_entropy(out[d.val_mask], d.y[d.val_mask]).item() if d.val_mask.any() else 0.0,
-        }
+        return node_scores(model(d.x, d.edge_index), d)
 
 
 class GraphTask:

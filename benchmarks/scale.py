@@ -1,15 +1,29 @@
-"""Scale (issue 24): the pieces measured so far, rendered into docs/notes/scale.md.
+"""Scale (issue 24): every method trains on sampled mini-batches of a million-node graph and evaluates on all of
+its nodes; rendered into docs/notes/scale.md.
 
-Today this script only renders; the measurements come from the scripts that own them:
+Parts (results in benchmarks/results/):
 
-* ``benchmarks/sampler.py``: qgnn's torch neighbour sampler (``qgnn.data.sampler``), batches per second on a
-  seeded 1M-node / 10M-edge random graph (benchmarks/results/sampler.json);
-* ``benchmarks/sbm.py``: the named synthetic graphs ``sbm-100k`` / ``sbm-1m`` (``qgnn.data.sbm``): generation
-  time, peak RSS, cache, and what FP32 reaches on sbm-100k (benchmarks/results/sbm.json).
+* ``timing`` (``scale-timing-<model>.json``): one process per model on ``sbm-1m`` (GCN or SAGE, hidden 256, 2
+  layers, fanout [15, 10], batch 1024, lr 0.01, the CLI's Runner pieces): for fp32, qat 8, lsq 4, dq 4, a2q 4 in
+  turn, one full training epoch (every training node once), then layer-wise inference on all 1,000,000 nodes.
+  Seconds per epoch and per batch (median), so the ratios to FP32 come from one process; accuracy after that
+  epoch; the process's RSS high-water mark during each method (sampled every 20 ms by a thread).
+* ``rss`` (``scale-rss-<model>-<method>.json``): the same epoch + evaluation through the plain CLI (``qgnn train
+  --dataset sbm-1m ... --epochs 1 --seeds 1``) in a fresh process, its peak RSS from ``/usr/bin/time`` (the
+  graph, the imports and the cost report included).
+* ``acc``: harness cells on ``sbm-100k`` (the 1M graph's 100 batches an epoch make multi-epoch runs too long
+  here): GCN, hidden 256, fanout [15, 10], fp32 / qat 8 / dq 4 / lsq 4 / a2q 4, 3 seeds.
+* ``planetoid``: harness cells, GCN on Cora and CiteSeer with fanout [10, 10] (mini-batches of 1024 seeds: one
+  per epoch, since these splits have 140 / 120 training nodes), fp32 and dq 4, 5 seeds, beside the full-batch
+  cells of the same seeds.
 
-The training targets of issue 24 (every method on sbm-1m mini-batches, peak RSS, epoch-time ratios) will be
-cells of this script once mini-batch training lands.
+The sampler speed (``benchmarks/sampler.py``) and the SBM graphs (``benchmarks/sbm.py``) are measured by their own
+scripts and rendered here too.
 
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --part timing --model gcn      # ~20 minutes
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --part rss --model gcn --method a2q
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --part acc
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --part planetoid
     python benchmarks/scale.py --render
 """
 
@@ -17,11 +31,161 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
+from _report import command_line, write_json  # noqa: E402
+
+METHODS = [("fp32", None), ("qat", 8), ("lsq", 4), ("dq", 4), ("a2q", 4)]
+FANOUT = [15, 10]
+RSS_TARGET_MB = 6 * 1024
+RATIO_TARGET = {"qat": 1.5, "lsq": 1.5, "dq": 1.5, "a2q": 2.0}
+
+
+def _label(method, bits) -> str:
+    return method if bits is None else f"{method}{bits}"
+
+
+class _PeakRSS:
+    """The process's RSS high-water mark between start() and stop(), sampled every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.02):
+        import psutil
+
+        self.proc, self.every, self.peak = psutil.Process(), every, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.peak = self.proc.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def _config(model: str, method: str, bits, dataset: str = "sbm-1m", **kw):
+    from qgnn.train import TrainConfig
+
+    return TrainConfig(dataset=dataset, model=model, method=method, bits=bits, hidden=256, fanout=list(FANOUT),
+                       batch_size=1024, seeds=1, **kw)
+
+
+def part_timing(model: str, epochs: int = 1) -> None:
+    """One process: each method's training epoch and layer-wise evaluation on sbm-1m (module docstring)."""
+    import torch
+
+    from qgnn.train.runner import Runner
+    from qgnn.train.seeding import set_seed
+    from qgnn.train.tasks import penalty_modules
+
+    torch.set_num_threads(1)
+    out = {"model": model, "dataset": "sbm-1m", "hidden": 256, "fanout": FANOUT, "batch_size": 1024,
+           "threads": torch.get_num_threads(), "methods": {}, "command": command_line()}
+    path = _harness.RESULTS_DIR / f"scale-timing-{model}.json"
+    for method, bits in METHODS:
+        runner = Runner(_config(model, method, bits, epochs=epochs))
+        set_seed(0)
+        net = runner.build()
+        task = runner.task_for(None)
+        opt, _ = runner._optim(net)
+        pens = penalty_modules(net)
+        batch_s: list[float] = []
+        inner = task.batch_forward
+
+        def timed_forward(m, b, inner=inner, batch_s=batch_s):
+            batch_s.append(time.perf_counter())
+            return inner(m, b)
+
+        task.batch_forward = timed_forward
+        with _PeakRSS() as rss:
+            t = time.perf_counter()
+            loss = task.train_epoch(net, opt, pens)
+            epoch_s = time.perf_counter() - t
+            t = time.perf_counter()
+            scores = task.evaluate(net)
+            eval_s = time.perf_counter() - t
+        steps = [b - a for a, b in zip(batch_s, batch_s[1:], strict=False)]
+        label = _label(method, bits)
+        out["methods"][label] = {"epoch_s": epoch_s, "batches": len(batch_s),
+                                 "batch_s_median": statistics.median(steps) if steps else epoch_s,
+                                 "eval_s": eval_s, "loss": loss, "peak_rss_mb": rss.peak / 2**20,
+                                 **{k: v for k, v in scores.items() if k.endswith("acc")}}
+        fp = out["methods"]["fp32"]
+        m = out["methods"][label]
+        print(f"{model} {label}: epoch {epoch_s:.1f} s ({m['epoch_s'] / fp['epoch_s']:.2f}x fp32), eval "
+              f"{eval_s:.1f} s, val {100 * scores['val_acc']:.2f} %, peak RSS {rss.peak / 2**20:,.0f} MB", flush=True)
+        write_json(path, out)
+        del runner, net, task, opt
+
+
+def part_rss(model: str, method: str) -> None:
+    """The plain CLI in a fresh process: one epoch + evaluation on all nodes; peak RSS from /usr/bin/time."""
+    bits = dict(METHODS)[method]
+    with tempfile.TemporaryDirectory() as tmp:
+        res = Path(tmp) / "r.json"
+        cmd = ["qgnn", "train", "--dataset", "sbm-1m", "--model", model, "--method", method, "--hidden", "256",
+               "--fanout", *map(str, FANOUT), "--batch-size", "1024", "--epochs", "1", "--seeds", "1",
+               "--out", str(res)] + (["--bits", str(bits)] if bits else [])
+        exe = str(Path(sys.executable).with_name("qgnn"))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        t = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M %e", exe, *cmd[1:]], env=env, capture_output=True, text=True,
+                           check=False)
+        wall = time.perf_counter() - t
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
+        kb, _ = p.stderr.strip().splitlines()[-1].split()
+        results = json.loads(res.read_text())
+    label = _label(method, bits)
+    write_json(_harness.RESULTS_DIR / f"scale-rss-{model}-{label}.json", {
+        "model": model, "method": label, "peak_rss_mb": int(kb) / 1024, "wall_s": wall,
+        "test_acc": results["metrics"]["test_acc"]["mean"], "val_acc": results["metrics"]["val_acc"]["mean"],
+        "seconds_per_epoch": results["timing"]["seconds_per_epoch"], "cost": results["cost"],
+        "cli": " ".join(c for c in cmd if c not in (str(res), "--out")),
+        "command": command_line()})
+    print(f"{model} {label}: peak RSS {int(kb) / 1024:,.0f} MB, {wall:.0f} s", flush=True)
+
+
+def acc_cells(seeds: int = 3, epochs: int = 30):
+    from qgnn.train import TrainConfig
+
+    cells = []
+    for method, bits in METHODS:
+        cfg = TrainConfig(dataset="sbm-100k", model="gcn", method=method, bits=bits, hidden=256,
+                          fanout=list(FANOUT), batch_size=1024, seeds=seeds, epochs=epochs, patience=epochs)
+        cells.append(_harness.Cell(f"scale-acc-sbm-100k-gcn-{_label(method, bits)}", cfg))
+    return cells
+
+
+def planetoid_cells(seeds: int = 5):
+    from qgnn.train import TrainConfig
+
+    cells = []
+    for ds in ("Cora", "CiteSeer"):
+        for method, bits in (("fp32", None), ("dq", 4)):
+            label = _label(method, bits)
+            cells.append(_harness.Cell(f"scale-{ds.lower()}-gcn-{label}-full",
+                                       TrainConfig(dataset=ds, model="gcn", method=method, bits=bits, seeds=seeds)))
+            cells.append(_harness.Cell(f"scale-{ds.lower()}-gcn-{label}-minibatch",
+                                       TrainConfig(dataset=ds, model="gcn", method=method, bits=bits, seeds=seeds,
+                                                   fanout=[10, 10])))
+    return cells
 
 
 def _load(name: str) -> dict | None:
@@ -82,8 +246,18 @@ def render() -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--render", action="store_true", help="rebuild the docs section from the JSON files (the default)")
-    p.parse_args(argv)
+    p.add_argument("--part", choices=["timing", "rss", "acc", "planetoid"], help="what to measure (default: render)")
+    p.add_argument("--model", choices=["gcn", "sage"], default="gcn")
+    p.add_argument("--method", choices=[m for m, _ in METHODS], default="a2q")
+    _harness.add_arguments(p)
+    a = p.parse_args(argv)
+    if a.part == "timing":
+        part_timing(a.model)
+    elif a.part == "rss":
+        part_rss(a.model, a.method)
+    elif a.part in ("acc", "planetoid"):
+        cells = acc_cells() if a.part == "acc" else planetoid_cells()
+        _harness.run(cells, force=a.force, dry_run=a.dry_run, progress=None)
     render()
     return 0
 

@@ -119,7 +119,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--backbone", default=None, help="host checkpoint (--save) to start the backbone from")
     p.add_argument("--root", default=None, help="data folder (default: $QGNN_DATA, else the user cache)")
     p.add_argument("--config", default=None, help="a JSON config (or results file) to start from")
-    add_output_arguments(p, "runs/<dataset>-<model>-<method>[-w<bits>][-<prompt>].json")
+    add_output_arguments(p, "runs/<dataset>-<model>-<method>[-w<bits>][-<prompt>][-mb].json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = p.add_argument_group("recommendation (--model lightgcn; methods fp32 | qat | lsq | gnaq | bigear)")
     r.add_argument("--pretrained", default=None, help="FP32 LightGCN checkpoint to start from (gnaq, bigear)")
@@ -222,6 +222,15 @@ def _prompt_from_args(args, prompt: dict) -> dict:
     return {} if prompt.get("kind") == "none" else prompt
 
 
+def _is_node(cfg) -> bool:
+    from qgnn.train.runner import _dataset_task
+
+    try:
+        return _dataset_task(cfg.dataset) == "node"
+    except Exception:  # an unknown name is reported by check_names, before this is asked
+        return False
+
+
 def cmd_train(args) -> int:
     from qgnn.grid import stop_on_sigint
     from qgnn.train import Control, run_experiment
@@ -233,6 +242,7 @@ def cmd_train(args) -> int:
     check_names(cfg)
     bits = f"-w{cfg.bits}" if cfg.bits else ""
     bits += f"-{cfg.prompt['kind']}" if cfg.prompt else ""
+    bits += "-mb" if cfg.fanout or (cfg.batch_size and _is_node(cfg)) else ""  # sampled mini-batches
     out = Path(args.out or f"runs/{cfg.dataset.lower()}-{cfg.model.lower()}-{cfg.method.lower()}{bits}.json")
     control = Control()
     try:

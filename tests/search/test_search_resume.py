@@ -227,3 +227,21 @@ def test_compare_resumes_a_stopped_mixq_cell(tmp_path, capsys, monkeypatch):
     assert bar.total == 12 and bar.n == 12 and sum(bar.steps[:-4]) == 8 and bar.steps[-4:] == [1] * 4
     cells = [json.loads((d / "cells" / "mixq.json").read_text()) for d in (tmp_path / "ref", tmp_path / "cmp")]
     assert _untimed(cells[0]["runs"]) == _untimed(cells[1]["runs"])
+
+
+@pytest.mark.parametrize("alpha_split", ["val", "train"])
+def test_a_minibatch_search_resumes_to_the_uninterrupted_result(tmp_path, synthetic, alpha_split):
+    """The search and its fixed-bit training on sampled mini-batches (node tasks, --fanout): stopped in the
+    search, resumed, the same widths and the same weights, bit for bit (the task's generator is in the state)."""
+    mb = {"seeds": 1, "fanout": [3, 3], "batch_size": 8}
+    sc = {"alpha_split": alpha_split}
+    reference = _search(tmp_path, "ref", cfg=mb, sc=sc)
+    assert reference["config"]["fanout"] == [3, 3]
+    control, _ = _stop_at(2)
+    with pytest.raises(Interrupted, match="stopped in the search of run 1 .*epoch 2"):
+        _search(tmp_path, "s", cfg=mb, sc=sc, control=control)
+    resumed = _search(tmp_path, "s", cfg=mb, sc=sc, resume=True)
+    assert resumed["search"]["assignments"] == reference["search"]["assignments"]
+    assert _untimed(resumed["runs"]) == _untimed(reference["runs"])
+    (got, _), (want, _) = load_checkpoint(tmp_path / "s.ckpt"), load_checkpoint(tmp_path / "ref.ckpt")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -58,6 +58,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the fixed-bit training (default: the model's recipe)")
     p.add_argument("--search-epochs", type=int, default=None, help="epochs of the search (default: --epochs)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="node tasks: seed nodes per sampled mini-batch (search and final training); graph tasks: "
+                        "graphs per batch")
+    p.add_argument("--fanout", type=int, nargs="+", default=None, metavar="N",
+                   help="node tasks: search and train on sampled mini-batches, N in-neighbours per node at each "
+                        "layer (-1 = all); unset: full batch")
+    p.add_argument("--hidden", type=int, default=None, help="hidden width (default: the model's recipe)")
     p.add_argument("--candidates", type=_bits, nargs="+", default=None,
                    help=f"candidate bit-widths of the activation slots {_recipe('candidates')}")
     p.add_argument("--weight-candidates", type=_bits, nargs="+", default=None,
@@ -105,7 +112,8 @@ def _configs(args, lam):
 
     init = int(args.alpha_init) if args.alpha_init.isdigit() else args.alpha_init
     cfg = TrainConfig(dataset=args.dataset, model=args.model, seeds=args.seeds, seed=args.seed, folds=args.folds,
-                      epochs=args.epochs, device=args.device)
+                      epochs=args.epochs, device=args.device, batch_size=args.batch_size, fanout=args.fanout,
+                      hidden=args.hidden)
     given = {"lam": lam, "candidates": args.candidates, "weight_candidates": args.weight_candidates,
              "alpha_lr": args.alpha_lr, "final_method": args.final_method}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}

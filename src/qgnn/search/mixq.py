@@ -58,8 +58,9 @@ from qgnn.recipes import SEARCH
 from qgnn.search.assignment import BitAssignment
 from qgnn.search.penalty import PENALTY_KINDS
 from qgnn.train.config import TrainConfig
+from qgnn.train.minibatch import MiniBatchNodeTask
 from qgnn.train.results import summarize, summarize_runs
-from qgnn.train.runner import STATE_FORMAT, Control, Interrupted, Runner, _normalised, _run_list
+from qgnn.train.runner import STATE_FORMAT, Control, Interrupted, Runner, _normalised, _run_list, task_generators
 from qgnn.train.seeding import load_rng_state, rng_state, set_seed
 from qgnn.train.tasks import GraphTask, NodeTask, penalty, penalty_modules
 
@@ -176,6 +177,40 @@ def _graph_step(task: GraphTask, model, opt_w, opt_a, alphas, pens, split: str, 
     return total / max(count, 1)
 
 
+def _minibatch_step(task, model, opt_w, opt_a, alphas, pens, split: str) -> float:
+    """One epoch of the search on sampled mini-batches (:class:`~qgnn.train.minibatch.MiniBatchNodeTask`): the
+    weights step on each training batch's seeds; α steps on the same loss (``split="train"``) or, as for graph
+    tasks, on the next batch of validation seeds after the weight step (``"val"``). The validation batches start
+    a fresh pass every epoch, so a search resumed at an epoch boundary draws what the uninterrupted one draws."""
+    task.prepare(model)
+    model.train()
+    val_iter = task.val_batches() if split == "val" else None
+    total, seeds = 0.0, 0
+    for batch in task.loader:
+        batch = batch.to(task.device)
+        opt_w.zero_grad(set_to_none=True)
+        opt_a.zero_grad(set_to_none=True)
+        n = batch.batch_size
+        loss = F.cross_entropy(task.batch_forward(model, batch)[:n], batch.y[:n])
+        if split == "train":
+            (loss + penalty(pens)).backward()
+            opt_w.step()
+            opt_a.step()
+        else:
+            loss.backward()
+            for a in alphas:
+                a.grad = None
+            opt_w.step()
+            vb = next(val_iter).to(task.device)
+            opt_w.zero_grad(set_to_none=True)
+            m = vb.batch_size
+            (F.cross_entropy(task.batch_forward(model, vb)[:m], vb.y[:m]) + penalty(pens)).backward()
+            opt_a.step()
+        total += loss.item() * n
+        seeds += n
+    return total / max(seeds, 1)
+
+
 def _cycle(loader):
     while True:
         yielded = False
@@ -243,7 +278,8 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
         opt_a.load_state_dict(current["opt_a"])
         if sched is not None and current["scheduler"] is not None:
             sched.load_state_dict(current["scheduler"])
-        load_rng_state(current["rng"], model)  # last: building the model and the batch skip above drew numbers too
+        # last: building the model and the batch skip above drew numbers too
+        load_rng_state(current["rng"], model, task_generators(task))
         start_epoch, seconds = current["epoch"], current["seconds"]
         if bar is not None:
             bar.update(start_epoch)
@@ -251,7 +287,9 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
     last_save = time.monotonic()
     for epoch in range(start_epoch, c.epochs):
         t0 = time.perf_counter()
-        if isinstance(task, NodeTask):
+        if isinstance(task, MiniBatchNodeTask):
+            _minibatch_step(task, model, opt_w, opt_a, alphas, pens, sc.alpha_split)
+        elif isinstance(task, NodeTask):
             _node_step(task, model, opt_w, opt_a, alphas, pens, sc.alpha_split)
         else:
             _graph_step(task, model, opt_w, opt_a, alphas, pens, sc.alpha_split, val_iter)
@@ -266,7 +304,8 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
         if save is not None and (stop or time.monotonic() - last_save > save_every):
             save({"epoch": epoch + 1, "seconds": seconds, "model": model.state_dict(), "opt_w": opt_w.state_dict(),
                   "opt_a": opt_a.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                  "val_batches": val_iter.taken if val_iter is not None else 0, "rng": rng_state(model)})
+                  "val_batches": val_iter.taken if val_iter is not None else 0,
+                  "rng": rng_state(model, task_generators(task))})
             last_save = time.monotonic()
         if stop:
             run = f"run {index + 1} (seed {seed}" + (f", fold {fold})" if fold is not None else ")")

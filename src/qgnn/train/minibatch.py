@@ -157,11 +157,23 @@ class MiniBatchNodeTask:
         self.eval_data = data.to(self.device)
         # seeded from torch's global generator: set_seed(seed) before building the task fixes every batch
         self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        self.fanouts, self.batch_size = list(fanouts), int(batch_size)
         train = data.train_mask.nonzero().view(-1)
         self.loader = make_neighbor_loader(data, train, list(fanouts), batch_size, shuffle=True,
                                            generator=self.generator)
         self._gcn_norm: GlobalGCNNorm | None = None
         self._attached: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+    def val_batches(self) -> Iterator:
+        """Sampled batches of validation seeds without end (shuffled passes, this task's generator): what the
+        MixQ search steps its bit logits on (``alpha_split="val"``)."""
+        val = self.data.val_mask.nonzero().view(-1)
+        if val.numel() == 0:
+            raise ConfigError("the validation split has no node to search on")
+        loader = make_neighbor_loader(self.data, val, self.fanouts, self.batch_size, shuffle=True,
+                                      generator=self.generator)
+        while True:
+            yield from loader
 
     def generators(self) -> dict[str, torch.Generator]:
         """The generators this task draws from, by name, for the resume state (qgnn.train.seeding)."""

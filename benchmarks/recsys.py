@@ -172,23 +172,23 @@ def _gnaq_gains(rows: dict) -> list[str]:
 def gowalla_speed(args) -> None:
     """One FP32 epoch + test pass; then GNAQ 2-bit and BiGeaR 1-bit one epoch each, in this process."""
     from qgnn.data import load_dataset
-    from qgnn.train.rec import RecRunner
+    from qgnn.train.runner import Runner
 
     ds = load_dataset("gowalla")
     res = {}
     base = dict(dataset="gowalla", model="lightgcn", epochs=1, seeds=1)
-    runner = RecRunner(TrainConfig(**base), progress=False)
+    runner = Runner(TrainConfig(**base), progress=False)
     model, gen = runner.build(), __import__("torch").Generator().manual_seed(0)
-    opt = runner._optim(model)
+    opt, _ = runner._optim(model)
     epochs = []  # the median of several epochs: this machine's speed drifts by ±10 % from minute to minute
     for _ in range(args.epoch_repeats):
         t, c = time.perf_counter(), time.process_time()
-        runner.task.train_epoch(model, opt, gen, runner.cfg.weight_decay)
+        runner.rec_task.train_epoch(model, opt, gen, runner.cfg.weight_decay)
         epochs.append({"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c})
     res["fp32_epoch"] = {k: statistics.median(e[k] for e in epochs) for k in ("wall_s", "cpu_s")}
     res["fp32_epochs"] = epochs
     t, c = time.perf_counter(), time.process_time()
-    test = runner.task.evaluate(model, "test")
+    test = runner.rec_task.evaluate(model, "test")
     res["fp32_test_pass"] = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
     import tempfile
 
@@ -198,17 +198,17 @@ def gowalla_speed(args) -> None:
     ckpt = Path(tempfile.mkdtemp()) / "fp32-1epoch.ckpt"
     save_checkpoint(ckpt, model.state_dict(), {"config": runner.cfg.to_dict()})
     for name, method, bits in (("gnaq2", "gnaq", 2), ("bigear1", "bigear", 1)):
-        r = RecRunner(TrainConfig(**base, method=method, bits=bits, quant={"pretrained": str(ckpt)}), progress=False)
+        r = Runner(TrainConfig(**base, method=method, bits=bits, quant={"pretrained": str(ckpt)}), progress=False)
         t0, c0 = time.perf_counter(), time.process_time()
         m = r.build()  # BiGeaR: includes the teacher's top-R ranking (once per training run)
         prep = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-        o = r._optim(m)
+        o, _ = r._optim(m)
         torch = __import__("torch")
-        pairs = r.task.train_pairs  # time QUANT_BATCHES batches and scale to the epoch's batch count
-        r.task.train_pairs = pairs[:, torch.randperm(pairs.size(1), generator=torch.Generator().manual_seed(0))
+        pairs = r.rec_task.train_pairs  # time QUANT_BATCHES batches and scale to the epoch's batch count
+        r.rec_task.train_pairs = pairs[:, torch.randperm(pairs.size(1), generator=torch.Generator().manual_seed(0))
                                    [: QUANT_BATCHES * 2048]]
         t, c = time.perf_counter(), time.process_time()
-        r.task.train_epoch(m, o, torch.Generator().manual_seed(0), r.cfg.weight_decay)
+        r.rec_task.train_epoch(m, o, torch.Generator().manual_seed(0), r.cfg.weight_decay)
         scale = -(-pairs.size(1) // 2048) / QUANT_BATCHES
         res[f"{name}_epoch"] = {"wall_s": (time.perf_counter() - t) * scale, "cpu_s": (time.process_time() - c) * scale,
                                 "measured_batches": QUANT_BATCHES, "setup": prep}
@@ -227,11 +227,11 @@ def gowalla_step(args) -> None:
     import torch
 
     from qgnn.models.lightgcn import layer_rows
-    from qgnn.train.rec import RecRunner
+    from qgnn.train.runner import Runner
 
-    runner = RecRunner(TrainConfig(dataset="gowalla", model="lightgcn", epochs=1, seeds=1), progress=False)
-    model, task = runner.build(), runner.task
-    opt = runner._optim(model)
+    runner = Runner(TrainConfig(dataset="gowalla", model="lightgcn", epochs=1, seeds=1), progress=False)
+    model, task = runner.build(), runner.rec_task
+    opt, _ = runner._optim(model)
     fused = model.train_forward
 
     def reference(idx):

@@ -56,10 +56,10 @@ def test_a_recommendation_state_without_a_config_version_resumes(tmp_path):
     """Node / graph runs compare a saved config in today's dict form (qgnn.train.runner._normalised); a
     recommendation run did not, so a state written before configs carried a version was refused."""
     from qgnn.train.checkpoint import save_state
-    from qgnn.train.rec import STATE_FORMAT, RecRunner
+    from qgnn.train.runner import STATE_FORMAT, Runner
 
     spath = tmp_path / "r.json.state.pt"
-    runner = RecRunner(TrainConfig(dataset="synthetic-rec", model="lightgcn", epochs=1), state_path=spath,
+    runner = Runner(TrainConfig(dataset="synthetic-rec", model="lightgcn", epochs=1), state_path=spath,
                        progress=False)
     old = {k: v for k, v in runner.cfg.to_dict().items() if k != "version"}
     save_state(spath, {"format": STATE_FORMAT, "config": old, "runs": [], "best": None, "current": None})

@@ -68,7 +68,7 @@ def resolved(cell: Cell):
     if cell.search is not None:  # as run_search trains it: the final method, at the widest candidate
         sc = cell.search.validate()
         cfg = dataclasses.replace(cfg, method=sc.final_method, bits=max(sc.candidates + (sc.weight_candidates or ())))
-    if task == "rec":  # as qgnn.train.rec.RecRunner resolves it
+    if task == "rec":  # as the runner resolves it (qgnn.train.rec.resolve_config)
         from qgnn.train.rec import with_method_bits
 
         cfg = with_method_bits(cfg)

@@ -9,7 +9,7 @@ from qgnn import quantize_
 from qgnn.errors import ConfigError
 from qgnn.models.layerwise import layerwise_forward, supports_layerwise
 from qgnn.models.node import GAT, GCN, GIN, SAGE
-from qgnn.nn import set_integer_aggregation
+from qgnn.nn import QuantModule, set_integer_aggregation
 from qgnn.testing.graphs import graph
 
 MODELS = {"gcn": lambda: GCN(12, 16, 5), "gin": lambda: GIN(12, 16, 5), "sage": lambda: SAGE(12, 16, 5),
@@ -50,7 +50,18 @@ def test_layerwise_integer_aggregation_equals_the_plain_integer_forward(name):
     assert set_integer_aggregation(model)
     with torch.no_grad():
         plain = model(x, ei)
-    torch.testing.assert_close(layerwise_forward(model, x, ei, chunk_size=25), plain, rtol=1e-5, atol=1e-5)
+    calls = []
+    inner = QuantModule._integer_gather
+
+    def spy(self, *a, **kw):
+        calls.append(type(self).__name__)
+        return inner(self, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(QuantModule, "_integer_gather", spy)
+        got = layerwise_forward(model, x, ei, chunk_size=25)
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2 * 4  # both layers, every one of the 4 chunks took the integer path
 
 
 def test_one_chunk_and_many_chunks_agree_and_bad_input_is_refused():

@@ -244,3 +244,14 @@ def test_node_ids_index_per_node_tables_by_global_id(name):
         got = util.run(q, x[keep], sub)
     assert current_node_ids(q) is None
     torch.testing.assert_close(got, util.run(cut, x[keep], sub))
+
+
+@pytest.mark.parametrize("name", ["gcn", "gin", "sage_mean", "gat_h1"])
+def test_torch_sparse_sparse_tensor_matches_the_float_layer(name):
+    """torch_sparse's SparseTensor, where that package imports (it builds from source only; CI lacks it)."""
+    torch_sparse = pytest.importorskip("torch_sparse")
+    f, q = util.quantized(name)
+    x, ei = _graph()
+    adj = torch_sparse.SparseTensor(row=ei[1], col=ei[0], sparse_sizes=(x.size(0), x.size(0)))
+    f.eval(), q.eval()
+    torch.testing.assert_close(util.run(q, x, adj), util.run(f, x, adj), rtol=1e-5, atol=1e-5)

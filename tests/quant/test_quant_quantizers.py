@@ -447,3 +447,29 @@ def test_half_precision_input():
     for q in (make_quantizer("uniform", 8, symmetric=True), make_quantizer("lsq", 8, init="minmax")):
         y = q(x)
         assert y.dtype == torch.float16 and (y.float() - x.float()).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("observer", ["minmax", "ema", "percentile"])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("bits", [1, 4, 8])
+def test_forward_rows_equals_quantizing_the_gathered_rows(observer, granularity, bits):
+    """UniformQuantizer.forward_rows (Degree-Quant's masked rows without the gather / scatter) gives the values,
+    gradients and observer state of ``x.index_copy(0, keep, q(x[keep]))``."""
+    from qgnn.quant import UniformQuantizer
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 6) * 3
+    keep = torch.tensor([0, 2, 3, 7, 11, 12, 30, 39])
+    kw = {"observer_kwargs": {"sample_size": 16}} if observer == "percentile" else {}
+    outs = []
+    for fast in (False, True):
+        q = UniformQuantizer(bits, granularity=granularity, observer=observer, estimator="clipped_ste", **kw)
+        q.train()
+        xx = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the percentile observer's sample
+        y = q.forward_rows(xx, keep) if fast else xx.index_copy(0, keep, q(xx.index_select(0, keep)))
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), xx.grad, q.observer.min_val.clone(), q.observer.max_val.clone()))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(outs[1][0][5], x[5])  # a protected row is untouched

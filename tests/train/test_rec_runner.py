@@ -197,3 +197,43 @@ def test_fused_adam_matches_the_loop_implementation():
         oa.step()
         ob.step()
     assert torch.allclose(a, b, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- the one runner
+def test_the_one_runner_trains_recommendation_with_its_task():
+    """Runner takes a recommendation config itself (RecRunner is gone): its task is a RecTrainTask that keeps the
+    Task protocol, its optimizer fused Adam without a schedule, its checkpoint metadata the table's shape."""
+    from qgnn.train import Runner, Task
+    from qgnn.train.rec import RecTrainTask
+
+    runner = Runner(TrainConfig(**{**FAST, "epochs": 2}), progress=False)
+    task = runner.task_for(None)
+    assert isinstance(task, RecTrainTask) and isinstance(task, Task) and runner.task_class is RecTrainTask
+    opt, sched = runner._optim(runner.build())
+    assert sched is None and opt.defaults["weight_decay"] == 0
+    res = runner.run()
+    meta = runner.checkpoint_meta(res)
+    assert (meta["num_users"], meta["num_items"]) == (runner.ds.num_users, runner.ds.num_items)
+    assert "fold" not in res["runs"][0] and res["timing"]["batches_per_epoch"] == runner.rec_task.batches_per_epoch
+
+
+def test_the_sampling_stream_is_the_runs_seed():
+    """A run's BPR draws come from a generator seeded with the run's seed (as before the one runner), whatever
+    the model drew while being built."""
+    from qgnn.train import Runner
+    from qgnn.train.seeding import set_seed
+
+    runner = Runner(TrainConfig(**FAST, seed=7), progress=False)
+    set_seed(7)
+    runner.build()
+    task = runner.task_for(None)
+    assert torch.equal(task.gen.get_state(), torch.Generator().manual_seed(7).get_state())
+
+
+def test_prompts_and_the_search_are_refused_on_recommendation_datasets():
+    with pytest.raises(ConfigError, match="prompts attach to the layers of a GNN"):
+        run_experiment(TrainConfig(**FAST, prompt={"kind": "gpf"}), progress=False)
+    from qgnn.search.mixq import SearchConfig, run_search
+
+    with pytest.raises(ConfigError, match="recommendation dataset"):
+        run_search(TrainConfig(**{**FAST, "model": "lightgcn"}, method="qat"), SearchConfig(), progress=False)

@@ -1,4 +1,5 @@
-"""`--resume` reproduces the uninterrupted run bit for bit, for every method, prompts and the rec runner.
+"""`--resume` reproduces the uninterrupted run bit for bit, for every method, prompts and every task of the one
+runner (node, graph, recommendation).
 
 Each test trains a tiny model twice: once straight through, once stopped at an epoch boundary (as Ctrl-C
 stops it) and resumed from the saved state. The model after every training epoch after the stop (its
@@ -121,24 +122,63 @@ def test_rng_state_covers_the_cuda_generator():
     assert torch.equal(torch.rand(5, device="cuda"), expected)
 
 
-def test_rec_resume_is_bit_exact(tmp_path):
-    from qgnn.train.rec import RecRunner
+REC_CASES = {
+    "qat4": dict(method="qat", bits=4, seeds=2),
+    "fp32-eval-every": dict(seeds=2, eval_every=2),
+    "refit-test-curve": dict(seeds=1, eval_every=2, quant={"val_frac": 0.0, "test_curve": True}),
+}
 
-    class RecordingRecRunner(RecRunner):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.trace: list[dict] = []
-            _record(self.task, self.trace)
+
+@pytest.mark.parametrize("case", list(REC_CASES))
+def test_rec_resume_is_bit_exact(tmp_path, case):
+    """The recommendation task through the one Runner (the same RecordingRunner as node and graph tasks):
+    stopped mid-way through the second run (the first for a refit) and resumed, every later epoch's model, the
+    selected epochs, scores and history equal the uninterrupted run's."""
+    cfg = TrainConfig(dataset="synthetic-rec", model="lightgcn", epochs=4, batch_size=64, hidden=8, lr=0.01,
+                      **REC_CASES[case])
+    full_runner = RecordingRunner(cfg, progress=False)
+    full = full_runner.run()
+    run = 1 if cfg.seeds == 2 else 0
+    _, second, resumed = _stopped_then_resumed(RecordingRunner, cfg, tmp_path, run=run, epoch=1)
+    skipped = 4 * run + 2
+    assert len(full_runner.trace) == skipped + len(second.trace)
+    for a, b in zip(full_runner.trace[skipped:], second.trace, strict=True):
+        _assert_same_states(a, b, "rec model after an epoch")
+    for a, b in zip(full["runs"], resumed["runs"], strict=True):
+        assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
+    assert full["selected_run"] == resumed["selected_run"]
+    _assert_same_states(full["_best_state"], resumed["_best_state"], "selected rec model")
+
+
+def _as_written_before_the_one_runner(state: dict) -> dict:
+    """A recommendation resume state in the layout RecRunner wrote: ``best`` ranks by ``val`` / ``val2``
+    (NDCG@20 itself), the current run has no ``scheduler``."""
+    best = state["best"]
+    if best is not None:
+        best = {"index": best["index"], "val": best["val"], "val2": -best["val_loss"], "state": best["state"]}
+    current = {k: v for k, v in state["current"].items() if k != "scheduler"}
+    return {**state, "best": best, "current": current}
+
+
+def test_a_rec_state_of_the_old_layout_resumes_to_the_same_result(tmp_path):
+    from qgnn.train.checkpoint import load_state, save_state
 
     cfg = TrainConfig(dataset="synthetic-rec", model="lightgcn", method="qat", bits=4, epochs=4, batch_size=64,
-                      hidden=8, lr=0.01, seeds=1)
-    full_runner = RecordingRecRunner(cfg, progress=False)
-    full = full_runner.run()
-    _, second, resumed = _stopped_then_resumed(RecordingRecRunner, cfg, tmp_path, run=0, epoch=1)
-    assert len(full_runner.trace) == 2 + len(second.trace)
-    for a, b in zip(full_runner.trace[2:], second.trace, strict=True):
-        _assert_same_states(a, b, "rec model after an epoch")
-    assert full["runs"][0]["recall@20"] == resumed["runs"][0]["recall@20"]
+                      hidden=8, lr=0.01, seeds=2)
+    full = Runner(cfg, progress=False).run()
+    control = Control()
+    control.on_epoch_end.append(lambda r, e: setattr(control, "stop_requested", (r, e) == (1, 1)))
+    state = tmp_path / "r.state.pt"
+    with pytest.raises(Interrupted):
+        Runner(cfg, progress=False, state_path=state, control=control).run()
+    saved = load_state(state)
+    assert {"gen", "history", "train_s", "eval_s", "test_s", "train_cpu"} <= set(saved["current"])
+    assert "seconds" not in saved["current"] and "generators" not in saved["current"]["rng"]
+    save_state(state, _as_written_before_the_one_runner(saved))
+    resumed = Runner(cfg, progress=False, state_path=state).run(resume=True)
+    assert [r["recall@20"] for r in resumed["runs"]] == [r["recall@20"] for r in full["runs"]]
+    assert [r["history"] for r in resumed["runs"]] == [r["history"] for r in full["runs"]]
+    assert resumed["selected_run"] == full["selected_run"]
     _assert_same_states(full["_best_state"], resumed["_best_state"], "selected rec model")
 
 

@@ -114,3 +114,57 @@ def test_constant_node_features_turn_on_the_normalised_readout():
     assert r.build().readout_norms[0].num_features == 1
     r = Runner(TrainConfig(dataset="synthetic-graph", model="gin", node_features="degree", epochs=1, folds=1))
     assert "readout_norm" not in r.cfg.model_kwargs
+
+
+# ------------------------------------------------------------------------------------------- the Task protocol
+class _MinimalTask:
+    """Only what the Task protocol requires, around a NodeTask: no optional hook."""
+
+    metric = "acc"
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def train_epoch(self, model, opt, penalties):
+        return self._inner.train_epoch(model, opt, penalties)
+
+    def evaluate(self, model):
+        return self._inner.evaluate(model)
+
+    def generators(self):
+        return {}
+
+
+def test_a_task_with_only_the_required_members_runs_and_resumes(tmp_path):
+    """The runner's defaults stand in for every optional hook: a task with metric / train_epoch / evaluate /
+    generators alone trains, selects, and resumes to the same result as the NodeTask it wraps."""
+    from qgnn.train import Runner, Task
+
+    class MinimalRunner(Runner):
+        def task_for(self, fold):
+            return _MinimalTask(super().task_for(fold))
+
+    cfg = _node_cfg(epochs=6, seeds=2)
+    plain = Runner(cfg, progress=False).run()
+    assert isinstance(_MinimalTask(None), Task)
+    control = Control()
+    control.on_epoch_end.append(lambda r, e: setattr(control, "stop_requested", (r, e) == (1, 2)))
+    state = tmp_path / "m.state.pt"
+    with pytest.raises(Interrupted):
+        MinimalRunner(cfg, progress=False, state_path=state, control=control).run()
+    minimal = MinimalRunner(cfg, progress=False, state_path=state).run(resume=True)
+    for a, b in zip(plain["runs"], minimal["runs"], strict=True):
+        assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
+    assert plain["metrics"].keys() == minimal["metrics"].keys()
+
+
+def test_every_task_keeps_the_protocol():
+    from qgnn.train import Runner, Task
+    from qgnn.train.minibatch import MiniBatchNodeTask
+    from qgnn.train.tasks import GraphTask, NodeTask
+
+    for cfg, cls in ((_node_cfg(epochs=1), NodeTask), (_node_cfg(epochs=1, fanout=[2, 2]), MiniBatchNodeTask),
+                     (TrainConfig(dataset="synthetic-graph", model="gin", folds=1, epochs=1), GraphTask)):
+        runner = Runner(cfg, progress=False)
+        task = runner.task_for(0 if cls is GraphTask else None)
+        assert type(task) is cls is runner.task_class and isinstance(task, Task)

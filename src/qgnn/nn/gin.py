@@ -54,7 +54,7 @@ class QuantGINConv(QuantModule, GINConv):
     def forward(self, x, edge_index, size: tuple[int, int] | None = None) -> Tensor:
         x_src, x_dst, pair = split_pair(x, type(self).__name__)
         g = read_graph(self, x_src, x_dst, edge_index, size, pair)
-        if g.sparse and not _takes_values(edge_index):
+        if g.sparse and (not _takes_values(edge_index) or _all_ones(g.weight)):
             g.weight = None  # PyG drops a SparseTensor's values here (GINConv.message_and_aggregate)
         n = g.n_dst
         mask = self._protect_mask(g, pair)
@@ -82,6 +82,11 @@ class QuantGINConv(QuantModule, GINConv):
             out = self.nn(out)
         self._record_stats(n, g.num_edges, x_src.size(1), out.size(-1))
         return self._q("output", out, keep)
+
+
+def _all_ones(weight) -> bool:
+    """An adjacency whose values are all 1 is unweighted (so the integer path, which sums codes, still applies)."""
+    return weight is not None and bool((weight == 1).all())
 
 
 def _takes_values(adj) -> bool:

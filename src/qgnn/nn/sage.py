@@ -28,7 +28,7 @@ from torch_geometric.nn import SAGEConv
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
-from .gin import _takes_values
+from .gin import _all_ones, _takes_values
 from .graph import read_graph, split_pair
 
 __all__ = ["QuantSAGEConv"]
@@ -67,7 +67,7 @@ class QuantSAGEConv(QuantModule, SAGEConv):
     def forward(self, x, edge_index, size: tuple[int, int] | None = None) -> Tensor:
         x_src, x_dst, pair = split_pair(x, type(self).__name__)
         g = read_graph(self, x_src, x_dst, edge_index, size, pair)
-        if g.sparse and not _takes_values(edge_index):
+        if g.sparse and (not _takes_values(edge_index) or _all_ones(g.weight)):
             g.weight = None  # PyG drops a SparseTensor's values here (SAGEConv.message_and_aggregate)
         n = g.n_dst
         mask = self._protect_mask(g, pair)

@@ -242,6 +242,26 @@ class UniformQuantizer(Quantizer):
     def zero_point(self) -> Tensor:
         return self._table()[1]
 
+    def forward_rows(self, x: Tensor, keep: Tensor) -> Tensor:
+        """``x`` with only the rows ``keep`` (ids) quantized, the others as they are; the observer sees the kept
+        rows alone. Equal to ``x.index_copy(0, keep, self(x[keep]))`` in value and gradient (per-tensor /
+        per-channel granularity), without gathering the kept rows into a copy that autograd must scatter back:
+        the whole tensor is fake-quantized once and the protected rows are selected back by ``torch.where``
+        (Degree-Quant's masked training spends most of its extra time in that gather / scatter)."""
+        if not self.enabled or x.numel() == 0 or self.layout.granularity not in ("tensor", "channel"):
+            return x.index_copy(0, keep, self(x.index_select(0, keep)))
+        if keep.numel() == 0:
+            return x
+        obs = self.observer
+        if obs.training or not obs.observed:
+            with torch.no_grad():
+                obs.update(x.detach().index_select(0, keep), None)
+        scale, zero_point = self._qparams(x, None, observe=False)
+        y = (binary_fake_quant(x, scale, self.estimator) if self.binary else
+             fake_quant(x, scale, zero_point, self.qmin, self.qmax, self.estimator))
+        rows = torch.zeros(x.size(0), dtype=torch.bool, device=x.device).index_fill_(0, keep, True)
+        return torch.where(rows.view(-1, *([1] * (x.dim() - 1))), y, x)
+
     def _qparams(self, x, index, observe=True):
         obs = self.observer
         if (observe and obs.training) or not obs.observed:

@@ -319,9 +319,9 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
 
 # ------------------------------------------------------------------------------------------- resume state
 class _FixedBitRunner(Runner):
-    """The fixed-bit phase: the Runner's own loop (``_one_run``), whose current-run state (model, optimizer,
-    scheduler, selection, random streams) goes into the search's resume state through ``save_phase`` rather
-    than into a training state file of its own."""
+    """The fixed-bit phase: the one Runner's own loop (``_one_run``, with the run's task from ``task_for``),
+    whose current-run state (model, optimizer, scheduler, selection, random streams) goes into the search's
+    resume state through ``save_phase`` rather than into a training state file of its own."""
 
     save_phase = None  # callable(the Runner's current-run state)
 
@@ -384,6 +384,7 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     from qgnn.prompts import prompt_report
     from qgnn.train.checkpoint import save_checkpoint, write_json
     from qgnn.train.outputs import check_file_target, check_stale_state, state_path_for, write_outputs
+    from qgnn.train.runner import _dataset_task
 
     sc.validate()
     for flag, target in (("--out", out), ("--save", save)):  # before any data is loaded or epoch trained
@@ -394,6 +395,9 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     check_device(cfg.device)
     if cfg.method not in ("fp32",) + FINAL_METHODS:
         raise ConfigError(f"qgnn search trains the found assignment with --final-method; got --method {cfg.method}")
+    if _dataset_task(cfg.dataset) == "rec":  # the Runner trains rec datasets too, but with no slot to search
+        raise ConfigError(f"qgnn search chooses the widths of GNN layers; {cfg.dataset} is a recommendation "
+                          "dataset (train its methods with qgnn train)")
     top = max(sc.candidates + (sc.weight_candidates or ()))
     options = {"candidates": list(sc.candidates), "lambda": float(sc.lam), "penalty": sc.penalty,
                "weight_candidates": None if sc.weight_candidates is None else list(sc.weight_candidates),

@@ -1,5 +1,12 @@
 """Recommendation experiments: LightGCN (FP32) and its quantized variants trained with BPR.
 
+They train through the one runner (:class:`qgnn.train.runner.Runner`, as every task does: runs, resume,
+checkpoints and results live there), with :class:`RecTrainTask` as its task (:mod:`qgnn.train.task`). This
+module keeps what is particular to recommendation: the sampling and evaluation of a dataset
+(:class:`RecTask`), the models (:func:`build_rec_model`, ``--pretrained`` through :func:`load_pretrained`), the
+runner's hooks for them (:func:`resolve_config`, :func:`make_rec_task`, :func:`build_run_model`, :func:`make_adam`,
+:func:`rec_cost`) and :func:`load_rec_model`. It does not import the runner: the dependency runs one way.
+
 Protocol (He et al., LightGCN, SIGIR 2020, with model selection on validation only):
 
 * an epoch draws as many (u, i) pairs as there are training interactions, in batches of ``batch_size``.
@@ -7,15 +14,18 @@ Protocol (He et al., LightGCN, SIGIR 2020, with model selection on validation on
   uniform over the users with a training item, then i uniform over u's training items, so every user weighs
   the same in the loss, as in the user-averaged Recall / NDCG. ``sampling="interaction"``: every training
   interaction once, in a fresh random order (heavy users weigh more). Each pair gets ``num_negatives`` items
-  drawn uniformly among the items u has *not* interacted with in training (vectorised rejection sampling);
+  drawn uniformly among the items u has *not* interacted with in training (vectorised rejection sampling).
+  The draws come from the run's own generator, seeded with the run's seed and saved in the resume state;
 * loss per batch: BPR = mean softplus(ŷ_uj − ŷ_ui) on the first negative, plus
   ``weight_decay`` · ½ (‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖²) / B on the ego embeddings of the batch (LightGCN's L2),
-  plus the method's own terms (GNAQ's LambdaLoss, BiGeaR's inference distillation); Adam, no Adam decay;
+  plus the method's own terms (GNAQ's LambdaLoss, BiGeaR's inference distillation); Adam (:func:`make_adam`),
+  no Adam decay, no learning-rate schedule;
 * the graph is the training interactions only; one full propagation per batch (``NormAdj``);
-* after every epoch, full-ranking Recall@K / NDCG@K (K = 10, 20) on the validation split, training items
-  excluded; the epoch with the best validation Recall@20 is selected (ties: higher NDCG@20), early stopping
-  after ``patience`` epochs without improvement. Test metrics (training and validation items excluded) are
-  computed only for epochs that improve validation, so the test split never influences anything.
+* every ``eval_every`` epochs and after the last, full-ranking Recall@K / NDCG@K (K = 10, 20) on the validation
+  split, training items excluded; the epoch with the best validation Recall@20 is selected (ties: higher
+  NDCG@20), early stopping after ``patience`` validations without improvement. Test metrics (training and
+  validation items excluded) are computed only for epochs that improve validation, so the test split never
+  influences anything.
 * a refit: with ``val_frac`` = 0 (``--val-frac 0``; gowalla, lastfm, ml-100k) there is no validation split,
   the model trains on every training interaction for exactly ``epochs`` epochs (take them from a validated
   run) and the last epoch is reported; nothing is selected, and the results carry no ``val_`` metrics.
@@ -24,38 +34,38 @@ Protocol (He et al., LightGCN, SIGIR 2020, with model selection on validation on
   then report the test figures at the epoch the validated run selects, before that run has finished. The
   curve is a record, never a selection: the model saved is still the last epoch's.
 
-Results JSON: the layout of the node / graph runner (config, metrics as {"mean", "std", "runs"}, timing,
-cost, runs, selected_run, env). The selected run's best state is the checkpoint (safetensors, atomic).
-Ctrl-C (``Control.stop_requested``) saves a resume state at the end of the epoch, as the main runner does.
+Results JSON: the runner's layout (config, metrics as {"mean", "std", "runs"}, timing, cost, runs,
+selected_run, env), with the metrics Recall / NDCG @10, @20 (and their ``val_`` twins), timing split into
+training (wall and CPU), validation and test passes plus ``batches_per_epoch``, ``cost`` from :func:`rec_cost`
+(the stored embedding table), and per run a ``history`` (one entry per evaluation). The checkpoint's metadata
+names ``num_users`` / ``num_items``.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
 from qgnn.errors import CheckpointError, ConfigError, lookup
-from qgnn.train.checkpoint import load_checkpoint, load_state
+from qgnn.train.checkpoint import load_checkpoint
 from qgnn.train.config import SAMPLINGS, TrainConfig
 from qgnn.train.rec_metrics import KS, UserItemIndex, rank_metrics
-from qgnn.train.results import summarize_runs
-from qgnn.train.seeding import load_rng_state, rng_state, set_seed
-from qgnn.train.selection import BestTracker, validation_due
+from qgnn.train.tasks import penalty
 
 REC_METHODS = {"fp32": "fp32", "qat": "qat", "lsq": "lsq", "gnaq": "gnaq", "bigear": "bigear"}
 REC_MODELS = {"lightgcn": "lightgcn"}
 METRIC_KEYS = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
 CURVE_KEYS = ("recall@20", "ndcg@20")  # the validation scores kept per validated epoch (results' "history")
-STATE_FORMAT = "qgnn-state/1"
 
 
 # ---------------------------------------------------------------------------------------------- data / task
 class RecTask:
-    """Sampling, one training epoch and the evaluation of one RecDataset."""
+    """Sampling, one training epoch and the evaluation of one RecDataset (shared by the runs of an experiment;
+    each run trains through a :class:`RecTrainTask` that brings its own generator)."""
 
     def __init__(self, ds, device="cpu", batch_size: int = 2048, eval_batch_users: int = 2048,
                  sampling: str = "user"):
@@ -100,7 +110,9 @@ class RecTask:
         offs = torch.minimum((torch.rand(n, generator=gen, dtype=torch.float64) * cnt).long(), cnt - 1)
         return users, idx.items[idx.ptr[users] + offs]
 
-    def train_epoch(self, model, opt, gen: torch.Generator, weight_decay: float) -> float:
+    def train_epoch(self, model, opt, gen: torch.Generator, weight_decay: float, penalties=()) -> float:
+        """One epoch of BPR batches drawn from ``gen`` (module docstring); ``penalties``: modules whose
+        ``penalty()`` joins every batch's loss (:func:`~qgnn.train.tasks.penalty_modules`). The mean loss."""
         model.train()
         users, pos, neg = self.sample(gen, getattr(model, "num_negatives", 1))
         nu = self.ds.num_users
@@ -123,6 +135,8 @@ class RecTask:
             e0 = ego_rows[inv[: 3 * b] if j.size(1) == 1 else torch.cat([inv[: 2 * b], inv[2 * b:: j.size(1)][:b]])]
             reg = 0.5 * e0.pow(2).sum() / b  # ‖e⁰_u‖² + ‖e⁰_i‖² + ‖e⁰_j‖² (first negative), one row gather
             loss = bpr + weight_decay * reg + model.extra_loss(eu, ep, en, ex)
+            if penalties:
+                loss = loss + penalty(penalties)
             loss.backward()
             opt.step()
             if hasattr(model, "after_step"):
@@ -130,6 +144,10 @@ class RecTask:
             total += float(loss.detach()) * u.numel()
             n += u.numel()
         return total / max(n, 1)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.train_pairs.size(1) // self.batch_size)
 
     @torch.no_grad()
     def evaluate(self, model, split: str) -> dict[str, float]:
@@ -203,10 +221,11 @@ def rec_cost(model) -> dict:
                    f"(qgnn.export.packing) plus per-node / per-tensor quantization parameters"}
 
 
-# ---------------------------------------------------------------------------------------------- runner
+# ---------------------------------------------------------------------------------------------- the runner's hooks
 def make_adam(params, lr: float) -> torch.optim.Optimizer:
     """Adam, fused when torch supports it for these tensors: the same update as the loop implementation
-    (tests compare them), one kernel instead of about ten passes over the whole embedding table per step."""
+    (tests compare them), one kernel instead of about ten passes over the whole embedding table per step.
+    No Adam weight decay: LightGCN's L2 is on the batch's ego embeddings, in the loss (module docstring)."""
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
@@ -219,202 +238,110 @@ FIXED_BITS = {"bigear": 1}
 
 def with_method_bits(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the width a fixed-width method implies (:data:`FIXED_BITS`: BiGeaR is 1-bit) when ``bits``
-    is unset; ``cfg`` itself otherwise. The runner and :mod:`qgnn.grid` (which resolves a cell's config as the
-    runner will) both call it."""
+    is unset; ``cfg`` itself otherwise. :func:`resolve_config` and :mod:`qgnn.grid` (which resolves a cell's
+    config as the runner will) both call it."""
     bits = FIXED_BITS.get(cfg.method.lower())
     return dataclass_copy(cfg, bits=bits) if bits is not None and cfg.bits is None else cfg
 
 
-class RecRunner:
-    """Trains the runs (seeds) of one recommendation TrainConfig; see the module docstring."""
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` resolved for a recommendation dataset, checked before any data is loaded: a known model and
+    method, no prompt (prompts attach to GNN layers), ``--pretrained`` for the methods that start from an FP32
+    LightGCN."""
+    c = with_method_bits(cfg).resolve("rec")
+    lookup("recommendation model", c.model, REC_MODELS)
+    lookup("recommendation method", c.method, REC_METHODS)
+    if c.prompt:
+        raise ConfigError(f"prompts attach to the layers of a GNN; a recommendation model ({c.model}) takes none")
+    if c.method in ("gnaq", "bigear") and not c.quant.get("pretrained"):
+        raise ConfigError(f"--method {c.method} starts from an FP32 LightGCN: pass --pretrained CKPT "
+                          f"(from `qgnn train --dataset {c.dataset} --model lightgcn --save CKPT`)")
+    return c
 
-    def __init__(self, cfg: TrainConfig, root=None, state_path=None, progress=None, save_every: float = 60.0,
-                 control=None):
-        from qgnn.data import load_dataset
-        from qgnn.train.runner import Control
 
-        self.cfg = with_method_bits(cfg).resolve("rec")
-        lookup("recommendation model", self.cfg.model, REC_MODELS)
-        lookup("recommendation method", self.cfg.method, REC_METHODS)
-        self.pretrained = self.cfg.quant.get("pretrained")
-        if self.cfg.method in ("gnaq", "bigear") and not self.pretrained:
-            raise ConfigError(f"--method {self.cfg.method} starts from an FP32 LightGCN: pass --pretrained CKPT "
-                              f"(from `qgnn train --dataset {self.cfg.dataset} --model lightgcn --save CKPT`)")
-        self.ds = load_dataset(self.cfg.dataset, root=root, **self._loader_opts())
-        self.test_curve = bool(self.cfg.quant.get("test_curve", False))
-        if self.test_curve and self.ds.val.size(1) > 0:
-            raise ConfigError("test_curve (--test-curve) is for a refit without validation (--val-frac 0): with a "
-                              "validation split the test split is evaluated only at the epochs validation selects")
-        self.device = torch.device(self.cfg.device)
-        self.task = RecTask(self.ds, self.device, self.cfg.batch_size, sampling=self.cfg.sampling)
-        self.state_path = Path(state_path) if state_path else None
-        self.progress, self.save_every = progress, save_every
-        self.control = control or Control()
+def dataset_options(cfg: TrainConfig) -> dict:
+    """The loader options a recommendation config carries (``val_frac``, in ``quant``)."""
+    return {k: cfg.quant[k] for k in ("val_frac",) if k in cfg.quant}
 
-    def _loader_opts(self) -> dict:
-        return {k: self.cfg.quant[k] for k in ("val_frac",) if k in self.cfg.quant}
 
-    def build(self):
-        model = build_rec_model(self.cfg, self.ds).to(self.device)
-        model.set_graph(self.task.edge_index)
-        if self.pretrained:
-            load_pretrained(self.pretrained, model, self.ds)
-        if hasattr(model, "prepare"):
-            model.prepare(self.task)
-        return model
+def make_rec_task(cfg: TrainConfig, ds, device) -> RecTask:
+    """The sampling / evaluation task of ``ds`` that every run of ``cfg`` shares (its indices are built once)."""
+    if cfg.quant.get("test_curve") and ds.val.size(1) > 0:
+        raise ConfigError("test_curve (--test-curve) is for a refit without validation (--val-frac 0): with a "
+                          "validation split the test split is evaluated only at the epochs validation selects")
+    return RecTask(ds, device, cfg.batch_size, sampling=cfg.sampling)
 
-    def _optim(self, model):
-        return make_adam([p for p in model.parameters() if p.requires_grad], self.cfg.lr)
 
-    def _load_state(self):
-        if not (self.state_path and self.state_path.exists()):
-            return None
-        from qgnn.train.runner import _normalised
+def build_run_model(cfg: TrainConfig, ds, task: RecTask, device) -> nn.Module:
+    """A run's model: :func:`build_rec_model` on ``device``, propagating over the training graph, its ego table
+    from ``--pretrained`` where given, prepared for ``task`` (BiGeaR: the teacher's top-R lists, from the
+    pretrained table, before a resumed state replaces the weights)."""
+    model = build_rec_model(cfg, ds).to(device)
+    model.set_graph(task.edge_index)
+    if cfg.quant.get("pretrained"):
+        load_pretrained(cfg.quant["pretrained"], model, ds)
+    if hasattr(model, "prepare"):
+        model.prepare(task)
+    return model
 
-        state = load_state(self.state_path)
-        # as Runner._load_state: the saved config compared in today's dict form (a state written before configs
-        # carried a version is the same configuration), and only a training run's state continues one
-        if state.get("kind", "train") != "train" or _normalised(state["config"]) != self.cfg.to_dict():
-            raise CheckpointError(f"{self.state_path} was saved for a different configuration; "
-                                  "rerun with the same options, or delete it / pass --overwrite to start over")
-        return state
 
-    def _save_state(self, runs, best, current):
-        # a failed save warns once and training goes on (qgnn.train.outputs.save_state_or_warn)
-        if self.state_path:
-            from qgnn.train.outputs import save_state_or_warn
+class RecTrainTask:
+    """One recommendation run as the runner's task (:mod:`qgnn.train.task`): BPR epochs of ``data``
+    (:class:`RecTask`) drawn from a generator of its own, seeded with the run's seed; selection on the
+    validation Recall@20, ties to the higher NDCG@20; the test pass only for epochs that improve validation
+    (``evaluate_test``); a refit (no validation split, ``has_validation`` False) reports its last epoch and,
+    with ``test_curve``, records the test scores every ``eval_every`` epochs; one ``history`` entry per
+    evaluation. Scores carry the epoch's ``train_loss``.
+    """
 
-            save_state_or_warn(self, {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "runs": runs,
-                                      "best": best, "current": current})
+    metric = "recall@20"
+    timing = "split"
+    summary_keys = (*METRIC_KEYS, *(f"val_{k}" for k in METRIC_KEYS), "best_epoch", "epochs_run")
 
-    def run(self, resume: bool = False) -> dict:
-        c = self.cfg
-        state = self._load_state() if resume else None
-        runs = list(state["runs"]) if state else []
-        best = state["best"] if state else None
-        current = state["current"] if state else None
-        t0 = time.perf_counter()
-        bar = tqdm(total=c.seeds * c.epochs, disable=None if self.progress is None else not self.progress,
-                   desc=f"{c.dataset}/{c.model}/{c.method}", unit="ep", dynamic_ncols=True)
-        bar.update(len(runs) * c.epochs)
-        try:
-            for r in range(len(runs), c.seeds):
-                res, best_state = self._one_run(r, c.seed + r, current if current and current["index"] == r
-                                                else None, runs, best, bar)
-                current = None
-                runs.append(res)
-                key = (res.get("val_recall@20", 0.0), res.get("val_ndcg@20", 0.0))  # no val split: the first
-                if best is None or key > (best["val"], best["val2"]):
-                    best = {"index": r, "val": key[0], "val2": key[1], "state": best_state}
-                self._save_state(runs, best, None)
-        finally:
-            bar.close()
-        return self._results(runs, best, time.perf_counter() - t0)
+    def __init__(self, data: RecTask, seed: int, weight_decay: float, test_curve: bool = False):
+        self.data, self.weight_decay, self.test_curve = data, weight_decay, test_curve
+        self.gen = torch.Generator().manual_seed(seed)
+        self.has_validation = data.val_idx.codes.numel() > 0
+        self.train_loss = math.nan  # of the last epoch trained
 
-    def _one_run(self, r, seed, current, runs, best, bar):
-        c = self.cfg
-        set_seed(seed)
-        model = self.build()
-        opt = self._optim(model)
-        gen = torch.Generator().manual_seed(seed)
-        tracker = BestTracker(c.patience)
-        start, train_s, eval_s, test_s, train_cpu = 0, 0.0, 0.0, 0.0, 0.0
-        history: list[dict] = []  # one entry per validation: the training curve
-        has_val = self.task.val_idx.codes.numel() > 0  # val_frac = 0: train on all, no selection
-        if current is not None:
-            model.load_state_dict(current["model"])
-            opt.load_state_dict(current["optimizer"])
-            tracker.load_state_dict(current["tracker"])
-            gen.set_state(current["gen"])
-            load_rng_state(current["rng"], model)  # every stream, the model's generators included
-            start, train_s, eval_s, test_s = current["epoch"], current["train_s"], current["eval_s"], current["test_s"]
-            train_cpu, history = current["train_cpu"], list(current.get("history", []))
-            bar.update(start)
-        last_save, epochs_run = time.monotonic(), start
-        for epoch in range(start, c.epochs):
-            t, cpu = time.perf_counter(), time.process_time()
-            loss = self.task.train_epoch(model, opt, gen, c.weight_decay)
-            t1 = time.perf_counter()
-            train_cpu += time.process_time() - cpu
-            train_s += t1 - t
-            epochs_run = epoch + 1
-            if not has_val:
-                last = epoch == c.epochs - 1
-                test = self.task.evaluate(model, "test") if last or (
-                    self.test_curve and validation_due(epoch, c)) else None
-                test_s += time.perf_counter() - t1
-                if test is not None and self.test_curve:  # a record only: nothing is selected from it
-                    history.append({"epoch": epoch, "train_loss": loss, **{f"test_{k}": test[k] for k in test}})
-                elif last:
-                    history.append({"epoch": epoch, "train_loss": loss})
-                if last:  # a refit (no validation split): the last epoch is the model
-                    tracker.update(epoch, 0.0, 0.0, {**test, "train_loss": loss}, model)
-            elif validation_due(epoch, c):
-                val = self.task.evaluate(model, "val")
-                t2 = time.perf_counter()
-                eval_s += t2 - t1
-                scores = {f"val_{k}": v for k, v in val.items()}
-                if (val["recall@20"], val["ndcg@20"]) > (tracker.best_val, -tracker.best_val_loss):
-                    test = self.task.evaluate(model, "test")  # only for the epoch that may be selected
-                    test_s += time.perf_counter() - t2
-                    scores.update(test)
-                tracker.update(epoch, val["recall@20"], -val["ndcg@20"], {**scores, "train_loss": loss}, model)
-                history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": val[k] for k in CURVE_KEYS}})
-            bar.update(1)
-            bar.set_postfix(run=r + 1, loss=f"{loss:.4f}", best=f"{tracker.best_val:.4f}", refresh=False)
-            for cb in self.control.on_epoch_end:
-                cb(r, epoch)
-            stop = self.control.stop_requested
-            if self.state_path and (stop or time.monotonic() - last_save > self.save_every):
-                self._save_state(runs, best, {
-                    "index": r, "epoch": epochs_run, "train_s": train_s, "eval_s": eval_s, "test_s": test_s,
-                    "train_cpu": train_cpu, "history": history, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "tracker": tracker.state_dict(), "gen": gen.get_state(), "rng": rng_state(model)})
-                last_save = time.monotonic()
-            if stop:
-                from qgnn.train.runner import Interrupted
+    @staticmethod
+    def selection(scores: dict) -> tuple[float, float]:
+        """(Recall@20, -NDCG@20) of validation; (0, 0) for a refit's scores, which have neither."""
+        return scores.get("val_recall@20", 0.0), (-scores["val_ndcg@20"] if "val_ndcg@20" in scores else 0.0)
 
-                where = f"; resume with --resume (state in {self.state_path})" if self.state_path else ""
-                raise Interrupted(f"stopped at run {r + 1}, epoch {epochs_run}{where}")
-            if tracker.should_stop:
-                bar.update(c.epochs - epochs_run)
-                break
-        res = {"seed": seed, "best_epoch": tracker.best_epoch, "epochs_run": epochs_run,
-               "train_seconds_per_epoch": train_s / max(epochs_run, 1),
-               "train_cpu_seconds_per_epoch": train_cpu / max(epochs_run, 1),
-               "eval_seconds_per_epoch": eval_s / max(epochs_run, 1),
-               "seconds_per_epoch": (train_s + eval_s) / max(epochs_run, 1),
-               "train_seconds": train_s + eval_s + test_s, "test_seconds": test_s, **tracker.best_scores,
-               "history": history}
-        return res, tracker.best_state
+    def train_epoch(self, model, opt, penalties) -> float:
+        self.train_loss = self.data.train_epoch(model, opt, self.gen, self.weight_decay, penalties)
+        return self.train_loss
 
-    def _results(self, runs, best, total) -> dict:
-        from qgnn.env import environment
+    def evaluate(self, model) -> dict[str, float]:
+        """Validation Recall / NDCG (``val_`` keys), or for a refit the test scores; and the ``train_loss``."""
+        if self.has_validation:
+            scores = {f"val_{k}": v for k, v in self.data.evaluate(model, "val").items()}
+        else:
+            scores = dict(self.data.evaluate(model, "test"))
+        return {**scores, "train_loss": self.train_loss}
 
-        keys = METRIC_KEYS + [f"val_{k}" for k in METRIC_KEYS if f"val_{k}" in runs[0]] + ["best_epoch", "epochs_run"]
-        model = self.build()
-        model.load_state_dict(best["state"])
-        mean = lambda k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
-        return {
-            "config": self.cfg.to_dict(),
-            "metrics": summarize_runs(runs, keys),
-            "cost": rec_cost(model),
-            "timing": {"seconds_per_epoch": mean("seconds_per_epoch"),
-                       "train_seconds_per_epoch": mean("train_seconds_per_epoch"),
-                       "train_cpu_seconds_per_epoch": mean("train_cpu_seconds_per_epoch"),
-                       "eval_seconds_per_epoch": mean("eval_seconds_per_epoch"),
-                       "batches_per_epoch": -(-self.task.train_pairs.size(1) // self.cfg.batch_size),
-                       "total_seconds": total},
-            "runs": runs,
-            "selected_run": best["index"],
-            "env": environment(),
-            "_best_state": best["state"],
-        }
+    def evaluate_test(self, model) -> dict[str, float]:
+        return self.data.evaluate(model, "test")
 
-    def checkpoint_meta(self, results: dict) -> dict:
-        return {"config": results["config"], "num_users": self.ds.num_users, "num_items": self.ds.num_items,
-                "selected_run": results["runs"][results["selected_run"]]}
+    def curve_entry(self, epoch: int, scores: dict) -> dict:
+        """A validated epoch: its loss and validation Recall / NDCG@20; a refit's evaluation: its loss, and with
+        ``test_curve`` every test score (``test_`` keys)."""
+        entry = {"epoch": epoch, "train_loss": scores["train_loss"]}
+        if self.has_validation:
+            return {**entry, **{f"val_{k}": scores[f"val_{k}"] for k in CURVE_KEYS}}
+        if self.test_curve:
+            return {**entry, **{f"test_{k}": v for k, v in scores.items() if k != "train_loss"}}
+        return entry
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {}  # its one stream is saved by state_dict, under "gen" as before the one runner
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
 
 
 def load_rec_model(path: str | Path, root=None):
@@ -428,7 +355,7 @@ def load_rec_model(path: str | Path, root=None):
         cfg = TrainConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: metadata does not describe a qgnn model ({e})") from None
-    ds = load_dataset(cfg.dataset, root=root, **{k: cfg.quant[k] for k in ("val_frac",) if k in cfg.quant})
+    ds = load_dataset(cfg.dataset, root=root, **dataset_options(cfg))
     c = dataclass_copy(cfg)
     c.quant = {k: v for k, v in c.quant.items() if k != "pretrained"}
     model = build_rec_model(c, ds)

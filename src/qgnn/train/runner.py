@@ -1,18 +1,33 @@
-"""Run an experiment: several seeds (node tasks) or cross-validation folds (graph tasks).
+"""The one runner: node (full-batch and sampled mini-batch), graph and recommendation experiments.
 
-For each run: seed, build the model, apply the quantization method, train with
-Adam, select the epoch on the validation split, record that epoch's scores.
-Across runs: mean ± std of every score, the run with the best validation score
-is the selected model (its weights go to the checkpoint).
+For each run (a seed; for graph tasks a seed and a cross-validation fold): seed, build the model, make the
+run's task (:mod:`qgnn.train.task`, the Task protocol), train with the optimizer, select the epoch on the
+validation split, record that epoch's scores. Across runs: mean ± std of every score; the run with the best
+validation score is the selected model (its weights go to the checkpoint).
 
-Node tasks train full-batch (:class:`~qgnn.train.tasks.NodeTask`) or, when the config gives a batch size or
-fanouts, on sampled mini-batches (:class:`~qgnn.train.minibatch.MiniBatchNodeTask`).
+The tasks: :class:`~qgnn.train.tasks.NodeTask` (full batch), :class:`~qgnn.train.minibatch.MiniBatchNodeTask`
+(when the config gives a batch size or fanouts), :class:`~qgnn.train.tasks.GraphTask` (one per fold), and
+:class:`~qgnn.train.rec.RecTrainTask` (recommendation). Everything else is the runner's, the same for all: the
+loop, selection (:class:`~qgnn.train.selection.BestTracker` on the task's ``selection`` pair; the same rule
+picks the selected run), early stopping, the scheduler, timing, the resume state and the results. What differs
+by model kind is behind a few building blocks: :meth:`Runner.build`, :meth:`Runner.task_for`,
+:meth:`Runner._optim`, :meth:`Runner.cost` and :meth:`Runner.checkpoint_meta` (GNNs here; the LightGCN family
+through :mod:`qgnn.train.rec`, imported only when a recommendation dataset is run, so the modules depend one way).
 
-Interruptions lose no work: the runner saves a resume state (finished runs, and
-the current run's model, optimizer, scheduler, selection and RNG, the task's generators included) at epoch
-boundaries every ``save_every`` seconds, after each run, and when asked to stop
-(Ctrl-C); `resume=True` continues from it and gives the same result as an
-uninterrupted run.
+An epoch: ``task.train_epoch``; then, every ``eval_every`` epochs and after the last, ``task.evaluate`` (and,
+for a task with a test pass of its own, ``task.evaluate_test`` when the epoch improves validation); a task
+without a validation split (a recommendation refit) is evaluated at its last epoch only (and, recording a test
+curve, every ``eval_every`` epochs), and that epoch is the run's.
+
+Interruptions lose no work: the runner saves a resume state at epoch boundaries every ``save_every`` seconds,
+after each run, and when asked to stop (Ctrl-C): ``{"format", "config", "runs", "best", "current"}`` with the
+finished runs, the best so far (``{"index", "val", "val_loss", "state"}``) and the current run's ``index``,
+``epoch``, seconds (``seconds``; a task with split timing: ``train_s``, ``eval_s``, ``test_s``, ``train_cpu``),
+``model``, ``optimizer``, ``scheduler``, ``tracker``, ``rng`` (every random stream, the task's
+``generators()`` included), its ``history`` when the task keeps a curve, and the task's own ``state_dict()``
+(the recommendation task's ``gen``). `resume=True` continues from it and gives the same result as an
+uninterrupted run; states written before the one runner (a recommendation state's ``best`` with ``val2``, no
+``scheduler``) load too.
 """
 
 from __future__ import annotations
@@ -31,7 +46,23 @@ from qgnn.train.config import TrainConfig
 from qgnn.train.results import summarize_runs
 from qgnn.train.seeding import load_rng_state, rng_state, set_seed
 from qgnn.train.selection import BestTracker, validation_due
+from qgnn.train.task import (
+    better,
+    curve_entry,
+    has_validation,
+    keeps_curve,
+    load_task_state,
+    prepare_task,
+    selection_key,
+    summary_keys,
+    task_generators,
+    task_state,
+    timing_of,
+)
 from qgnn.train.tasks import GraphTask, NodeTask, penalty_modules
+
+__all__ = ["Control", "Interrupted", "Runner", "STATE_FORMAT", "apply_method", "load_for", "load_model",
+           "run_experiment", "task_generators"]
 
 STATE_FORMAT = "qgnn-state/1"
 
@@ -67,7 +98,9 @@ def load_for(cfg: TrainConfig, root=None):
         return load_dataset(cfg.dataset, root=root, normalize_features=cfg.normalize_features)
     if task == "graph":
         return load_dataset(cfg.dataset, root=root, node_features=cfg.node_features)
-    return load_dataset(cfg.dataset, root=root)
+    from qgnn.train.rec import dataset_options
+
+    return load_dataset(cfg.dataset, root=root, **dataset_options(cfg))
 
 
 def apply_method(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
@@ -90,30 +123,76 @@ def _normalised(config: dict) -> dict | None:
         return None
 
 
-def task_generators(task) -> dict[str, torch.Generator]:
-    """The generators a task draws from (a mini-batch task's shuffle and sampler), for the resume state."""
-    gens = getattr(task, "generators", None)
-    return gens() if callable(gens) else {}
-
-
 def _run_list(cfg: TrainConfig) -> list[tuple[int, int | None]]:
     """(seed, fold) per run. Graph runs are seeded per fold so folds differ in their draws too."""
-    if cfg.task == "node":
+    if cfg.task in ("node", "rec"):
         return [(cfg.seed + r, None) for r in range(cfg.seeds)]
     return [(cfg.seed + 1000 * r + f, f) for r in range(cfg.seeds) for f in range(cfg.folds)]
 
 
+@dataclass
+class _Clock:
+    """Seconds one run has spent: training (wall and CPU), validation passes, test passes of their own.
+
+    Saved and reported in the task's layout (:func:`qgnn.train.task.timing_of`): ``"epoch"`` keeps one total
+    (``seconds``), ``"split"`` keeps the parts (``train_s``, ``eval_s``, ``test_s``, ``train_cpu``)."""
+
+    train: float = 0.0
+    train_cpu: float = 0.0
+    eval: float = 0.0
+    test: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.train + self.eval + self.test
+
+    def state_dict(self, timing: str) -> dict:
+        if timing == "split":
+            return {"train_s": self.train, "eval_s": self.eval, "test_s": self.test, "train_cpu": self.train_cpu}
+        return {"seconds": self.total}
+
+    @classmethod
+    def from_state(cls, current: dict) -> _Clock:
+        if "seconds" in current:
+            return cls(train=current["seconds"])
+        return cls(current["train_s"], current["train_cpu"], current["eval_s"], current["test_s"])
+
+    def record(self, timing: str, epochs: int) -> dict:
+        """The timing entries of a run's record."""
+        e = max(epochs, 1)
+        if timing == "split":
+            return {"train_seconds_per_epoch": self.train / e, "train_cpu_seconds_per_epoch": self.train_cpu / e,
+                    "eval_seconds_per_epoch": self.eval / e, "seconds_per_epoch": (self.train + self.eval) / e,
+                    "train_seconds": self.total, "test_seconds": self.test}
+        return {"seconds_per_epoch": self.total / e, "train_seconds": self.total}
+
+
+# the per-epoch means of the results' "timing", per layout, in the order the JSON lists them
+_TIMING_MEANS = {"epoch": ("seconds_per_epoch",),
+                 "split": ("seconds_per_epoch", "train_seconds_per_epoch", "train_cpu_seconds_per_epoch",
+                           "eval_seconds_per_epoch")}
+
+
 class Runner:
-    """Trains all runs of one TrainConfig; see the module docstring."""
+    """Trains all runs of one TrainConfig, for every task (module docstring).
+
+    Attributes callers use: ``cfg`` (the resolved config; the MixQ search swaps it between its phases), ``ds``
+    (the dataset), ``device``, ``splits`` (graph tasks: the ten cross-validation splits), ``rec_task``
+    (recommendation: the :class:`~qgnn.train.rec.RecTask` every run shares, its indices built once; None
+    otherwise). Scripts that drive training themselves (benchmarks, the MixQ search) use the building blocks
+    :meth:`build`, :meth:`task_for`, :meth:`_optim` and :meth:`cost`.
+    """
 
     def __init__(self, cfg: TrainConfig, root=None, state_path: str | Path | None = None,
                  progress: bool | None = None, save_every: float = 60.0, control: Control | None = None):
-        task = _dataset_task(cfg.dataset)
-        if task == "rec":
-            raise ConfigError(f"{cfg.dataset} is a recommendation dataset: train it with run_experiment "
-                              "(qgnn.train.rec.RecRunner)")
-        # Resolve first: the loader options (normalize_features) come from the resolved recipe.
-        self.cfg = cfg.resolve(task)
+        kind = _dataset_task(cfg.dataset)
+        if kind == "rec":
+            from qgnn.train.rec import resolve_config
+
+            self.cfg = resolve_config(cfg)  # checks --pretrained before any data is loaded
+        else:
+            # Resolve first: the loader options (normalize_features) come from the resolved recipe.
+            self.cfg = cfg.resolve(kind)
         self.ds = load_for(self.cfg, root)
         if (self.ds.task == "graph" and getattr(self.ds, "node_features", None) == "constant"
                 and "readout_norm" not in self.cfg.model_kwargs):
@@ -127,12 +206,22 @@ class Runner:
         self.control = control or Control()
         self.device = torch.device(self.cfg.device)
         self.splits = self.ds.folds(k=10, seed=self.cfg.fold_seed) if self.ds.task == "graph" else None
+        self.rec_task = None  # recommendation: the sampling / ranking task every run shares (qgnn.train.rec)
+        if kind == "rec":
+            from qgnn.train.rec import make_rec_task
 
-    # -- building blocks ---------------------------------------------------------------------
+            self.rec_task = make_rec_task(self.cfg, self.ds, self.device)
+
+    # -- building blocks (what differs by model kind) ------------------------------------------------
     def build(self) -> torch.nn.Module:
+        """A fresh model of the config on the device: the method applied, prompts injected."""
+        c = self.cfg
+        if self.rec_task is not None:
+            from qgnn.train.rec import build_run_model
+
+            return build_run_model(c, self.ds, self.rec_task, self.device)
         from qgnn.models import build_model
 
-        c = self.cfg
         model = build_model(c.model, c.task, self.ds.num_features, self.ds.num_classes,
                             hidden=c.hidden, num_layers=c.num_layers, dropout=c.dropout, **c.model_kwargs)
         model = apply_prompts(apply_method(model, c), c.prompt).to(self.device)
@@ -142,20 +231,45 @@ class Runner:
             no_cached_normalisation(model)
         return model
 
-    def task_for(self, fold: int | None):
+    @property
+    def task_class(self) -> type:
+        """The class of this config's tasks: where the runner reads the task's class-level facts (selection,
+        summary keys, timing layout) when no task instance is at hand."""
+        if self.rec_task is not None:
+            from qgnn.train.rec import RecTrainTask
+
+            return RecTrainTask
         if self.ds.task == "node" and self.cfg.minibatch:
             from qgnn.train.minibatch import MiniBatchNodeTask
 
-            return MiniBatchNodeTask(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device)
+            return MiniBatchNodeTask
+        return NodeTask if self.ds.task == "node" else GraphTask
+
+    def task_for(self, fold: int | None):
+        """The task of one run (a :class:`~qgnn.train.task.Task`); ``fold``: the graph task's split. Built right
+        after ``set_seed(seed)`` (and the model): a task seeded per run takes the seed from there."""
+        cls = self.task_class
+        if self.rec_task is not None:
+            # the run's seed, which set_seed has just given torch: the sampling stream of run r is that of
+            # seed + r whatever the model drew while being built
+            return cls(self.rec_task, torch.initial_seed(), self.cfg.weight_decay,
+                       test_curve=bool(self.cfg.quant.get("test_curve", False)))
+        if self.ds.task == "node" and self.cfg.minibatch:
+            return cls(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device)
         if self.ds.task == "node":
-            return NodeTask(self.ds.data, self.device)
-        return GraphTask(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)
+            return cls(self.ds.data, self.device)
+        return cls(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)
 
     def _optim(self, model):
+        """(optimizer, scheduler or None) for ``model``."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.rec_task is not None:  # LightGCN's L2 is in the loss (qgnn.train.rec); no schedule
+            from qgnn.train.rec import make_adam
+
+            return make_adam(params, self.cfg.lr), None
         from qgnn.prompts import prompt_parameters
         from qgnn.prompts.train import prompt_optimizer_options
 
-        params = [p for p in model.parameters() if p.requires_grad]
         # Prompts with their own lr / weight decay (TrainConfig.prompt) form a group of their own.
         prompt_opts = prompt_optimizer_options(self.cfg.prompt)
         prompt_ids = {id(p) for p in prompt_parameters(model).values()} if prompt_opts else set()
@@ -210,10 +324,12 @@ class Runner:
                 result, best_state = self._one_run(r, seed, fold, current if current and current["index"] == r
                                                    else None, runs_done, best, bar)
                 current = None
+                # the selected run: the task's selection rule on the runs' records (each holds its selected
+                # epoch's scores), compared with the best run's record, so a state of any earlier layout works
+                key = selection_key(self.task_class, result)
+                if best is None or better(key, selection_key(self.task_class, runs_done[best["index"]])):
+                    best = {"index": r, "val": key[0], "val_loss": key[1], "state": best_state}
                 runs_done.append(result)
-                if best is None or (result["val_acc"], -result["val_loss"]) > (best["val"], -best["val_loss"]):
-                    best = {"index": r, "val": result["val_acc"], "val_loss": result["val_loss"],
-                            "state": best_state}
                 self._save_state(runs_done, best, None)
         finally:
             bar.close()
@@ -227,40 +343,46 @@ class Runner:
         opt, sched = self._optim(model)
         pens = penalty_modules(model)
         tracker = BestTracker(self.cfg.patience)
-        start_epoch, seconds = 0, 0.0
+        timing = timing_of(task)
+        clock = _Clock()
+        history: list[dict] | None = [] if keeps_curve(task) else None  # one entry per evaluation
+        start_epoch = 0
         if current is not None:  # continue an interrupted run where its state was saved
             model.load_state_dict(current["model"])
             opt.load_state_dict(current["optimizer"])
-            if sched is not None and current["scheduler"] is not None:
+            if sched is not None and current.get("scheduler") is not None:
                 sched.load_state_dict(current["scheduler"])
             tracker.load_state_dict(current["tracker"])
+            load_task_state(task, current)
             # every stream, the model's and the task's own generators included (qgnn.train.seeding): torch's
             # CPU state alone left Degree-Quant's percentile sampling to restart from its seed
             load_rng_state(current["rng"], model, task_generators(task))
-            start_epoch, seconds = current["epoch"], current["seconds"]
+            start_epoch, clock = current["epoch"], _Clock.from_state(current)
+            if history is not None:
+                history = list(current.get("history", []))
             bar.update(start_epoch)
+        prepare_task(task, model)
         last_save = time.monotonic()
         epochs_run = start_epoch
         for epoch in range(start_epoch, self.cfg.epochs):
-            t0 = time.perf_counter()
-            task.train_epoch(model, opt, pens)
-            validate = validation_due(epoch, self.cfg)
-            scores = task.evaluate(model) if validate else None
+            t0, cpu = time.perf_counter(), time.process_time()
+            loss = task.train_epoch(model, opt, pens)
+            clock.train_cpu += time.process_time() - cpu
+            clock.train += time.perf_counter() - t0
+            self._evaluate(task, model, epoch, tracker, clock, history)
             if sched is not None:
                 sched.step()
-            seconds += time.perf_counter() - t0
             epochs_run = epoch + 1
-            if validate:
-                tracker.update(epoch, scores["val_acc"], scores["val_loss"], scores, model)
             bar.update(1)
-            bar.set_postfix(run=f"{r + 1}", best_val=f"{tracker.best_val:.4f}", refresh=False)
+            bar.set_postfix(run=f"{r + 1}", loss=f"{loss:.4f}", best_val=f"{tracker.best_val:.4f}", refresh=False)
             for cb in self.control.on_epoch_end:
                 cb(r, epoch)
             stop = self.control.stop_requested
             if self.state_path and (stop or time.monotonic() - last_save > self.save_every):
-                cur = {"index": r, "epoch": epochs_run, "seconds": seconds, "model": model.state_dict(),
+                cur = {"index": r, "epoch": epochs_run, **clock.state_dict(timing), "model": model.state_dict(),
                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                       "tracker": tracker.state_dict(), "rng": rng_state(model, task_generators(task))}
+                       "tracker": tracker.state_dict(), "rng": rng_state(model, task_generators(task)),
+                       **({"history": history} if history is not None else {}), **task_state(task)}
                 self._save_state(runs_done, best, cur)
                 last_save = time.monotonic()
             if stop:
@@ -269,22 +391,53 @@ class Runner:
             if tracker.should_stop:
                 bar.update(self.cfg.epochs - epochs_run)
                 break
-        result = {"seed": seed, "fold": fold, "best_epoch": tracker.best_epoch, "epochs_run": epochs_run,
-                  "seconds_per_epoch": seconds / max(epochs_run, 1), "train_seconds": seconds,
-                  **tracker.best_scores}
+        result = {"seed": seed, **({} if self.rec_task is not None else {"fold": fold}),  # rec runs: no folds
+                  "best_epoch": tracker.best_epoch, "epochs_run": epochs_run, **clock.record(timing, epochs_run),
+                  **tracker.best_scores, **({"history": history} if history is not None else {})}
         return result, tracker.best_state
+
+    def _evaluate(self, task, model, epoch: int, tracker: BestTracker, clock: _Clock, history) -> None:
+        """The evaluation that ends ``epoch`` (module docstring), its time on ``clock``, its scores to
+        ``tracker`` and the curve."""
+        due = validation_due(epoch, self.cfg)
+        t0 = time.perf_counter()
+        if has_validation(task):
+            if not due:
+                return
+            scores = task.evaluate(model)
+            t1 = time.perf_counter()
+            clock.eval += t1 - t0
+            key = selection_key(task, scores)
+            test = getattr(task, "evaluate_test", None)
+            if callable(test) and better(key, (tracker.best_val, tracker.best_val_loss)):
+                scores = {**scores, **test(model)}  # only for an epoch that may be selected
+                clock.test += time.perf_counter() - t1
+            tracker.update(epoch, *key, scores, model)
+        else:  # no validation split: nothing to select; the run is its last epoch
+            last = epoch + 1 == self.cfg.epochs
+            if not (last or (due and getattr(task, "test_curve", False))):
+                return
+            scores = task.evaluate(model)  # the test scores
+            clock.test += time.perf_counter() - t0
+            if last:
+                tracker.update(epoch, *selection_key(task, scores), scores, model)
+        if history is not None:
+            history.append(curve_entry(task, epoch, scores))
 
     def _results(self, runs, best, total) -> dict:
         from qgnn.env import environment
         from qgnn.prompts import prompt_report
 
-        keys = [k for k in ("test_acc", "val_acc", "train_acc", "val_loss", "best_epoch") if k in runs[0]]
+        cls = self.task_class
+        keys = [k for k in summary_keys(cls) if k in runs[0]]
+        timing = {k: sum(r[k] for r in runs) / len(runs) for k in _TIMING_MEANS[timing_of(cls)]}
+        if self.rec_task is not None:
+            timing["batches_per_epoch"] = self.rec_task.batches_per_epoch
         return {
             "config": self.cfg.to_dict(),
             "metrics": summarize_runs(runs, keys),
             "cost": self.cost(best["state"]),
-            "timing": {"seconds_per_epoch": sum(r["seconds_per_epoch"] for r in runs) / len(runs),
-                       "total_seconds": total},
+            "timing": {**timing, "total_seconds": total},
             "runs": runs,
             "selected_run": best["index"],
             **({"prompt": {**self.cfg.prompt, **prompt_report(self.build())}} if self.cfg.prompt else {}),
@@ -297,7 +450,8 @@ class Runner:
 
         Node tasks: the whole graph. Graph tasks: one batch of every graph of the dataset; the
         totals are divided by the number of graphs (``bitops`` is then per graph, ``per_layer``
-        stays the whole batch's), so datasets of any size compare.
+        stays the whole batch's), so datasets of any size compare. Recommendation: the stored embedding table
+        (:func:`~qgnn.train.rec.rec_cost`).
         """
         import warnings
 
@@ -307,6 +461,10 @@ class Runner:
 
         model = self.build()
         model.load_state_dict(state)
+        if self.rec_task is not None:
+            from qgnn.train.rec import rec_cost
+
+            return rec_cost(model)
         if self.ds.task == "node" and self.cfg.minibatch:
             return self._batch_cost(model)
         if self.ds.task == "node":
@@ -354,7 +512,12 @@ class Runner:
         return cost
 
     def checkpoint_meta(self, results: dict) -> dict:
+        """The checkpoint's metadata: the config, the selected run's record and what rebuilds the model's
+        shape (:func:`load_model`)."""
         sel = results["runs"][results["selected_run"]]
+        if self.rec_task is not None:
+            return {"config": results["config"], "num_users": self.ds.num_users, "num_items": self.ds.num_items,
+                    "selected_run": sel}
         return {"config": results["config"], "num_features": self.ds.num_features,
                 "num_classes": self.ds.num_classes, "selected_run": sel}
 
@@ -380,11 +543,8 @@ def run_experiment(cfg: TrainConfig, *, root=None, out: str | Path | None = None
     state_path = state_path_for(out, save)
     check_stale_state(state_path, resume, overwrite)
     check_device(cfg.device)
-    runner_cls = Runner
-    if _dataset_task(cfg.dataset) == "rec":  # recommendation: its own loop, same interface (qgnn.train.rec)
-        from qgnn.train.rec import RecRunner as runner_cls
-    runner = runner_cls(cfg, root=root, state_path=state_path, progress=progress, control=control,
-                        save_every=save_every)
+    runner = Runner(cfg, root=root, state_path=state_path, progress=progress, control=control,
+                    save_every=save_every)
     results = runner.run(resume=resume)
     best_state = results.pop("_best_state")
     meta = runner.checkpoint_meta(results)

@@ -1,12 +1,15 @@
-"""One epoch of training and one evaluation pass, per task.
+"""The GNN tasks: one epoch of training and one evaluation pass, for node and graph classification.
 
-A task owns its data and knows how to run a model over it; the runner owns the
-loop, the optimizer, selection and checkpoints. Extra loss terms that a method
-adds (a bit penalty, a memory penalty) come from `penalty_modules`.
+Each implements the Task protocol of :mod:`qgnn.train.task` (``metric``, ``train_epoch``, ``evaluate``,
+``generators``): a task owns its data and knows how to run a model over it; the one runner
+(:class:`qgnn.train.runner.Runner`) owns the loop, the optimizer, selection, checkpoints and resume. Extra loss
+terms that a method adds (a bit penalty, a memory penalty) come from :func:`penalty_modules`. Both select on
+validation accuracy, ties to the lower validation loss (the protocol's default), and return the test accuracy
+from the same evaluation pass (so they need no ``evaluate_test``).
 
-Node tasks on sampled mini-batches: :mod:`qgnn.train.minibatch` (same interface). A task that draws from
-generators of its own lists them in ``generators()`` (name -> ``torch.Generator``); the runner saves them
-with the resume state.
+Node tasks on sampled mini-batches: :mod:`qgnn.train.minibatch` (same interface; its shuffle and sampler draw
+from a generator of its own, listed by ``generators()`` and saved with the resume state). Recommendation:
+:class:`qgnn.train.rec.RecTrainTask`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class NodeTask:
     def __init__(self, data, device: torch.device | str = "cpu"):
         self.data = data.to(device)
 
+    def generators(self) -> dict[str, torch.Generator]:
+        return {}  # full batch: nothing drawn of its own (dropout draws from torch's generator)
+
     def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, penalties: list[nn.Module]) -> float:
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -80,6 +86,9 @@ class GraphTask:
         # Evaluation batches are larger: no gradients, fewer Python iterations.
         self.val_loader = DataLoader(dataset[split.val], batch_size=eval_batch_size)
         self.test_loader = DataLoader(dataset[split.test], batch_size=eval_batch_size)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {}  # the training loader shuffles with torch's generator, saved with the rest of the RNG state
 
     def _forward(self, model, batch):
         batch = batch.to(self.device)

@@ -546,3 +546,28 @@ def test_bad_configuration_raises_config_error_naming_it(kwargs, match):
     bits = kwargs.pop("bits")
     with pytest.raises(ConfigError, match=match):
         A2QQuantizer(bits, **kwargs)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_one_pass_output_and_local_error_equal_two_quantizations(signed):
+    """a2q_out_and_local (A2Q's local-gradient forward in one pass) gives the values and gradients of quantizing
+    twice: x̂ with s, b detached, and x.detach() − Q(x.detach(); s, b)."""
+    from qgnn.quant.a2q import a2q_fake_quant, a2q_out_and_local
+
+    torch.manual_seed(3)
+    x0 = torch.randn(7, 5) * 4
+    s0, b0 = torch.rand(7, 1) + 0.2, torch.rand(7, 1) * 5 + 1.5
+    grads = []
+    for fused in (False, True):
+        x, s, b = (t.clone().requires_grad_() for t in (x0, s0, b0))
+        lo = 2 if signed else 1
+        if fused:
+            out, d = a2q_out_and_local(x, s, b, signed, lo, 8)
+        else:
+            out = a2q_fake_quant(x, s.detach(), b.detach(), signed, lo, 8)
+            d = x.detach() - a2q_fake_quant(x.detach(), s, b, signed, lo, 8)
+        w = torch.linspace(-1, 2, x0.numel()).view_as(x0)
+        ((out * w).sum() + d.abs().sum()).backward()
+        grads.append((out.detach(), d.detach(), x.grad, s.grad, b.grad))
+    for a, c in zip(*grads, strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-6)

@@ -139,6 +139,66 @@ class _A2QFakeQuant(torch.autograd.Function):
         return gx, gs, gb, None, None, None
 
 
+class _PassThrough(torch.autograd.Function):
+    """Returns ``value`` (computed without autograd) with the gradient of x: ``g`` where not ``clipped``."""
+
+    @staticmethod
+    def forward(ctx, x, value, clipped):
+        ctx.save_for_backward(clipped)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, g):
+        (clipped,) = ctx.saved_tensors
+        return g.masked_fill(clipped, 0), None, None
+
+
+class _LocalError(torch.autograd.Function):
+    """Returns the local error ``d = x − Q(x; s, b)`` (computed without autograd) with its gradient to s and b
+    only (Q's, with the opposite sign), from the clip masks and ``ds`` the quantization saved."""
+
+    @staticmethod
+    def forward(ctx, s, b, d, above, below, ds, dqmin, dqmax):
+        ctx.save_for_backward(s, b, above, below, ds, dqmin, dqmax)
+        return d.view_as(d)
+
+    @staticmethod
+    def backward(ctx, g):
+        s, b, above, below, ds, dqmin, dqmax = ctx.saved_tensors
+        gq = -g
+        gs = _sum_to(gq * ds, s) if ctx.needs_input_grad[0] else None
+        gb = None
+        if ctx.needs_input_grad[1]:
+            up, down = s * dqmax, s * dqmin
+            if up.shape == b.shape:
+                gb = (_sum_to(torch.where(above, gq, 0.0), b) * up
+                      + _sum_to(torch.where(below, gq, 0.0), b) * down).to(b.dtype)
+            else:
+                gb = _sum_to(gq * (above.to(gq.dtype) * up + below.to(gq.dtype) * down), b)
+        return gs, gb, None, None, None, None, None, None
+
+
+def a2q_out_and_local(x: Tensor, s: Tensor, b: Tensor, signed: bool, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    """The two uses of one quantization under A2Q's local gradient, from one pass over x: the output
+    x̂ = Q(x; s, b), whose gradient reaches x only (straight-through, as with s and b detached), and the local
+    error d = x − Q(x; s, b), whose gradient reaches s and b only (as with x detached). Quantizing x twice, once
+    per use, did x/s, the rounding, the clamp and the clip masks twice. Equal in values and gradients to
+    ``a2q_fake_quant(x, s.detach(), b.detach())`` and ``x.detach() − a2q_fake_quant(x.detach(), s, b)``."""
+    with torch.no_grad():
+        xd, sd, bd = x.detach(), s.detach(), b.detach()
+        qmin, qmax, dqmin, dqmax = a2q_grid(integer_width(bd, lo, hi), signed)
+        u = xd / sd
+        r = torch.round(u)
+        q = torch.clamp(r, qmin, qmax)
+        value = q * sd
+        above, below = u > qmax, u < qmin
+        clipped = above | below
+        ds = torch.where(clipped, q, r.sub_(u))
+        value = value.to(x.dtype) if x.is_floating_point() else value
+        d = xd - value
+    return _PassThrough.apply(x, value, clipped), _LocalError.apply(s, b, d, above, below, ds, dqmin, dqmax)
+
+
 def a2q_fake_quant(x: Tensor, s: Tensor, b: Tensor, signed: bool, lo: int | None = None,
                    hi: int = MAX_BITS) -> Tensor:
     """A2Q fake quantization ``s · clamp(round(x/s), qmin(B), qmax(B))``, ``B = clamp(round(b), lo, hi)``.
@@ -558,14 +618,15 @@ class A2QQuantizer(Quantizer):
         self._local = None
         if not self.local_grad:
             return self._quant(x, s, b)
-        out = self._quant(x, s.detach(), b.detach())
-        if self.training and torch.is_grad_enabled() and (s.requires_grad or b.requires_grad):
-            xd = x.detach()
-            diff = xd - self._quant(xd, s, b)
-            if self.local_norm == "step":  # the error in units of each entry's own step
-                diff = diff / s.detach()
-            err = diff.square() if self.local_loss == "l2" else diff.abs()
-            self._local = self.local_weight * self._entry_sum(err)
+        if not (self.training and torch.is_grad_enabled() and (s.requires_grad or b.requires_grad)):
+            return self._quant(x, s.detach(), b.detach())
+        # x̂ (gradient to x only) and the local error x − Q(x) (gradient to s and b only), in one pass
+        hi = min(MAX_BITS, int(math.floor(self._b_range()[1])))
+        out, diff = a2q_out_and_local(x, s, b, bool(self.signed), self.width_lo, hi)
+        if self.local_norm == "step":  # the error in units of each entry's own step
+            diff = diff / s.detach()
+        err = diff.square() if self.local_loss == "l2" else diff.abs()
+        self._local = self.local_weight * self._entry_sum(err)
         return out
 
     def _entry_sum(self, err: Tensor) -> Tensor:

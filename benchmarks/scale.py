@@ -12,7 +12,8 @@ Parts (results in benchmarks/results/):
   --dataset sbm-1m ... --epochs 1 --seeds 1``) in a fresh process, its peak RSS from ``/usr/bin/time`` (the
   graph, the imports and the cost report included).
 * ``acc``: harness cells on ``sbm-100k`` (the 1M graph's 100 batches an epoch make multi-epoch runs too long
-  here): GCN, hidden 256, fanout [15, 10], fp32 / qat 8 / dq 4 / lsq 4 / a2q 4, 3 seeds.
+  here): GCN, hidden 256, fanout [15, 10], batch 1024 (10 batches an epoch), fp32 / qat 8 / lsq 4 / dq 4 /
+  a2q 4, 20 epochs, 2 seeds.
 * ``planetoid``: harness cells, GCN on Cora and CiteSeer with fanout [10, 10] (mini-batches of 1024 seeds: one
   per epoch, since these splits have 140 / 120 training nodes), fp32 and dq 4, 5 seeds, beside the full-batch
   cells of the same seeds.
@@ -162,7 +163,7 @@ def part_rss(model: str, method: str) -> None:
     print(f"{model} {label}: peak RSS {int(kb) / 1024:,.0f} MB, {wall:.0f} s", flush=True)
 
 
-def acc_cells(seeds: int = 3, epochs: int = 30):
+def acc_cells(seeds: int = 2, epochs: int = 20):
     from qgnn.train import TrainConfig
 
     cells = []

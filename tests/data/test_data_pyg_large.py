@@ -192,6 +192,19 @@ def test_ogbn_arxiv_reads_written_files(tmp_path):
     pred = d.y.clone()
     pred[:3] = (pred[:3] + 1) % 40
     assert evaluate("ogbn-arxiv", d.y, pred) == pytest.approx(1 - 3 / N)
+    # the runner's node scores go through OGB's Evaluator for an OGB dataset
+    from qgnn.data import ogbn
+    from qgnn.train.tasks import accuracy, node_scores
+
+    calls = []
+    real = ogbn.evaluate
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(ogbn, "evaluate", lambda *a: calls.append(a[0]) or real(*a))
+    logits = torch.nn.functional.one_hot(pred, 40).float()
+    scores = node_scores(logits, d)
+    monkeypatch.undo()
+    assert calls == ["ogbn-arxiv"] * 3
+    assert scores["test_acc"] == pytest.approx(accuracy(logits[d.test_mask], d.y[d.test_mask]))
 
 
 def test_ogbn_without_ogb_names_the_extra(monkeypatch, tmp_path):

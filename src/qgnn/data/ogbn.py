@@ -144,6 +144,7 @@ def load_ogbn(name: str = "ogbn-arxiv", root: str | os.PathLike | None = None,
 
         data = T.NormalizeFeatures()(data)
     num_classes = int(_meta(key)["num classes"])
+    data.ogb_name = key  # the runner's node scores go through OGB's Evaluator (qgnn.train.tasks.node_scores)
     return NodeDataset(name=key, data=data, num_features=int(data.x.size(1)), num_classes=num_classes)
 
 

@@ -493,6 +493,20 @@ class QuantModule:
         return (~mask.index_select(0, dst)).nonzero().view(-1)
 
 
+    def _read_inputs(self, x, edge_index, size):
+        """GIN / SAGE: (x_src, x_dst, bipartite, graph view, mask keep ids, edge keep ids) of a forward's inputs.
+        A torch_sparse ``SparseTensor``'s values are dropped, as PyG's GIN / SAGE drop them, and an all-ones
+        adjacency is unweighted (so the integer path, which sums codes, still applies)."""
+        from .graph import read_graph, split_pair
+
+        x_src, x_dst, pair = split_pair(x, type(self).__name__)
+        g = read_graph(self, x_src, x_dst, edge_index, size, pair)
+        if g.sparse and (not isinstance(edge_index, Tensor) or
+                         (g.weight is not None and bool((g.weight == 1).all()))):
+            g.weight = None
+        mask = self._protect_mask(g, pair)
+        return x_src, x_dst, pair, g, self._node_keep(mask), self._edge_keep(mask, g.dst)
+
     def _endpoints(self, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         """(source j, target i) per edge of a ``[2, E]`` edge_index, following the layer's ``flow`` as PyG."""
         if self.flow == "source_to_target":

@@ -27,7 +27,6 @@ from qgnn.quant import Quantizer
 
 from .base import QuantModule
 from .context import node_ids
-from .graph import read_graph, split_pair
 
 __all__ = ["QuantGINConv"]
 
@@ -52,14 +51,8 @@ class QuantGINConv(QuantModule, GINConv):
         return "input" if self._integer_ready("input") else None
 
     def forward(self, x, edge_index, size: tuple[int, int] | None = None) -> Tensor:
-        x_src, x_dst, pair = split_pair(x, type(self).__name__)
-        g = read_graph(self, x_src, x_dst, edge_index, size, pair)
-        if g.sparse and (not _takes_values(edge_index) or _all_ones(g.weight)):
-            g.weight = None  # PyG drops a SparseTensor's values here (GINConv.message_and_aggregate)
+        x_src, x_dst, pair, g, keep, ekeep = self._read_inputs(x, edge_index, size)
         n = g.n_dst
-        mask = self._protect_mask(g, pair)
-        keep = self._node_keep(mask)
-        ekeep = self._edge_keep(mask, g.dst)
 
         mode = self.integer_aggregation_mode()
         if g.weight is not None and mode == "input":
@@ -82,14 +75,3 @@ class QuantGINConv(QuantModule, GINConv):
             out = self.nn(out)
         self._record_stats(n, g.num_edges, x_src.size(1), out.size(-1))
         return self._q("output", out, keep)
-
-
-def _all_ones(weight) -> bool:
-    """An adjacency whose values are all 1 is unweighted (so the integer path, which sums codes, still applies)."""
-    return weight is not None and bool((weight == 1).all())
-
-
-def _takes_values(adj) -> bool:
-    """Whether PyG's GIN / SAGE use a sparse adjacency's values: torch sparse tensors yes (``spmm``),
-    torch_sparse's SparseTensor no (its values are dropped before the product)."""
-    return isinstance(adj, Tensor)

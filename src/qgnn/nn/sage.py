@@ -28,8 +28,6 @@ from torch_geometric.nn import SAGEConv
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
-from .gin import _all_ones, _takes_values
-from .graph import read_graph, split_pair
 
 __all__ = ["QuantSAGEConv"]
 
@@ -65,14 +63,8 @@ class QuantSAGEConv(QuantModule, SAGEConv):
         return "input" if self._integer_ready("input") else None
 
     def forward(self, x, edge_index, size: tuple[int, int] | None = None) -> Tensor:
-        x_src, x_dst, pair = split_pair(x, type(self).__name__)
-        g = read_graph(self, x_src, x_dst, edge_index, size, pair)
-        if g.sparse and (not _takes_values(edge_index) or _all_ones(g.weight)):
-            g.weight = None  # PyG drops a SparseTensor's values here (SAGEConv.message_and_aggregate)
+        x_src, x_dst, pair, g, keep, ekeep = self._read_inputs(x, edge_index, size)
         n = g.n_dst
-        mask = self._protect_mask(g, pair)
-        keep = self._node_keep(mask)
-        ekeep = self._edge_keep(mask, g.dst)
 
         project = (lambda h: self.lin(h).relu()) if self._projects() else None
         mode = self.integer_aggregation_mode()

@@ -148,6 +148,24 @@ def _node_step(task: NodeTask, model, opt_w, opt_a, alphas, pens, split: str) ->
     return loss_train.item()
 
 
+def _weights_then_alpha(loss, opt_w, opt_a, alphas, pens, split: str, val_loss) -> None:
+    """One step of a batched search: ``split="train"``: weights and α both step on the training loss (plus the
+    penalties); ``"val"``: the weights step on the training loss alone, then α on ``val_loss()`` (a validation
+    batch's loss, computed after the weight step) plus the penalties."""
+    if split == "train":
+        (loss + penalty(pens)).backward()
+        opt_w.step()
+        opt_a.step()
+        return
+    loss.backward()
+    for a in alphas:
+        a.grad = None
+    opt_w.step()
+    opt_w.zero_grad(set_to_none=True)
+    (val_loss() + penalty(pens)).backward()
+    opt_a.step()
+
+
 def _graph_step(task: GraphTask, model, opt_w, opt_a, alphas, pens, split: str, val_iter) -> float:
     model.train()
     total, count = 0.0, 0
@@ -158,20 +176,12 @@ def _graph_step(task: GraphTask, model, opt_w, opt_a, alphas, pens, split: str, 
         opt_a.zero_grad(set_to_none=True)
         out, y = task._forward(model, batch)
         loss = F.cross_entropy(out, y)
-        if split == "train":
-            (loss + penalty(pens)).backward()
-            opt_w.step()
-            opt_a.step()
-        else:
-            loss.backward()
-            for a in alphas:
-                a.grad = None
-            opt_w.step()
-            vb = next(val_iter)
-            opt_w.zero_grad(set_to_none=True)
-            out_v, y_v = task._forward(model, vb)
-            (F.cross_entropy(out_v, y_v) + penalty(pens)).backward()
-            opt_a.step()
+
+        def val_loss():
+            out_v, y_v = task._forward(model, next(val_iter))
+            return F.cross_entropy(out_v, y_v)
+
+        _weights_then_alpha(loss, opt_w, opt_a, alphas, pens, split, val_loss)
         total += loss.item() * batch.num_graphs
         count += batch.num_graphs
     return total / max(count, 1)
@@ -192,20 +202,13 @@ def _minibatch_step(task, model, opt_w, opt_a, alphas, pens, split: str) -> floa
         opt_a.zero_grad(set_to_none=True)
         n = batch.batch_size
         loss = F.cross_entropy(task.batch_forward(model, batch)[:n], batch.y[:n])
-        if split == "train":
-            (loss + penalty(pens)).backward()
-            opt_w.step()
-            opt_a.step()
-        else:
-            loss.backward()
-            for a in alphas:
-                a.grad = None
-            opt_w.step()
+
+        def val_loss():
             vb = next(val_iter).to(task.device)
-            opt_w.zero_grad(set_to_none=True)
             m = vb.batch_size
-            (F.cross_entropy(task.batch_forward(model, vb)[:m], vb.y[:m]) + penalty(pens)).backward()
-            opt_a.step()
+            return F.cross_entropy(task.batch_forward(model, vb)[:m], vb.y[:m])
+
+        _weights_then_alpha(loss, opt_w, opt_a, alphas, pens, split, val_loss)
         total += loss.item() * n
         seeds += n
     return total / max(seeds, 1)

@@ -37,11 +37,22 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def node_scores(out: torch.Tensor, d) -> dict[str, float]:
-    """Accuracy on the train / val / test masks of ``d`` and the validation loss, from every node's logits."""
+    """Accuracy on the train / val / test masks of ``d`` and the validation loss, from every node's logits.
+
+    An OGB dataset (``d.ogb_name``, set by :func:`qgnn.data.ogbn.load_ogbn`) is scored by OGB's own
+    ``Evaluator``, as its leaderboard is (accuracy for ogbn-arxiv and ogbn-products)."""
+    name = getattr(d, "ogb_name", None)
+    if isinstance(name, str):
+        from qgnn.data.ogbn import evaluate
+
+        def acc(logits, y):
+            return evaluate(name, y, logits.argmax(-1)) if y.numel() else 0.0
+    else:
+        acc = accuracy
     return {
-        "train_acc": accuracy(out[d.train_mask], d.y[d.train_mask]),
-        "val_acc": accuracy(out[d.val_mask], d.y[d.val_mask]),
-        "test_acc": accuracy(out[d.test_mask], d.y[d.test_mask]),
+        "train_acc": acc(out[d.train_mask], d.y[d.train_mask]),
+        "val_acc": acc(out[d.val_mask], d.y[d.val_mask]),
+        "test_acc": acc(out[d.test_mask], d.y[d.test_mask]),
         "val_loss": F.cross_entropy(out[d.val_mask], d.y[d.val_mask]).item() if d.val_mask.any() else 0.0,
     }
 

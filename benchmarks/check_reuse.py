@@ -25,7 +25,7 @@ sys.path.insert(0, str(BENCH))
 import _harness  # noqa: E402
 from _report import RESULTS_DIR  # noqa: E402
 
-SCRIPTS = ("quant", "a2q", "baselines", "defaults", "prompts", "mixq")  # the scripts that run harness cells
+SCRIPTS = ("quant", "a2q", "baselines", "defaults", "prompts", "mixq", "scale")  # the scripts that run harness cells
 EXTRA = ("OMP_NUM_THREADS=1 python benchmarks/defaults.py",)
 
 

@@ -11,6 +11,7 @@ The graph: ``--nodes`` nodes, ``--edges`` directed edges with endpoints uniform 
 
     OMP_NUM_THREADS=1 python benchmarks/sampler.py                      # 1M nodes, 10M edges, [15, 10], 1024
     OMP_NUM_THREADS=1 python benchmarks/sampler.py --nodes 100000 --edges 1000000 --batches 20
+    OMP_NUM_THREADS=1 python benchmarks/sampler.py --dataset sbm-1m     # the named synthetic graph
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def main(argv=None) -> int:
     p.add_argument("--features", type=int, default=0, help="float features per node gathered by the loader")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="sampler", help="results JSON name under benchmarks/results")
+    p.add_argument("--dataset", default=None,
+                   help="sample a named dataset's graph (e.g. sbm-1m, with its 128 features) instead of the random one")
+    p.add_argument("--out", default=None,
+                   help="results JSON name under benchmarks/results (default: sampler, or sampler-<dataset>)")
     args = p.parse_args(argv)
 
     import torch
@@ -62,10 +66,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    edge_index = torch.randint(0, args.nodes, (2, args.edges), generator=gen)
-    data = Data(edge_index=edge_index, num_nodes=args.nodes)
-    if args.features:
-        data.x = torch.randn(args.nodes, args.features, generator=gen)
+    if args.dataset:
+        from qgnn.data import load_dataset
+
+        loaded = load_dataset(args.dataset).data
+        data = Data(edge_index=loaded.edge_index, x=loaded.x, num_nodes=loaded.num_nodes)
+        args.nodes, args.edges, args.features = data.num_nodes, data.edge_index.size(1), data.x.size(1)
+        kind = f"the {args.dataset} dataset (qgnn.data)"
+    else:
+        edge_index = torch.randint(0, args.nodes, (2, args.edges), generator=gen)
+        data = Data(edge_index=edge_index, num_nodes=args.nodes)
+        if args.features:
+            data.x = torch.randn(args.nodes, args.features, generator=gen)
+        kind = "uniform random endpoints (torch.randint)"
     graph_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     sampler = TorchNeighborSampler(data, args.fanout, generator=torch.Generator().manual_seed(args.seed + 1))
@@ -92,7 +105,7 @@ def main(argv=None) -> int:
     loader_rate, loader_times = _median_rate(lambda: next(it), args.warmup, args.batches)
 
     result = {
-        "graph": {"nodes": args.nodes, "edges": args.edges, "kind": "uniform random endpoints (torch.randint)",
+        "graph": {"nodes": args.nodes, "edges": args.edges, "kind": kind, "dataset": args.dataset,
                   "seed": args.seed, "features": args.features},
         "seeds_per_batch": args.seeds, "fanout": args.fanout, "threads": args.threads,
         "timed_batches": args.batches, "warmup_batches": args.warmup,
@@ -111,7 +124,7 @@ def main(argv=None) -> int:
         "environment": environment(),
         "command": command_line(),
     }
-    path = write_json(args.out, result)
+    path = write_json(args.out or ("sampler-" + args.dataset if args.dataset else "sampler"), result)
     print(f"sampler: {sampler_rate:.1f} batches/s ({1000 / sampler_rate:.1f} ms), loader: {loader_rate:.1f} "
           f"batches/s; {nodes_per_batch:.0f} nodes / {edges_per_batch:.0f} edges a batch; "
           f"build {build_s:.2f} s; peak RSS {result['peak_rss_mb']:.0f} MB -> {path}")

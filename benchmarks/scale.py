@@ -98,7 +98,7 @@ def part_timing(model: str, epochs: int = 1) -> None:
     torch.set_num_threads(1)
     out = {"model": model, "dataset": "sbm-1m", "hidden": 256, "fanout": FANOUT, "batch_size": 1024,
            "threads": torch.get_num_threads(), "methods": {}, "command": command_line()}
-    path = _harness.RESULTS_DIR / f"scale-timing-{model}.json"
+    name = f"scale-timing-{model}"
     for method, bits in METHODS:
         runner = Runner(_config(model, method, bits, epochs=epochs))
         set_seed(0)
@@ -131,7 +131,7 @@ def part_timing(model: str, epochs: int = 1) -> None:
         m = out["methods"][label]
         print(f"{model} {label}: epoch {epoch_s:.1f} s ({m['epoch_s'] / fp['epoch_s']:.2f}x fp32), eval "
               f"{eval_s:.1f} s, val {100 * scores['val_acc']:.2f} %, peak RSS {rss.peak / 2**20:,.0f} MB", flush=True)
-        write_json(path, out)
+        write_json(name, out)
         del runner, net, task, opt
 
 
@@ -154,7 +154,7 @@ def part_rss(model: str, method: str) -> None:
         kb, _ = p.stderr.strip().splitlines()[-1].split()
         results = json.loads(res.read_text())
     label = _label(method, bits)
-    write_json(_harness.RESULTS_DIR / f"scale-rss-{model}-{label}.json", {
+    write_json(f"scale-rss-{model}-{label}", {
         "model": model, "method": label, "peak_rss_mb": int(kb) / 1024, "wall_s": wall,
         "test_acc": results["metrics"]["test_acc"]["mean"], "val_acc": results["metrics"]["val_acc"]["mean"],
         "seconds_per_epoch": results["timing"]["seconds_per_epoch"], "cost": results["cost"],
@@ -337,6 +337,10 @@ def main(argv=None) -> int:
     p.add_argument("--method", choices=[m for m, _ in METHODS], default="a2q")
     _harness.add_arguments(p)
     a = p.parse_args(argv)
+    if a.dry_run and a.part in ("timing", "rss"):  # measurements, not cached cells: say what would run
+        what = f"{a.model} {a.method}" if a.part == "rss" else f"{a.model}, every method"
+        print(f"would measure {a.part} on sbm-1m ({what}); nothing is cached, nothing written now")
+        return 0
     if a.part == "timing":
         part_timing(a.model)
     elif a.part == "rss":

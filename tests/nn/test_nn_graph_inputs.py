@@ -255,3 +255,30 @@ def test_torch_sparse_sparse_tensor_matches_the_float_layer(name):
     adj = torch_sparse.SparseTensor(row=ei[1], col=ei[0], sparse_sizes=(x.size(0), x.size(0)))
     f.eval(), q.eval()
     torch.testing.assert_close(util.run(q, x, adj), util.run(f, x, adj), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_sparse_product_gradients_reach_the_edge_values(reduce):
+    """GraphView.aggregate with learnable edge values (an LSQ edge quantizer's step reaches them): the gradients
+    of the values and of H equal those of the per-edge formula."""
+    from qgnn.nn.graph import GraphView, _ptr
+
+    torch.manual_seed(0)
+    n_src, n_dst, e, c = 9, 7, 30, 5
+    dst, _ = torch.sort(torch.randint(0, n_dst, (e,)))
+    src = torch.randint(0, n_src, (e,))
+    g = GraphView(src, dst, n_src, n_dst, None, True, _ptr(dst, n_dst))
+    grads = []
+    w0, h0 = torch.rand(e), torch.randn(n_src, c)
+    for sparse in (True, False):
+        w, h = w0.clone().requires_grad_(), h0.clone().requires_grad_()
+        if sparse:
+            out = g.aggregate(h, w, reduce)
+        else:
+            out = torch.zeros(n_dst, c).index_add(0, dst, w.view(-1, 1) * h[src])
+            if reduce == "mean":
+                out = out / torch.bincount(dst, minlength=n_dst).clamp_min(1).view(-1, 1)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), w.grad, h.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -121,8 +121,10 @@ class GraphView:
         if ptr is None:  # an edge_index view asked to aggregate sparsely: sort once by target
             return self.with_edges(self.src, self.dst, self.weight).as_sparse().aggregate(h, weight, reduce)
         w = weight if weight is not None else h.new_ones(self.num_edges)
-        adj = to_csr(ptr, self.src, w.to(h.dtype), (self.n_dst, h.size(0)))
-        out = torch.sparse.mm(adj, h)
+        if w.requires_grad:  # torch's own gradient of CSR values is very slow on CPU (22 s against 1 s a batch)
+            out = _CSRMatmul.apply(ptr, self.src, self.dst, w.to(h.dtype), h, self.n_dst)
+        else:
+            out = torch.sparse.mm(to_csr(ptr, self.src, w.to(h.dtype), (self.n_dst, h.size(0))), h)
         if reduce == "mean":
             out = out / self.in_degree().clamp_min(1).to(out.dtype).view(-1, 1)
         return out
@@ -130,6 +132,34 @@ class GraphView:
     def as_sparse(self) -> GraphView:
         return GraphView(self.src, self.dst, self.n_src, self.n_dst, self.weight, True,
                          self.ptr if self.ptr is not None else _ptr(self.dst, self.n_dst))
+
+
+class _CSRMatmul(torch.autograd.Function):
+    """``A · H`` for ``A`` the ``[N_dst, N_src]`` CSR matrix of edge values ``w``, with gradients to ``H``
+    (``Aᵀ · G``, through the transposed CSR) and to ``w`` (``∂/∂w_e = ⟨G[dst_e], H[src_e]⟩``, in chunks of edges so
+    no ``[E, C]`` tensor lives longer than one chunk)."""
+
+    @staticmethod
+    def forward(ctx, ptr, src, dst, w, h, n_dst):
+        ctx.save_for_backward(ptr, src, dst, w, h)
+        return torch.sparse.mm(to_csr(ptr, src, w, (n_dst, h.size(0))), h)
+
+    @staticmethod
+    def backward(ctx, g):
+        ptr, src, dst, w, h = ctx.saved_tensors
+        gw = gh = None
+        if ctx.needs_input_grad[3]:
+            gw = torch.empty_like(w)
+            step = max(1, (1 << 22) // max(h.size(1), 1))
+            for lo in range(0, w.numel(), step):
+                hi = lo + step
+                gw[lo:hi] = (g.index_select(0, dst[lo:hi]) * h.index_select(0, src[lo:hi])).sum(1)
+        if ctx.needs_input_grad[4]:
+            order = torch.argsort(src, stable=True)
+            at = to_csr(_ptr(src.index_select(0, order), h.size(0)), dst.index_select(0, order),
+                        w.detach().index_select(0, order), (h.size(0), g.size(0)))
+            gh = torch.sparse.mm(at, g)
+        return None, None, None, gw, gh, None
 
 
 def _ptr(dst_sorted: Tensor, n: int) -> Tensor:

@@ -285,6 +285,8 @@ class _FakeQuant(torch.autograd.Function):
         if ctx.has_z and ctx.needs_input_grad[2]:
             if inside is None:  # plain STE: d x̂/dz = s·(1 - 1) = 0
                 gz = torch.zeros_like(zero_point)
+            elif scale.shape == zero_point.shape:  # -s outside, 0 inside: sum g first, then scale (one pass)
+                gz = _reduce_to(g.masked_fill(inside, 0), zero_point).mul_(scale.to(zero_point.dtype)).neg_()
             else:  # -s outside, 0 inside
                 gz = _reduce_to(g.mul(scale).masked_fill_(inside, 0).neg_(), zero_point)
         return gx, gs, gz, None, None, None, None

@@ -72,6 +72,24 @@ def no_cached_normalisation(model: nn.Module) -> nn.Module:
     return model
 
 
+def _sums_only(model: nn.Module) -> bool:
+    """Every message-passing layer of ``model`` is a GCN, GIN or SAGE layer (prompt wrappers looked through)."""
+    from torch_geometric.nn import GINConv, MessagePassing, SAGEConv
+
+    layers = [m for m in model.modules() if isinstance(m, MessagePassing)]
+    return bool(layers) and all(isinstance(m, (GCNConv, GINConv, SAGEConv)) for m in layers)
+
+
+def _csr(edge_index: Tensor, weight: Tensor | None, n: int) -> Tensor:
+    """The batch's transposed adjacency ``adj_t`` (rows = targets) as a torch CSR tensor."""
+    from qgnn.nn.graph import _ptr, to_csr
+
+    dst, order = torch.sort(edge_index[1], stable=True)
+    values = weight.index_select(0, order) if weight is not None else \
+        torch.ones(dst.numel(), device=dst.device)
+    return to_csr(_ptr(dst, n), edge_index[0].index_select(0, order), values, (n, n))
+
+
 @contextmanager
 def external_gcn_norm(model: nn.Module) -> Iterator[list[GCNConv]]:
     """Within the block every GCN layer of ``model`` takes its normalised weights from the caller
@@ -151,8 +169,12 @@ class MiniBatchNodeTask:
 
     metric = "acc"
 
-    def __init__(self, data, fanouts: Sequence[int], batch_size: int, device: torch.device | str = "cpu"):
+    def __init__(self, data, fanouts: Sequence[int], batch_size: int, device: torch.device | str = "cpu",
+                 progress: bool | None = False):
         self.device = torch.device(device)
+        # a bar over the batches of an epoch and the layers of an evaluation (an epoch of a million-node graph
+        # takes minutes); None: shown on a terminal, as the runner's own bar
+        self.progress = progress
         self.data = data  # the sampler reads the graph on the CPU
         self.eval_data = data.to(self.device)
         # seeded from torch's global generator: set_seed(seed) before building the task fixes every batch
@@ -195,12 +217,21 @@ class MiniBatchNodeTask:
             self._attached.add(model)
 
     def batch_forward(self, model: nn.Module, batch) -> Tensor:
-        """The model's output on the rows of ``batch`` (a sampled batch on this task's device)."""
+        """The model's output on the rows of ``batch`` (a sampled batch on this task's device).
+
+        Models whose every layer sums or averages (GCN, GIN, SAGE) get the batch as a sparse adjacency
+        (CSR ``adj_t``, GCN's normalised weights as its values), which the layers multiply without forming
+        per-edge messages: a GCN-256 step on a 44k-node batch of sbm-100k took 0.73 s instead of 0.95 s (FP32)
+        and 1.05 instead of 1.40 (DQ4). Attention (GAT) keeps the edge list."""
+        sparse = _sums_only(model)
         with node_ids(model, batch.n_id):
             if not gcn_convs(model):
-                return model(batch.x, batch.edge_index)
+                graph = _csr(batch.edge_index, None, batch.num_nodes) if sparse else batch.edge_index
+                return model(batch.x, graph)
             edge_index, edge_weight = self.gcn_norm().batch(batch)
             with external_gcn_norm(model):
+                if sparse:
+                    return model(batch.x, _csr(edge_index, edge_weight, batch.num_nodes))
                 # a keyword: a third positional argument of a model's forward is a graph batch vector
                 return model(batch.x, edge_index, edge_weight=edge_weight)
 
@@ -209,7 +240,7 @@ class MiniBatchNodeTask:
         self.prepare(model)
         model.train()
         total, seeds = 0.0, 0
-        for batch in self.loader:
+        for batch in self._bar(self.loader, "batches", getattr(self.loader, "__len__", lambda: None)()):
             batch = batch.to(self.device)
             opt.zero_grad(set_to_none=True)
             n = batch.batch_size
@@ -235,5 +266,15 @@ class MiniBatchNodeTask:
 
         d = self.eval_data
         if supports_layerwise(model):
-            return layerwise_forward(model, d.x, d.edge_index)
+            bar = self._bar(None, "evaluating (layers)", len(model.convs))
+            try:
+                return layerwise_forward(model, d.x, d.edge_index, progress=lambda i, n: bar.update(1))
+            finally:
+                bar.close()
         return model(d.x, d.edge_index)
+
+    def _bar(self, iterable, desc: str, total: int | None):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False, unit="", dynamic_ncols=True,
+                    disable=None if self.progress is None else not self.progress)

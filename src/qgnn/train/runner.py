@@ -255,7 +255,7 @@ class Runner:
             return cls(self.rec_task, torch.initial_seed(), self.cfg.weight_decay,
                        test_curve=bool(self.cfg.quant.get("test_curve", False)))
         if self.ds.task == "node" and self.cfg.minibatch:
-            return cls(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device)
+            return cls(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device, progress=self.progress)
         if self.ds.task == "node":
             return cls(self.ds.data, self.device)
         return cls(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)

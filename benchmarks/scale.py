@@ -167,7 +167,9 @@ def acc_cells(seeds: int = 2, epochs: int = 20):
     from qgnn.train import TrainConfig
 
     cells = []
-    for method, bits in METHODS:
+    # the targets' cells first (INT8 and DQ4 against FP32), then the others
+    order = sorted(METHODS, key=lambda m: m[0] not in ("fp32", "qat", "dq"))
+    for method, bits in order:
         cfg = TrainConfig(dataset="sbm-100k", model="gcn", method=method, bits=bits, hidden=256,
                           fanout=list(FANOUT), batch_size=1024, seeds=seeds, epochs=epochs, patience=epochs)
         cells.append(_harness.Cell(f"scale-acc-sbm-100k-gcn-{_label(method, bits)}", cfg))

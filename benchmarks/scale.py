@@ -320,7 +320,8 @@ def render() -> None:
                    *_sbm_sampler_rows(target)]), "",
                f"A batch holds {s['mean_sampled_nodes']:,.0f} nodes and {s['mean_sampled_edges']:,.0f} edges on "
                f"average; building the sampler (CSC) took {s['sampler_build_s']:.2f} s; peak RSS "
-               f"{s['peak_rss_mb']:,.0f} MB. Command: `{s['command']}`", ""]
+               f"{s['peak_rss_mb']:,.0f} MB. Command: `{s['command']}`"
+               + (f"; sbm-1m rows: `{_load('sampler-sbm-1m')['command']}`." if _load("sampler-sbm-1m") else ""), ""]
     b = _load("sbm")
     if b:
         rows = []

@@ -269,3 +269,20 @@ def test_minibatch_resume_is_bit_exact(tmp_path, method):
         assert all(torch.equal(a[k], b[k]) for k in a)
     for a, b in zip(full["runs"], resumed["runs"], strict=True):
         assert all(a[k] == b[k] for k in ("best_epoch", "val_acc", "test_acc", "val_loss"))
+
+
+def test_a_minibatch_run_reports_the_cost_of_one_sampled_batch():
+    """The cost entry of a mini-batch run is one sampled training batch's (docs/cost.md), and says so; the
+    reduction ratio is that of the same model on the whole graph (every count is linear in nodes and edges)."""
+    from qgnn.search import cost_report
+
+    runner = Runner(TrainConfig(dataset="synthetic-node", method="qat", bits=8, seeds=1, epochs=1, fanout=[3, 3],
+                                batch_size=8), progress=False)
+    results = runner.run()
+    cost = results["cost"]
+    assert cost["per"].startswith("forward over one sampled training batch (8 seeds, fanout [3, 3]")
+    model = runner.build()
+    model.load_state_dict(results["_best_state"])
+    whole = cost_report(model, runner.ds.data)
+    assert cost["bitops"] < whole.bitops  # a batch, not the whole graph
+    assert abs(cost["bitops_reduction"] - whole.bitops_reduction) < 0.5

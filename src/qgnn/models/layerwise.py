@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from qgnn.errors import ConfigError
 from qgnn.nn import QUANT_LAYER_FOR, QuantGCNConv, QuantModule
 from qgnn.nn.context import node_ids
-from qgnn.nn.graph import GraphView, to_csr
+from qgnn.nn.graph import GraphView, by_target, to_csr
 
 __all__ = ["DEFAULT_CHUNK", "layerwise_forward", "supports_layerwise"]
 
@@ -70,10 +70,7 @@ class _Graph:
                 improved, loops = normalised
                 ei, w = gcn_norm(ei, None, self.n, improved, loops, flow, dtype)
             src, dst = (ei[0], ei[1]) if flow == "source_to_target" else (ei[1], ei[0])
-            dst, order = torch.sort(dst, stable=True)
-            ptr = torch.zeros(self.n + 1, dtype=torch.long)
-            ptr[1:] = torch.cumsum(torch.bincount(dst, minlength=self.n), 0)
-            self._csr[key] = (ptr, src.index_select(0, order), None if w is None else w.index_select(0, order))
+            self._csr[key] = by_target(src, dst, w, self.n)[:3]
         return self._csr[key]
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from qgnn.errors import ConfigError
 
-__all__ = ["GraphView", "edge_index_of", "is_sparse_adj", "read_graph", "split_pair", "to_csr"]
+__all__ = ["GraphView", "by_target", "edge_index_of", "is_sparse_adj", "read_graph", "split_pair", "to_csr"]
 
 
 def _sparse_tensor_type():
@@ -160,6 +160,14 @@ class _CSRMatmul(torch.autograd.Function):
                         w.detach().index_select(0, order), (h.size(0), g.size(0)))
             gh = torch.sparse.mm(at, g)
         return None, None, None, gw, gh, None
+
+
+def by_target(src: Tensor, dst: Tensor, weight: Tensor | None, n_dst: int):
+    """CSR order of the edges ``src[e] -> dst[e]``: (ptr ``[n_dst + 1]``, src, weight (or None), the stable
+    permutation applied), rows being the targets, as a transposed adjacency ``adj_t`` stores them."""
+    dst, order = torch.sort(dst, stable=True)
+    weight = None if weight is None else weight.index_select(0, order)
+    return _ptr(dst, n_dst), src.index_select(0, order), weight, order
 
 
 def _ptr(dst_sorted: Tensor, n: int) -> Tensor:

@@ -34,6 +34,7 @@ SECTION_PAGES = {
     "lorap": ("prompts-grid.md", "Prompts on INT4 hosts: the grid and the investigations"),
     "recsys": ("recsys.md", "Recommendation: LightGCN, GNAQ and its baselines"),
     "export": ("export.md", "Packed export and the integer runtime"),
+    "runtime": ("export.md", "Packed export and the integer runtime"),
     "overhead": ("training-cost.md", "Training cost and overhead"),
     "train-cost": ("training-cost.md", "Training cost and overhead"),
     "input-dropout": ("input-dropout.md", "Input dropout"),

@@ -278,8 +278,10 @@ def cmd_info(args) -> int:
     print(f"commit {env['git_commit']}  machine {env['machine']}  cpus {env['cpu_count']}  "
           f"torch threads {env['torch_threads']}")
     print("backends:")
-    for name, (ok, why) in backends(probe_torch=args.torch).items():
-        print(f"  {name:<8} {'yes' if ok else 'no ':<4} {why}")
+    found = backends(probe_torch=args.torch)
+    width = max(map(len, found))
+    for name, (ok, why) in found.items():
+        print(f"  {name:<{width}} {'yes' if ok else 'no ':<4} {why}")
     for task in ("node", "graph", "rec"):
         print(f"{task} datasets: {', '.join(DATASETS[task])}")
     print(f"node models: {', '.join(MODELS['node'])}; graph models: {', '.join(MODELS['graph'])}")

@@ -186,6 +186,10 @@ def backends(probe_torch: bool = True) -> dict[str, tuple[bool, str]]:
     else:
         out["triton"] = (True, "triton installed and a CUDA device is present")
     out["int_mm"] = (int_mm, "torch._int_mm (int8 x int8 -> int32 matmul)" if int_mm else "torch too old")
+    if probe_torch:  # the integer runtime's kernels (qgnn.kernels.intops): which backend runs, and why
+        from qgnn.kernels.intops import runtime_backends
+
+        out.update(runtime_backends())
     if importlib.util.find_spec("matplotlib") is None:
         out["plots"] = (False, "matplotlib is not installed (pip install 'qgnn[plot]')")
     else:

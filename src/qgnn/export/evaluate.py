@@ -4,7 +4,17 @@ Node tasks: the whole graph in one forward, accuracy on the split's mask (``test
 the test (or validation) fold of the run the checkpoint was selected from (``source.selected_run.fold``,
 folds drawn with the config's ``fold_seed``), or every graph with ``split="all"``, in batches of the
 config's batch size. Latency is the median over ``repeats`` passes over the evaluated data; peak memory the
-RSS growth during one pass (:mod:`qgnn.export.measure`).
+RSS growth during one pass (:mod:`qgnn.export.measure`). A node model the packed executor runs
+(:mod:`qgnn.export.packed`) is loaded first, as a deployment would: ``IntModel.prepare`` builds the graph
+plans and encodes the features as the first layer's codes once, and the passes time ``IntModel.run``.
+
+``fp32_reference=True`` (``qgnn eval --fp32-reference``) also runs the same architecture as plain PyG FP32
+layers with the file's dequantized weights (:mod:`qgnn.export.fp32_reference`; its CSR ``adj_t`` forms are
+built for every batch before timing, as the runtime's graph plans are built by its warm-up pass) on the same
+inputs in the same process, and reports its accuracy, latency and peak memory, measured the same way, with
+``speedup`` = FP32 latency / runtime latency and ``memory_ratio`` = runtime peak / FP32 peak. Order: both
+latencies first, then both peaks (``peak_memory`` fixes glibc's malloc thresholds, which slows later
+allocations).
 """
 
 from __future__ import annotations
@@ -83,23 +93,91 @@ def run_all(model, inputs):
     return [model(x, ei, b) if b is not None else model(x, ei) for x, ei, b, _, _ in inputs]
 
 
+def _agreement(outs_a, outs_b, inputs) -> float:
+    """Share of the evaluated examples (the split's mask) on which two models predict the same class."""
+    same = total = 0
+    for a, b, (_, _, _, _, mask) in zip(outs_a, outs_b, inputs, strict=True):
+        pa, pb = a.argmax(-1), b.argmax(-1)
+        if mask is not None:
+            pa, pb = pa[mask], pb[mask]
+        same += int((pa == pb).sum())
+        total += int(pa.numel())
+    return same / total if total else 0.0
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None  # a zero peak (no RSS growth): no meaningful ratio
+
+
 def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None, split: str = "test",
-                  repeats: int = 5, gemm: str = "auto", agg: str = "auto", model: IntModel | None = None) -> dict:
-    """Evaluate an export file; returns accuracy, latency, peak memory, file size and the ops' paths."""
+                  repeats: int = 5, gemm: str = "auto", agg: str = "auto", model: IntModel | None = None,
+                  fp32_reference: bool = False) -> dict:
+    """Evaluate an export file; returns accuracy, latency, peak memory, file size and the ops' paths, and
+    with ``fp32_reference`` the FP32 PyG twin's figures (``fp32``), ``speedup`` and ``memory_ratio``."""
     from .runtime import load_int_model  # torch / PyG: imported here so `qgnn --help` can read SPLITS
 
     path = Path(path)
     model = model or load_int_model(path, gemm=gemm, agg=agg)
     if model.desc.get("task") == "rec":  # LightGCN: Recall / NDCG @10, @20 (qgnn.export.rec)
+        if fp32_reference:
+            raise ConfigError("--fp32-reference is not available for LightGCN (rec) models; evaluate them "
+                              "without it")
         from .rec import evaluate_rec
 
         return evaluate_rec(path, model, dataset, root, split, repeats)
     cfg, inputs = eval_inputs(model.desc, dataset, root, split)
-    outs = run_all(model, inputs)  # warm-up: builds and caches the graph plans (IntModel runs without grad)
+    if getattr(model, "packed", None) is not None and len(inputs) == 1:
+        # a node model on one graph: the load step (graph plans, features encoded as codes) once, as a
+        # deployment does; forwards run on it (the FP32 twin likewise builds its adj_t once)
+        x, ei = inputs[0][:2]
+        prepared = model.prepare(x, ei)
+
+        def forward():
+            return [model.run(prepared)]
+    else:
+        def forward():
+            return run_all(model, inputs)
+    outs = forward()  # warm-up: builds and caches the graph plans (IntModel runs without grad)
     acc, n = _accuracy(outs, inputs)
-    latency, times = median_latency(lambda: run_all(model, inputs), repeats=repeats, warmup=0)
-    peak = peak_memory(lambda: run_all(model, inputs))
+    ref = _Fp32Run(path, inputs, outs) if fp32_reference else None
+    latency, times = median_latency(forward, repeats=repeats, warmup=0)
+    if ref is not None:
+        ref.time(repeats)  # before either peak (module docstring)
+    peak = peak_memory(forward)
     paths = sorted(set(model.paths.values()))
-    return {"file": str(path), "dataset": cfg.dataset, "split": split, "evaluated": n, "accuracy": acc,
-            "latency_ms": latency * 1e3, "latency_runs_ms": [t * 1e3 for t in times], "peak_memory_bytes": peak,
-            "file_bytes": path.stat().st_size, "bits": model.desc.get("bits", {}), "paths": paths}
+    r = {"file": str(path), "dataset": cfg.dataset, "split": split, "evaluated": n, "accuracy": acc,
+         "latency_ms": latency * 1e3, "latency_runs_ms": [t * 1e3 for t in times], "peak_memory_bytes": peak,
+         "file_bytes": path.stat().st_size, "bits": model.desc.get("bits", {}), "paths": paths}
+    if getattr(model, "packed", None) is not None:
+        r["kernels"] = model.packed.kernels()
+    if ref is not None:
+        ref.measure_peak()
+        r["fp32"] = {"latency_ms": ref.latency * 1e3, "peak_memory_bytes": ref.peak, "accuracy": ref.accuracy,
+                     "agreement": ref.agreement}
+        r["speedup"] = _ratio(ref.latency, latency)
+        r["memory_ratio"] = _ratio(peak, ref.peak)
+    return r
+
+
+class _Fp32Run:
+    """The FP32 PyG reference of ``path`` on ``inputs``: built, its graphs loaded (CSR ``adj_t`` per batch),
+    warmed up once and scored against the labels and the runtime's outputs ``int_outs``."""
+
+    def __init__(self, path: Path, inputs, int_outs):
+        from .fp32_reference import from_file
+
+        self.model = from_file(path)
+        self.inputs = [(x, self.model.graph(ei, x.size(0)), b, y, mask) for x, ei, b, y, mask in inputs]
+        outs = run_all(self.model, self.inputs)  # warm-up
+        self.accuracy = _accuracy(outs, self.inputs)[0]
+        self.agreement = _agreement(outs, int_outs, self.inputs)
+        self.latency = self.peak = None
+
+    def run(self):
+        return run_all(self.model, self.inputs)
+
+    def time(self, repeats: int) -> None:
+        self.latency, _ = median_latency(self.run, repeats=repeats, warmup=0)
+
+    def measure_peak(self) -> None:
+        self.peak = peak_memory(self.run)

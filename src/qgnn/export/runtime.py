@@ -1,5 +1,13 @@
 """Integer inference runtime: runs an export file (``qgnn.export.format``) with integer arithmetic.
 
+Node models of GCN, SAGE, GIN and GAT layers run on the **packed executor** (:mod:`qgnn.export.packed`):
+activations stay as packed 8 / 4 / 2-bit codes between layers, layers run in chunks of rows, and the
+kernels are fbgemm's (quantized linear, rowwise embedding bag) through :mod:`qgnn.kernels.intops`.
+``IntModel.prepare(x, edge_index)`` is the load step (graph plans, features encoded as codes) and
+``IntModel.run`` one forward on it. What follows describes the **per-layer path**, which runs graph-level
+models and layers the packed executor does not take (``IntModel.packed`` is None, ``packed_why`` says why),
+and the backends named ``float`` / ``scipy`` / ``float_csr``.
+
 Weights are unpacked to int8 once at load time (codes of ``b <= 8`` bits, a grid with ``qmax > 127`` shifted
 by −128 so that it fits int8, the zero-point shifted with it). Each layer computes what the fake-quant
 layer computes in eval mode (``qgnn.nn``), on codes:
@@ -158,6 +166,41 @@ class ActQuant:
             raise ConfigError(f"per-node quantizer has {t.numel()} nodes but the input has {start + x.size(0)} "
                               "rows (per-node tables belong to the graph the model was trained on)")
         return t[start:start + x.size(0)].view(-1, 1)
+
+    @property
+    def span(self) -> int:
+        """The largest ``qmax − qmin`` over the entries: unsigned codes ``q − qmin`` lie in [0, span]."""
+        if self.a2q:
+            return int((self.tqmax - self.tqmin).max()) if self.tqmax.numel() else 0
+        return int(self.qmax) - int(self.qmin)
+
+    def unsigned(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor, str]:
+        """(``u = q − qmin`` as uint8, scale, ``z − qmin``, granularity "tensor" / "channel" / "node") of
+        ``x``, the form the packed runtime stores (``x̂ = s (u − (z − qmin))``); scale and offset are 0-d,
+        [C] or [rows]."""
+        if self.a2q:
+            if self.granularity == "nn":
+                idx = self._assign(x) if x.size(0) else torch.zeros(0, dtype=torch.long)
+                s, qmin, qmax = (t.index_select(0, idx) for t in (self.scale, self.tqmin, self.tqmax))
+                gran = "node"
+            elif self.granularity == "node":
+                s, qmin, qmax = (self._expand(t, x, start).reshape(-1) for t in (self.scale, self.tqmin, self.tqmax))
+                gran = "node"
+            else:
+                s, qmin, qmax = (self._expand(t, x, start) for t in (self.scale, self.tqmin, self.tqmax))
+                gran = self.granularity
+            bs, bmin, bmax = (t.view(-1, 1) if gran == "node" else t for t in (s, qmin, qmax))
+            q = torch.maximum(torch.minimum(torch.round(x / bs), bmax), bmin)  # A2Q's forward, op for op
+            u = q.sub_(bmin).to(torch.uint8)
+            return u, s.reshape(-1) if s.dim() else s, (-qmin).to(torch.int32).reshape(-1) if qmin.dim() else (
+                -qmin).to(torch.int32), gran
+        qt = self(x, start)
+        gran = self.granularity
+        z = qt.zero_point
+        u = (qt.codes.to(torch.int16) - int(self.qmin)).to(torch.uint8)
+        s = qt.scale.reshape(-1) if qt.scale.dim() else qt.scale
+        z = (z.reshape(-1) if z.dim() else z).to(torch.int32) - int(self.qmin)
+        return u, s, z, gran
 
     def __call__(self, x: Tensor, start: int = 0) -> QTensor:
         """Codes of ``x``; ``start``: the node id of its first row (per-node tables, row chunks)."""
@@ -620,7 +663,8 @@ class IntModel:
     ``paths``: which path each op of the last forward took.
     """
 
-    def __init__(self, tensors: dict[str, Tensor], desc: dict, gemm: str = "auto", agg: str = "auto"):
+    def __init__(self, tensors: dict[str, Tensor], desc: dict, gemm: str = "auto", agg: str = "auto",
+                 packed: bool | None = None):
         self.desc = desc
         self.task = desc["task"]
         self.gemm, self.agg = gemm, agg
@@ -641,15 +685,64 @@ class IntModel:
             raise CheckpointError(f"export descriptor lacks {e}") from None
         self.paths: dict[str, str] = {}
         self._graphs = GraphCache()  # shared by the layers (see GraphCache)
+        self.packed = self._packed_model(packed)
+
+    def _packed_model(self, want: bool | None):
+        """The packed executor (:mod:`qgnn.export.packed`) when it can run this model and the backends
+        asked for are its own (``want``: None = when it can, True = required, False = never)."""
+        from qgnn.kernels.intops import AGGREGATE_BACKENDS, LINEAR_BACKENDS
+
+        from .packed import PackedNodeModel, packed_support
+
+        if want is False:
+            return None
+        ok, why = packed_support(self) if self.arch == "node_stack" else (False, "graph-level model")
+        names_ok = self.gemm in LINEAR_BACKENDS and self.agg in AGGREGATE_BACKENDS
+        if not names_ok:
+            why = f"backends {self.gemm} / {self.agg} belong to the per-layer path"
+        if not (ok and names_ok):
+            if want:
+                raise ConfigError(f"the packed runtime cannot run this model: {why}")
+            self.packed_why = why
+            return None
+        self.packed_why = ""
+        return PackedNodeModel(self, linear=self.gemm, aggregate=self.agg)
+
+    def prepare(self, x: Tensor, edge_index: Tensor):
+        """The load step of a node model on one graph: with the packed executor, the graph plans and the
+        features encoded as the first layer's codes (the float features can be freed after); ``model.run``
+        then runs forwards on it. Other models keep the inputs as given."""
+        self._check_inputs(x, edge_index)
+        if self.packed is None:
+            return {"x": x, "edge_index": edge_index}
+        return self.packed.prepare(x, edge_index)
 
     @torch.no_grad()
-    def __call__(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> Tensor:
+    def run(self, prepared) -> Tensor:
+        """One forward on :meth:`prepare`'s result."""
+        if self.packed is None:
+            return self(prepared["x"], prepared["edge_index"])
+        out = self.packed.run(prepared)
+        self.paths = self.packed.paths()
+        return out
+
+    def _check_inputs(self, x, edge_index) -> None:
         if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != self.desc["num_features"]:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ConfigError(f"the model takes node features [N, {self.desc['num_features']}], got {shape}")
         if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ConfigError("edge_index must be a [2, num_edges] integer tensor")
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> Tensor:
+        self._check_inputs(x, edge_index)
         x = x.to(torch.float32)
+        if self.packed is not None and batch is None:
+            n = x.size(0)
+            plans = self._graphs.get(edge_index, n, ("packed",), lambda: self.packed.plans(edge_index, n))
+            out = self.packed.run({**plans, "x": self.packed.encode(x)})
+            self.paths = self.packed.paths()
+            return out
         ctx = Ctx(self.gemm, self.agg, self._graphs)
         if self.arch == "node_stack":
             for i, conv in enumerate(self.convs):
@@ -676,7 +769,8 @@ class IntModel:
         return self.heads[k](pooled, ctx)
 
 
-def load_int_model(path: str | os.PathLike, gemm: str = "auto", agg: str = "auto") -> IntModel:
+def load_int_model(path: str | os.PathLike, gemm: str = "auto", agg: str = "auto",
+                   packed: bool | None = None) -> IntModel:
     """Read and validate an export file (never unpickles) and build its :class:`IntModel`."""
     tensors, desc = read_file(Path(path))
     try:
@@ -684,6 +778,6 @@ def load_int_model(path: str | os.PathLike, gemm: str = "auto", agg: str = "auto
             from .rec import RecIntModel
 
             return RecIntModel(tensors, desc)
-        return IntModel(tensors, desc, gemm=gemm, agg=agg)
+        return IntModel(tensors, desc, gemm=gemm, agg=agg, packed=packed)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

@@ -30,8 +30,10 @@ __all__ = ["ALL_SLOTS", "DEFAULT_SLOTS", "WEIGHT_SLOTS", "MethodConfig", "Module
 
 # Every operand of a multiply-accumulate is quantized by default: the layer input
 # (or X·W for GCN/GAT, which is what aggregation multiplies), the weights, the
-# edge coefficients and GAT's attention. Outputs feed the next layer's input
-# quantizer, so quantizing them again would only add rounding.
+# edge coefficients and GAT's attention; a layer adds its own operands
+# (QuantModule.DEFAULT_EXTRA_SLOTS: SAGE's aggregate, which lin_l multiplies).
+# Outputs feed the next layer's input quantizer, so quantizing them again would
+# only add rounding.
 DEFAULT_SLOTS = ("input", "weight", "weight_root", "att", "xw", "edge", "attention")
 ALL_SLOTS = ("input", "weight", "weight_root", "att", "xw", "edge", "message", "aggr", "output", "attention")
 WEIGHT_SLOTS = frozenset({"weight", "weight_root", "att"})

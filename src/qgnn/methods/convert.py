@@ -14,7 +14,7 @@ import warnings
 from torch import nn
 
 from qgnn.methods.base import get_method
-from qgnn.methods.config import MethodConfig, QuantConfig
+from qgnn.methods.config import DEFAULT_SLOTS, MethodConfig, QuantConfig
 
 
 def _quant_class(module: nn.Module):
@@ -62,6 +62,8 @@ def quantize_(model: nn.Module, config: QuantConfig | MethodConfig | dict) -> nn
             continue
         cls = _quant_class(module)
         slots = [s for s in settings["slots"] if s in cls.SLOTS]
+        if tuple(settings["slots"]) == DEFAULT_SLOTS:  # the default: every MAC operand, layer-specific ones too
+            slots += [s for s in cls.DEFAULT_EXTRA_SLOTS if s not in slots]
         quantizers = {s: method.quantizer(s, QuantConfig.bits_of(settings, s), module, name) for s in slots}
         new = cls.from_float(module, quantizers)
         _replace(model, name, new)

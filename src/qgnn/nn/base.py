@@ -130,8 +130,8 @@ def _clone_module(src: nn.Module, cls: type[nn.Module], drop_attrs=frozenset(), 
 class QuantModule:
     """Mixin for quantized layers: quantizer slots, ``from_float`` / ``to_float``, protective masking.
 
-    Class attributes: ``SLOTS`` (the slots the layer supports, in data-flow order) and ``FLOAT_CLASS``
-    (the float layer it converts from and to).
+    Class attributes: ``SLOTS`` (the slots the layer supports, in data-flow order), ``DEFAULT_EXTRA_SLOTS``
+    (quantized by the default slot list too) and ``FLOAT_CLASS`` (the float layer it converts from and to).
 
     Instance attributes:
 
@@ -144,6 +144,9 @@ class QuantModule:
     """
 
     SLOTS: tuple[str, ...] = ()
+    # Slots the default configuration quantizes beyond qgnn.methods.config.DEFAULT_SLOTS: operands of a MAC
+    # that only this layer kind has (SAGE: the aggregate, which lin_l multiplies).
+    DEFAULT_EXTRA_SLOTS: tuple[str, ...] = ()
     FLOAT_CLASS: type[nn.Module]
     GRAPH_LAYER = True  # QuantLinear: False (its rows need not be nodes; no edge_index to build a mask)
     SUPPORTS_INTEGER_AGGREGATION = False  # GCN, GIN, SAGE: True (see the module docstring)
@@ -406,6 +409,13 @@ class QuantModule:
         handle = RemovableHandle(per_slot)
         per_slot[handle.id] = hook
         return handle
+
+    def _q_target(self, slot: str, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """:meth:`_q` on target rows (``aggr``, ``output``): under a :func:`~qgnn.nn.context.node_ids`
+        context the targets of a bipartite input are the first rows of the sources (PyG's sampled blocks), so
+        they take the first ``len(x)`` ids."""
+        ids = self.__dict__.get("_qgnn_node_ids")
+        return self._q(slot, x, keep, ids=False if ids is None else ids[: x.size(0)])
 
     def _q(self, slot: str, x: Tensor, keep: Tensor | None = None, ids: Tensor | None | bool = False) -> Tensor:
         """Apply ``slot``'s quantizer (identity when absent) to the rows ``keep`` of ``x`` (all rows when

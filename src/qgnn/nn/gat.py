@@ -127,7 +127,7 @@ class QuantGATConv(QuantModule, GATConv):
 
         msg = self._q("message", alpha.unsqueeze(-1) * h.index_select(0, src), ekeep)
         out = self.aggregate(msg, dst, dim_size=n)
-        out = self._q("aggr", out.view(-1, heads * ch), keep)
+        out = self._q_target("aggr", out.view(-1, heads * ch), keep)
         out = self._post_aggregate(out.view(-1, heads, ch), dst, n).reshape(-1, heads * ch)  # GATConv's [N, H, C]
         out = out if self.concat else out.view(-1, heads, ch).mean(dim=1)
         if res is not None:
@@ -135,7 +135,7 @@ class QuantGATConv(QuantModule, GATConv):
         if self.bias is not None:
             out = out + self.bias
         self._record_stats(n, edge_index.size(1), x_src.size(1), ch, heads=heads, message_channels=heads * ch)
-        out = self._q("output", out, keep)
+        out = self._q_target("output", out, keep)
         if return_attention_weights:  # edge_index in the layer's flow, as GATConv returns it
             ei = edge_index if self.flow == "source_to_target" else edge_index.flip(0)
             return out, (ei, alpha)

@@ -118,10 +118,10 @@ class QuantGCNConv(QuantModule, GCNConv):
                 out = self._integer_messages("message", msg, g.dst, n)
             else:
                 out = self._aggregate_rows(h, g, ekeep, edge_weight)
-        out = self._post_aggregate(self._q("aggr", out, keep), g.dst, n)
+        out = self._post_aggregate(self._q_target("aggr", out, keep), g.dst, n)
         if self.bias is not None:
             out = out + self.bias
-        return self._q("output", out, keep)
+        return self._q_target("output", out, keep)
 
     def _normalised(self, g: GraphView, edge_weight, n: int, dtype):
         """(graph, weights) after GCN's D^-1/2 (A + I) D^-1/2, cached as PyG caches it (``cached=True``).

@@ -66,7 +66,7 @@ class QuantGINConv(QuantModule, GINConv):
         x_r = x_src if not pair else x_dst
         if x_r is not None:
             out = out + (1 + self.eps) * x_r  # GINConv's expression and order, for bitwise parity
-        out = self._q("aggr", out, keep)
+        out = self._q_target("aggr", out, keep)
         ids = self.__dict__.get("_qgnn_node_ids")
         if pair and ids is not None:  # the MLP's rows are the targets: the first N_dst ids of a block
             with node_ids(self.nn, ids[:n]):
@@ -74,4 +74,4 @@ class QuantGINConv(QuantModule, GINConv):
         else:
             out = self.nn(out)
         self._record_stats(n, g.num_edges, x_src.size(1), out.size(-1))
-        return self._q("output", out, keep)
+        return self._q_target("output", out, keep)

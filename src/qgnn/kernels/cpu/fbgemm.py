@@ -1,0 +1,129 @@
+"""The runtime's CPU kernels from fbgemm, as the installed torch ships them (``torch.ops.quantized``).
+
+* :func:`rowwise_aggregate_fbgemm`: ``embedding_bag_{byte,4bit,2bit}_rowwise_offsets``, a weighted sum (or
+  mean) of fused rows (:mod:`qgnn.kernels.reference.rowwise`) per CSR row, with float32 accumulation:
+  recommendation systems' kernel for summing quantized embedding rows, which is exactly a GNN's
+  neighbourhood sum over a CSR graph. It reads ``C`` bytes (8 bits) or ``C/2`` (4 bits) per neighbour
+  instead of float32's ``4C``.
+* :func:`qlinear_fbgemm`: ``quantized::linear`` (uint8 x int8 -> int32 GEMM with the requantisation to the
+  next grid fused, :mod:`qgnn.kernels.reference.qlinear`) and, for a float output,
+  ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``.
+
+fbgemm on CPUs without AVX512-VNNI multiplies uint8 by int8 with ``vpmaddubsw``, whose int16 pair sums can
+saturate for full-range codes (why torch's default qconfig reduces activations to 7 bits);
+:func:`fbgemm_linear_exact` probes that once per process and the dispatcher (:mod:`qgnn.kernels.intops`)
+falls back to ``torch._int_mm`` where it does.
+
+torch 2.13 warns that quantized tensors are deprecated; the codes are wrapped as quantized tensors only for
+the call (no copy), and the warning is silenced here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["fbgemm_available", "fbgemm_linear_exact", "rowwise_aggregate_fbgemm", "qlinear_fbgemm",
+           "prepack_linear"]
+
+_BAG_OPS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets",
+            2: "embedding_bag_2bit_rowwise_offsets"}
+
+
+@contextlib.contextmanager
+def _engine():
+    """fbgemm's x86 engine for the call (restored after), quantized-tensor warnings silenced."""
+    old = torch.backends.quantized.engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if old not in ("x86", "fbgemm"):
+            torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines \
+                else "fbgemm"
+        try:
+            yield
+        finally:
+            if torch.backends.quantized.engine != old:
+                torch.backends.quantized.engine = old
+
+
+@functools.cache
+def fbgemm_available() -> tuple[bool, str]:
+    """(usable, why): the quantized ops exist and the fbgemm / x86 engine is compiled in."""
+    engines = torch.backends.quantized.supported_engines
+    if "fbgemm" not in engines and "x86" not in engines:
+        return False, f"torch has no fbgemm engine (engines: {', '.join(engines) or 'none'})"
+    try:
+        for name in (*_BAG_OPS.values(), "linear", "linear_prepack"):
+            getattr(torch.ops.quantized, name)
+    except (AttributeError, RuntimeError) as e:
+        return False, f"torch.ops.quantized lacks an fbgemm op ({e})"
+    return True, "fbgemm (torch.ops.quantized)"
+
+
+def rowwise_aggregate_fbgemm(rows: Tensor, bits: int, channels: int, indptr: Tensor, indices: Tensor,
+                             weights: Tensor | None = None, mode: str = "sum") -> Tensor:
+    """fbgemm's rowwise embedding bag: the reference's signature and result (float32 [M, C])."""
+    op = getattr(torch.ops.quantized, _BAG_OPS[bits])
+    if indices.dtype != indptr.dtype:
+        indices = indices.to(indptr.dtype)
+    if weights is not None and weights.dtype != torch.float32:
+        weights = weights.to(torch.float32)
+    with _engine():
+        # mode 0 (sum) always: the op's mean mode (1) does not divide by the bag sizes of an offsets CSR
+        out = op(rows, indices, indptr, False, 0, False, weights, None, True)
+    out = out if out.size(1) == channels else out[:, :channels]
+    if mode == "mean":
+        counts = (indptr[1:] - indptr[:-1]).clamp_(min=1).to(torch.float32)
+        out = out.div_(counts.view(-1, 1)) if out.is_contiguous() else out / counts.view(-1, 1)
+    return out
+
+
+def prepack_linear(w: Tensor, w_zero: Tensor, w_scale: Tensor, bias: Tensor | None):
+    """fbgemm's packed weight of int8 codes [O, K] (per tensor or per output channel), with its float bias."""
+    with _engine():
+        if w_scale.numel() == 1:
+            qw = torch._make_per_tensor_quantized_tensor(w, float(w_scale.reshape(())), int(w_zero.reshape(())))
+        else:
+            z = w_zero.reshape(-1).to(torch.int64).expand(w.size(0)).contiguous()
+            qw = torch._make_per_channel_quantized_tensor(w, w_scale.reshape(-1).to(torch.float64), z, 0)
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.to(torch.float32))
+
+
+def qlinear_fbgemm(u: Tensor, x_zero: int, x_scale: float, packed, out: tuple[float, int, int] | None) -> Tensor:
+    """``quantized::linear`` on codes ``u`` [M, K] (one scale / zero-point): float32 [M, O] or uint8 codes on
+    the output grid ``(s_y, z_y, u_max)``."""
+    with _engine():
+        qx = torch._make_per_tensor_quantized_tensor(u, float(x_scale), int(x_zero))
+        if out is None:
+            return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                qx.dequantize(), float(x_scale), int(x_zero), packed)
+        s_y, z_y, u_max = out
+        codes = torch.ops.quantized.linear(qx, packed, float(s_y), int(z_y)).int_repr()
+    return codes.clamp_max_(u_max) if u_max < 255 else codes
+
+
+@functools.cache
+def fbgemm_linear_exact() -> tuple[bool, str]:
+    """Whether fbgemm's uint8 x int8 GEMM is exact here for full-range codes (no int16 saturation)."""
+    ok, why = fbgemm_available()
+    if not ok:
+        return ok, why
+    gen = torch.Generator().manual_seed(0)
+    k = 256  # 255 · 128 · 256 < 2^24: the float output holds every accumulator exactly
+    u = torch.cat([torch.full((8, k), 255, dtype=torch.uint8),
+                   torch.randint(0, 256, (56, k), generator=gen, dtype=torch.uint8)])
+    w = torch.cat([torch.full((8, k), -128, dtype=torch.int8),
+                   torch.randint(-128, 128, (24, k), generator=gen, dtype=torch.int8)])
+    try:
+        packed = prepack_linear(w, torch.zeros(()), torch.ones(()), None)
+        y = qlinear_fbgemm(u, 0, 1.0, packed, None)
+    except RuntimeError as e:  # pragma: no cover - depends on the build
+        return False, f"fbgemm linear failed ({e})"
+    ref = (u.to(torch.int64) @ w.to(torch.int64).t()).to(torch.float32)
+    if not torch.equal(y, ref):
+        return False, "fbgemm's uint8 x int8 GEMM saturates on this CPU (no AVX512-VNNI); torch._int_mm is used"
+    return True, "fbgemm quantized linear, exact on full-range codes here"

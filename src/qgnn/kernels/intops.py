@@ -1,0 +1,174 @@
+"""The integer runtime's kernel dispatcher: one entry point per kernel, a plain-torch reference beside each
+fast backend, and a reason for every choice (``qgnn info`` prints :func:`runtime_backends`).
+
+* :func:`rowwise_aggregate`: the neighbourhood sum / mean over packed rows
+  (:mod:`qgnn.kernels.reference.rowwise`). Backends: ``"fbgemm"`` (rowwise embedding bag,
+  :mod:`qgnn.kernels.cpu.fbgemm`), ``"reference"``. ``"auto"``: fbgemm on CPU tensors where the op exists.
+* :func:`qlinear`: the quantized linear layer on stored codes (:mod:`qgnn.kernels.reference.qlinear`), its
+  weight prepared once as a :class:`PreparedLinear`. Backends: ``"fbgemm"`` (``quantized::linear``, the
+  requantisation to the next grid fused; one scale per activation tensor), ``"int_mm"``
+  (``torch._int_mm``, int8 x int8 -> int32, with Jacob et al.'s zero-point corrections; any activation
+  scale), ``"reference"``. ``"auto"``: fbgemm where it applies and is exact on this CPU
+  (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_linear_exact`), else int_mm.
+
+Measured on one thread of the project's machine (``benchmarks/runtime.py --part kernels``): fbgemm's linear
+takes about 0.27x the FP32 ``F.linear`` time at (262,144 x 128) @ (128 x 256), ``torch._int_mm`` 0.57x;
+the rowwise bag 0.3-0.4x torch's FP32 CSR SpMM at 40-256 channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qgnn.errors import ConfigError
+
+from .cpu.fbgemm import (
+    fbgemm_available,
+    fbgemm_linear_exact,
+    prepack_linear,
+    qlinear_fbgemm,
+    rowwise_aggregate_fbgemm,
+)
+from .reference.qlinear import OutGrid, check_qlinear, qlinear_reference
+from .reference.rowwise import MODES, check_csr, rowwise_aggregate_reference
+
+__all__ = ["AGGREGATE_BACKENDS", "LINEAR_BACKENDS", "PreparedLinear", "aggregate_backend", "linear_backend",
+           "qlinear", "rowwise_aggregate", "runtime_backends"]
+
+AGGREGATE_BACKENDS = ("auto", "fbgemm", "reference")
+LINEAR_BACKENDS = ("auto", "fbgemm", "int_mm", "reference")
+
+
+def _check(name: str, valid: tuple[str, ...], what: str) -> None:
+    if name not in valid:
+        raise ConfigError(f"unknown {what} backend {name!r}; valid: {', '.join(valid)}")
+
+
+def aggregate_backend(rows: Tensor, backend: str = "auto") -> tuple[str, str]:
+    """(backend, why) for :func:`rowwise_aggregate` on ``rows``."""
+    _check(backend, AGGREGATE_BACKENDS, "aggregation")
+    ok, why = fbgemm_available()
+    if backend == "fbgemm":
+        if not ok or rows.device.type != "cpu":
+            raise ConfigError(f"aggregation backend 'fbgemm' needs CPU tensors and fbgemm ({why})")
+        return "fbgemm", "requested"
+    if backend == "reference":
+        return "reference", "requested"
+    if rows.device.type != "cpu":
+        return "reference", f"rows on {rows.device.type}; fbgemm's kernels run on the CPU"
+    return ("fbgemm", "fbgemm rowwise embedding bag") if ok else ("reference", why)
+
+
+def rowwise_aggregate(rows: Tensor, bits: int, channels: int, indptr: Tensor, indices: Tensor,
+                      weights: Tensor | None = None, mode: str = "sum", backend: str = "auto") -> Tensor:
+    """``out[i] = Σ_k w_k (scale_j u_j + bias_j)`` over CSR row i (mean: / count), float32 [M, C]."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown aggregation mode {mode!r}; valid: {', '.join(MODES)}")
+    if mode == "mean" and weights is not None:
+        raise ConfigError("a mean aggregation takes no edge weights")
+    name, _ = aggregate_backend(rows, backend)
+    if name != "reference":  # fbgemm trusts its offsets: a malformed CSR would give silently wrong sums
+        check_csr(indptr, indices, weights, rows.size(0))
+    if name == "reference":
+        return rowwise_aggregate_reference(rows, bits, channels, indptr, indices, weights, mode)
+    m = indptr.numel() - 1
+    if indices.numel() == 0 or channels == 0:
+        return torch.zeros((m, channels), dtype=torch.float32)
+    return rowwise_aggregate_fbgemm(rows, bits, channels, indptr, indices, weights, mode)
+
+
+class PreparedLinear:
+    """A quantized weight prepared once for :func:`qlinear`: int8 codes ``w`` [O, K], zero-point and scale
+    (one, or one per output channel), float bias; fbgemm's packed form and ``_int_mm``'s transposed codes are
+    built on first use."""
+
+    def __init__(self, w: Tensor, zero: Tensor, scale: Tensor, bias: Tensor | None = None):
+        if w.dtype != torch.int8 or w.dim() != 2:
+            raise ConfigError(f"PreparedLinear needs int8 codes [O, K], got {w.dtype} {tuple(w.shape)}")
+        self.w = w.contiguous()
+        self.out_features, self.in_features = w.shape
+        self.zero = zero.to(torch.int32).reshape(-1) if zero.numel() > 1 else zero.to(torch.int32).reshape(())
+        self.scale = scale.to(torch.float32).reshape(-1) if scale.numel() > 1 else scale.to(torch.float32).reshape(())
+        self.bias = None if bias is None else bias.to(torch.float32)
+        self._packed = None
+        self._wt = None
+        self.rowsum = self.w.to(torch.int32).sum(1)
+
+    def packed(self):
+        if self._packed is None:
+            self._packed = prepack_linear(self.w, self.zero, self.scale, self.bias)
+        return self._packed
+
+    def transposed(self) -> Tensor:
+        if self._wt is None:
+            self._wt = self.w.t().contiguous()
+        return self._wt
+
+    def nbytes(self) -> int:
+        return self.w.numel() + 4 * (self.scale.numel() + self.zero.numel())
+
+
+def linear_backend(per_row: bool, backend: str = "auto") -> tuple[str, str]:
+    """(backend, why) for :func:`qlinear`; ``per_row``: the activations have one scale per row."""
+    _check(backend, LINEAR_BACKENDS, "linear")
+    if backend == "reference":
+        return "reference", "requested"
+    if backend == "int_mm":
+        return "int_mm", "requested"
+    exact, why = fbgemm_linear_exact()
+    if backend == "fbgemm":
+        if per_row:
+            raise ConfigError("linear backend 'fbgemm' needs one activation scale per tensor")
+        if not exact:
+            raise ConfigError(f"linear backend 'fbgemm' is unusable here: {why}")
+        return "fbgemm", "requested"
+    if per_row:
+        return "int_mm", "one activation scale per row (fbgemm takes one per tensor)"
+    return ("fbgemm", why) if exact else ("int_mm", why)
+
+
+def _int_mm_linear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None) -> Tensor:
+    """``torch._int_mm`` on ``u − 128`` (int8) with the zero-point expansion of the reference's ``acc``."""
+    a = torch.bitwise_xor(u, 128).view(torch.int8)  # u − 128, as int8, in one pass
+    acc = torch._int_mm(a, lin.transposed())
+    za = torch.as_tensor(x_zero, dtype=torch.int32)
+    za = (za.view(-1, 1) if za.numel() > 1 else za.reshape(())) - 128
+    acc -= za * lin.rowsum.view(1, -1)
+    if lin.zero.numel() > 1 or int(lin.zero) != 0:
+        zw = lin.zero.view(1, -1) if lin.zero.dim() else lin.zero
+        acc -= a.sum(1, dtype=torch.int32).view(-1, 1) * zw
+        acc += lin.in_features * za * zw
+    sx = torch.as_tensor(x_scale, dtype=torch.float32)
+    sx = sx.view(-1, 1) if sx.numel() > 1 else sx.reshape(())
+    y = acc.to(torch.float32).mul_(sx * (lin.scale.view(1, -1) if lin.scale.dim() else lin.scale))
+    if lin.bias is not None:
+        y += lin.bias
+    if out is None:
+        return y
+    s_y, z_y, u_max = out
+    return y.div_(s_y).round_().add_(z_y).clamp_(0, u_max).to(torch.uint8)
+
+
+def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None = None,
+            backend: str = "auto") -> Tensor:
+    """The quantized linear layer (:mod:`qgnn.kernels.reference.qlinear`) by the backend
+    :func:`linear_backend` picks: float32 [M, O], or uint8 codes on the output grid ``out``."""
+    check_qlinear(u, lin.w)
+    per_row = any(torch.is_tensor(v) and v.numel() > 1 for v in (x_scale, x_zero))
+    name, _ = linear_backend(per_row, backend)
+    if u.size(0) == 0:
+        return torch.empty((0, lin.out_features), dtype=torch.float32 if out is None else torch.uint8)
+    if name == "reference":
+        return qlinear_reference(u, x_zero, x_scale, lin.w, lin.zero, lin.scale, lin.bias, out)
+    if name == "int_mm":
+        return _int_mm_linear(u, x_zero, x_scale, lin, out)
+    return qlinear_fbgemm(u.contiguous(), int(x_zero), float(x_scale), lin.packed(), out)
+
+
+def runtime_backends() -> dict[str, tuple[bool, str]]:
+    """What the integer runtime's kernels run on here, and why (for ``qgnn info``)."""
+    agg_ok, agg_why = fbgemm_available()
+    lin_ok, lin_why = fbgemm_linear_exact()
+    return {"runtime aggregation": (True, agg_why if agg_ok else f"reference ({agg_why})"),
+            "runtime linear": (True, lin_why if lin_ok else f"torch._int_mm ({lin_why})")}

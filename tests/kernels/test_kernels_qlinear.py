@@ -1,0 +1,317 @@
+"""The quantized linear layer on stored codes (qgnn.kernels.reference.qlinear) by each backend of the
+dispatcher (qgnn.kernels.intops.qlinear): "reference", "int_mm", "fbgemm" and "auto"; and the dispatcher's
+choices with their reasons.
+
+What must agree, and how closely:
+
+* ``int_mm``: its int32 accumulator equals the reference's int64 one (exact integers) and its rescale is the
+  same float32 ops in the same order, so the float output and the requantized codes equal the reference's
+  bit for bit.
+* ``fbgemm`` float output (``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``): the same exact
+  accumulator, a rescale in another order: |Δ| <= 8 · 2^-24 · (|s_x s_w acc| + |bias|) (a few float32
+  roundings of the product chain and of the bias add; measured <= 2 · 2^-24).
+* ``fbgemm`` requantized codes (``quantized::linear``, rounding fused): equal to the reference's except where
+  y / s_y lies within float32 rounding of a half-integer; such ties are counted: at most 1 in 1,000 codes
+  differ, each by at most 1.
+* Full-range codes (u = 255, w = −128) give accumulators that are exact in float32 at K = 256
+  (255 · 128 · 256 < 2^24): every backend returns the int64 product exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qgnn.errors import ConfigError
+from qgnn.kernels import intops
+from qgnn.kernels.cpu.fbgemm import fbgemm_available, fbgemm_linear_exact
+from qgnn.kernels.intops import (
+    AGGREGATE_BACKENDS,
+    LINEAR_BACKENDS,
+    PreparedLinear,
+    aggregate_backend,
+    linear_backend,
+    qlinear,
+    runtime_backends,
+)
+from qgnn.kernels.reference.qlinear import qlinear_reference
+
+FBGEMM_OK = fbgemm_linear_exact()[0]
+needs_fbgemm = pytest.mark.skipif(not FBGEMM_OK, reason=f"fbgemm linear unusable here: {fbgemm_linear_exact()[1]}")
+
+U = 2.0**-24
+FBGEMM_RTOL = 8 * U
+MAX_TIE_FRACTION = 1e-3
+
+
+def weights(o: int, k: int, per_channel: bool, zero: bool, gen: torch.Generator, bias: bool = True):
+    """(int8 codes [O, K], zero-point, scale, bias): per tensor (0-d) or per output channel ([O])."""
+    w = torch.randint(-128, 128, (o, k), generator=gen, dtype=torch.int8)
+    if per_channel:
+        scale = torch.rand(o, generator=gen) * 0.02 + 1e-3
+        z = torch.randint(-6, 7, (o,), generator=gen) if zero else torch.zeros(o, dtype=torch.int64)
+    else:
+        scale, z = torch.tensor(0.0073), torch.tensor(5 if zero else 0)
+    b = torch.randn(o, generator=gen) if bias else None
+    return w, z, scale, b
+
+
+def activations(m: int, k: int, gen: torch.Generator, top: int = 255):
+    return torch.randint(0, top + 1, (m, k), generator=gen, dtype=torch.uint8)
+
+
+def magnitude(u, x_zero, x_scale, w, w_zero, w_scale, bias) -> torch.Tensor:
+    """|s_x s_w acc| + |bias| per output, float64 (the fbgemm tolerance's scale)."""
+    zx = torch.as_tensor(x_zero, dtype=torch.int64)
+    zx = zx.view(-1, 1) if zx.numel() > 1 else zx
+    zw = torch.as_tensor(w_zero, dtype=torch.int64)
+    zw = zw.view(-1, 1) if zw.numel() > 1 else zw
+    acc = (u.long() - zx) @ (w.long() - zw).t()
+    sx = torch.as_tensor(x_scale, dtype=torch.float64)
+    sx = sx.view(-1, 1) if sx.numel() > 1 else sx
+    sw = torch.as_tensor(w_scale, dtype=torch.float64)
+    sw = sw.view(1, -1) if sw.numel() > 1 else sw
+    out = (acc.double() * sx * sw).abs()
+    return out if bias is None else out + bias.double().abs()
+
+
+def output_grid(y: torch.Tensor, u_max: int) -> tuple[float, int, int]:
+    """(s_y, z_y, u_max): a grid of ±2 standard deviations of ``y`` around its mean, so that most codes are
+    interior (not clamped) at any u_max."""
+    s_y = 4 * float(y.std()) / u_max
+    z_y = min(max(round(u_max / 2 - float(y.mean()) / s_y), 0), u_max)
+    return s_y, z_y, u_max
+
+
+SHAPES = [(64, 37, 19), (1, 5, 3), (300, 64, 40), (17, 130, 9)]  # K = 37, 5, 130 not multiples of 8
+
+
+@pytest.mark.parametrize(("m", "k", "o"), SHAPES)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("zero", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float_output(m, k, o, per_channel, zero, bias):
+    g = torch.Generator().manual_seed(m + k + o)
+    w, wz, ws, b = weights(o, k, per_channel, zero, g, bias)
+    u = activations(m, k, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    ref = qlinear_reference(u, 3, 0.021, w, wz, ws, b)
+    assert ref.dtype == torch.float32 and ref.shape == (m, o)
+    assert torch.equal(qlinear(u, 3, 0.021, lin, backend="reference"), ref)
+    assert torch.equal(qlinear(u, 3, 0.021, lin, backend="int_mm"), ref)
+    if not FBGEMM_OK:
+        return
+    bound = FBGEMM_RTOL * magnitude(u, 3, 0.021, w, wz, ws, b)
+    for backend in ("fbgemm", "auto"):
+        y = qlinear(u, 3, 0.021, lin, backend=backend)
+        assert y.dtype == torch.float32 and y.shape == (m, o)
+        assert bool(((y.double() - ref.double()).abs() <= bound).all()), backend
+
+
+def count_ties(y: torch.Tensor, ref: torch.Tensor) -> int:
+    d = y.to(torch.int16) - ref.to(torch.int16)
+    assert int(d.abs().max()) <= 1 if d.numel() else True
+    return int((d != 0).sum())
+
+
+@pytest.mark.parametrize("u_max", [255, 15, 3])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("zero", [False, True])
+def test_requantized_codes(u_max, per_channel, zero):
+    g = torch.Generator().manual_seed(u_max)
+    m, k, o = 4000, 45, 24
+    w, wz, ws, b = weights(o, k, per_channel, zero, g)
+    b *= 0.1
+    u = activations(m, k, g, top=15)  # 4-bit activation codes, the runtime's common case
+    lin = PreparedLinear(w, wz, ws, b)
+    grid = output_grid(qlinear_reference(u, 7, 0.05, w, wz, ws, b), u_max)
+    ref = qlinear_reference(u, 7, 0.05, w, wz, ws, b, grid)
+    assert ref.dtype == torch.uint8 and int(ref.max()) <= u_max
+    interior = ((ref > 0) & (ref < u_max)).float().mean()
+    assert float(interior) > 0.5  # most codes lie inside the grid, not on its clamps
+    assert torch.equal(qlinear(u, 7, 0.05, lin, grid, "reference"), ref)
+    assert torch.equal(qlinear(u, 7, 0.05, lin, grid, "int_mm"), ref)  # the same float ops
+    if not FBGEMM_OK:
+        return
+    for backend in ("fbgemm", "auto"):
+        y = qlinear(u, 7, 0.05, lin, grid, backend)
+        assert y.dtype == torch.uint8 and y.shape == (m, o) and int(y.max()) <= u_max
+        assert count_ties(y, ref) <= MAX_TIE_FRACTION * ref.numel(), backend
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("s_y", [2.0, 4.0, 0.5])
+def test_exact_half_integers_round_to_even(s_y):
+    # unit scales: y = acc exactly and y / s_y is a half-integer for many outputs (s_y = 2: every odd acc);
+    # the reference rounds half to even (torch.round) and so must the fused requantisation
+    g = torch.Generator().manual_seed(1)
+    u = activations(2000, 24, g, top=3)
+    w = torch.randint(-3, 4, (16, 24), generator=g, dtype=torch.int8)
+    lin = PreparedLinear(w, torch.tensor(0), torch.tensor(1.0))
+    grid = (s_y, 7, 15)
+    ref = qlinear_reference(u, 0, 1.0, w, 0, 1.0, None, grid)
+    acc = u.long() @ w.long().t()
+    halves = ((acc.double() / s_y) % 1 == 0.5) & (ref > 0) & (ref < 15)
+    assert s_y < 1 or int(halves.sum()) > 100  # many exact ties inside the grid
+    for backend in ("int_mm", "fbgemm"):
+        assert torch.equal(qlinear(u, 0, 1.0, lin, grid, backend), ref), backend
+
+
+def test_per_row_activation_scales():
+    g = torch.Generator().manual_seed(2)
+    m, k, o = 200, 33, 12
+    u = activations(m, k, g, top=127)
+    xs = torch.rand(m, generator=g) * 0.1 + 1e-3
+    xz = torch.randint(0, 128, (m,), generator=g, dtype=torch.int32)
+    for per_channel, zero in ((False, False), (True, True), (False, True)):
+        w, wz, ws, b = weights(o, k, per_channel, zero, g)
+        lin = PreparedLinear(w, wz, ws, b)
+        ref = qlinear_reference(u, xz, xs, w, wz, ws, b)
+        for backend in ("auto", "int_mm"):  # auto: int_mm (fbgemm takes one scale per tensor)
+            assert torch.equal(qlinear(u, xz, xs, lin, backend=backend), ref)
+        grid = output_grid(ref, 15)
+        codes = qlinear_reference(u, xz, xs, w, wz, ws, b, grid)
+        assert torch.equal(qlinear(u, xz, xs, lin, grid, "auto"), codes)
+        with pytest.raises(ConfigError, match="one activation scale per tensor"):
+            qlinear(u, xz, xs, lin, backend="fbgemm")
+
+
+def test_per_row_zero_points_with_one_scale():
+    g = torch.Generator().manual_seed(3)
+    u = activations(6, 9, g)
+    w, wz, ws, b = weights(4, 9, False, False, g)
+    xz = torch.arange(6)
+    ref = qlinear_reference(u, xz, 0.1, w, wz, ws, b)
+    assert torch.equal(qlinear(u, xz, 0.1, PreparedLinear(w, wz, ws, b)), ref)
+
+
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
+def test_full_range_codes_are_exact(backend):
+    if backend == "fbgemm" and not FBGEMM_OK:
+        pytest.skip("fbgemm linear unusable here")
+    g = torch.Generator().manual_seed(4)
+    k = 256  # 255 · 128 · 256 < 2^24: every accumulator is exact in float32
+    u = torch.cat([torch.full((4, k), 255, dtype=torch.uint8), torch.zeros((1, k), dtype=torch.uint8),
+                   activations(27, k, g)])
+    w = torch.cat([torch.full((3, k), -128, dtype=torch.int8), torch.full((2, k), 127, dtype=torch.int8),
+                   torch.randint(-128, 128, (11, k), generator=g, dtype=torch.int8)])
+    exact = (u.long() @ w.long().t()).to(torch.float32)
+    assert float(exact.abs().max()) == 255 * 128 * k
+    lin = PreparedLinear(w, torch.tensor(0), torch.tensor(1.0))
+    assert torch.equal(qlinear(u, 0, 1.0, lin, backend=backend), exact)
+    # the zero-point correction at its extremes: z_x = 255 turns u = 0 into −255
+    exact = ((u.long() - 255) @ w.long().t()).to(torch.float32)
+    assert torch.equal(qlinear(u, 255, 1.0, lin, backend=backend), exact)
+
+
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
+@pytest.mark.parametrize("out", [None, (0.5, 3, 15)])
+def test_zero_rows(backend, out):
+    if backend == "fbgemm" and not FBGEMM_OK:
+        pytest.skip("fbgemm linear unusable here")
+    g = torch.Generator().manual_seed(5)
+    w, wz, ws, b = weights(7, 13, True, True, g)
+    y = qlinear(torch.zeros((0, 13), dtype=torch.uint8), 2, 0.1, PreparedLinear(w, wz, ws, b), out, backend)
+    assert y.shape == (0, 7) and y.dtype == (torch.float32 if out is None else torch.uint8)
+    ref = qlinear_reference(torch.zeros((0, 13), dtype=torch.uint8), 2, 0.1, w, wz, ws, b, out)
+    assert ref.shape == (0, 7) and ref.dtype == y.dtype
+
+
+def test_prepared_linear():
+    g = torch.Generator().manual_seed(6)
+    w, wz, ws, b = weights(5, 11, True, True, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    assert (lin.out_features, lin.in_features) == (5, 11)
+    assert torch.equal(lin.rowsum, w.to(torch.int32).sum(1))
+    assert torch.equal(lin.transposed(), w.t()) and lin.transposed().is_contiguous()
+    assert lin.transposed() is lin.transposed()  # built once
+    assert lin.nbytes() == 5 * 11 + 4 * (5 + 5)
+    one = PreparedLinear(w, torch.tensor([0]), torch.tensor([0.5]))  # one value given as [1]: per tensor
+    assert one.scale.dim() == 0 and one.zero.dim() == 0 and one.bias is None
+    if FBGEMM_OK:
+        assert lin.packed() is lin.packed()
+    with pytest.raises(ConfigError, match="int8 codes"):
+        PreparedLinear(w.to(torch.int16), wz, ws)
+    with pytest.raises(ConfigError, match="int8 codes"):
+        PreparedLinear(w[0], wz, ws)
+
+
+def test_bad_operands_are_refused():
+    g = torch.Generator().manual_seed(7)
+    w, wz, ws, b = weights(5, 11, True, False, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    with pytest.raises(ConfigError, match="uint8 activation codes"):
+        qlinear(torch.zeros((2, 11), dtype=torch.int8), 0, 1.0, lin)
+    with pytest.raises(ConfigError, match="int8 weight codes"):
+        qlinear(torch.zeros((2, 10), dtype=torch.uint8), 0, 1.0, lin)
+    with pytest.raises(ConfigError, match="linear backend"):
+        qlinear(torch.zeros((2, 11), dtype=torch.uint8), 0, 1.0, lin, backend="cuda")
+    with pytest.raises(ConfigError, match="weight scale must be one value or 5"):
+        qlinear_reference(torch.zeros((2, 11), dtype=torch.uint8), 0, 1.0, w, 0, torch.ones(4))
+    with pytest.raises(ConfigError, match="activation scale must be one value or 2"):
+        qlinear_reference(torch.zeros((2, 11), dtype=torch.uint8), 0, torch.ones(3), w, 0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# backend choice and reasons
+# --------------------------------------------------------------------------------------------------
+
+
+def test_linear_backend_reasons():
+    assert linear_backend(False, "reference") == ("reference", "requested")
+    assert linear_backend(True, "int_mm") == ("int_mm", "requested")
+    name, why = linear_backend(True, "auto")
+    assert name == "int_mm" and "per row" in why
+    name, why = linear_backend(False, "auto")
+    assert (name, why) == (("fbgemm", fbgemm_linear_exact()[1]) if FBGEMM_OK else ("int_mm", fbgemm_linear_exact()[1]))
+    with pytest.raises(ConfigError, match="one activation scale per tensor"):
+        linear_backend(True, "fbgemm")
+    with pytest.raises(ConfigError, match="unknown linear backend 'float'"):
+        linear_backend(False, "float")
+
+
+def test_linear_falls_back_where_fbgemm_saturates(monkeypatch):
+    why = "fbgemm's uint8 x int8 GEMM saturates on this CPU (no AVX512-VNNI); torch._int_mm is used"
+    monkeypatch.setattr(intops, "fbgemm_linear_exact", lambda: (False, why))
+    assert linear_backend(False, "auto") == ("int_mm", why)
+    with pytest.raises(ConfigError, match="unusable here"):
+        linear_backend(False, "fbgemm")
+    assert runtime_backends()["runtime linear"] == (True, f"torch._int_mm ({why})")
+    g = torch.Generator().manual_seed(8)
+    w, wz, ws, b = weights(6, 20, False, False, g)
+    u = activations(9, 20, g)
+    assert torch.equal(qlinear(u, 1, 0.5, PreparedLinear(w, wz, ws, b)), qlinear_reference(u, 1, 0.5, w, wz, ws, b))
+
+
+def test_aggregate_backend_reasons(monkeypatch):
+    rows = torch.zeros((2, 9), dtype=torch.uint8)
+    assert aggregate_backend(rows, "reference") == ("reference", "requested")
+    ok, why = fbgemm_available()
+    assert aggregate_backend(rows, "auto") == (("fbgemm", "fbgemm rowwise embedding bag") if ok else ("reference", why))
+    if ok:
+        assert aggregate_backend(rows, "fbgemm") == ("fbgemm", "requested")
+    meta = torch.empty((2, 9), dtype=torch.uint8, device="meta")
+    name, why = aggregate_backend(meta, "auto")
+    assert name == "reference" and "meta" in why
+    with pytest.raises(ConfigError, match="needs CPU tensors"):
+        aggregate_backend(meta, "fbgemm")
+    with pytest.raises(ConfigError, match="unknown aggregation backend"):
+        aggregate_backend(rows, "numba")
+    monkeypatch.setattr(intops, "fbgemm_available", lambda: (False, "torch has no fbgemm engine (engines: none)"))
+    assert aggregate_backend(rows, "auto") == ("reference", "torch has no fbgemm engine (engines: none)")
+    with pytest.raises(ConfigError, match="no fbgemm engine"):
+        aggregate_backend(rows, "fbgemm")
+    agg = runtime_backends()["runtime aggregation"]
+    assert agg == (True, "reference (torch has no fbgemm engine (engines: none))")
+
+
+def test_runtime_backends():
+    info = runtime_backends()
+    assert set(info) == {"runtime aggregation", "runtime linear"}
+    for ok, why in info.values():
+        assert ok is True and isinstance(why, str) and why
+    if fbgemm_available()[0]:
+        assert info["runtime aggregation"][1] == fbgemm_available()[1]
+    if FBGEMM_OK:
+        assert info["runtime linear"][1] == fbgemm_linear_exact()[1]
+    assert AGGREGATE_BACKENDS[0] == LINEAR_BACKENDS[0] == "auto"

@@ -138,7 +138,7 @@ def test_chunks_change_nothing(name, method, bits, monkeypatch):
     im, _ = int_models(m)
     whole = im(D.x, GRAPH)
     # 160 = 3 · 53 + 1: a last aggregation chunk of one row; GEMM chunks of another size
-    monkeypatch.setattr(packed_mod, "ROW_CHUNK", 37)
+    monkeypatch.setattr(packed_mod, "row_chunk", lambda channels: 37)
     monkeypatch.setattr(packed_mod, "target_chunk", lambda channels: 53)
     im, _ = int_models(m)
     assert torch.equal(im(D.x, GRAPH), whole)
@@ -267,16 +267,50 @@ def test_gat_without_a_per_tensor_xw_falls_back(method, quant):
         IntModel(tensors, desc, packed=True)
 
 
-def test_graph_models_fall_back():
-    m = graph_model("gin", "qat", 4)
+@pytest.mark.parametrize(("name", "method", "bits", "readout_norm"),
+                         [("gin", "qat", 4, False), ("gin", "qat", 8, True), ("gcn", "qat", 8, False),
+                          ("gin", "dq", 4, True)])
+def test_graph_models_run_packed(name, method, bits, readout_norm):
+    # graph-level models: each layer's chunks are pooled as they are produced; the result equals the
+    # per-layer runtime's (which pools the whole layer) up to float rounding
+    m = graph_model(name, method, bits, readout_norm=readout_norm)
     tensors, desc = export_model(m)
-    im = IntModel(tensors, desc)
-    assert im.packed is None and im.packed_why == "graph-level model"
+    im, ref = IntModel(tensors, desc), IntModel(tensors, desc, packed=False)
+    assert type(im.packed).__name__ == "PackedGraphModel"
+    outs, refs = [], []
+    for b in graph_batches(20):
+        outs.append(im(b.x, b.edge_index, b.batch))
+        refs.append(ref(b.x, b.edge_index, b.batch))
+        assert torch.equal(im.run(im.prepare(b.x, b.edge_index, b.batch)), outs[-1])
+    out, r = torch.cat(outs), torch.cat(refs)
+    assert float((out.argmax(1) == r.argmax(1)).float().mean()) >= 0.999
+    assert float(((out - r).abs() / r.abs().max()).max()) < 2e-2
+    assert "int8 x int8 -> int32" in set(im.paths.values()) and any(k.startswith("heads.") for k in im.paths)
+
+
+def test_graph_model_with_a2q_groups_runs_packed():
+    # graph tasks take A2Q's nearest-neighbour groups (per-node tables are transductive)
+    m = graph_model("gin", "a2q", 4, options={"node_strategy": "nn"})
+    scramble_a2q_widths(m, seed=1)
+    tensors, desc = export_model(m)
+    im, ref = IntModel(tensors, desc), IntModel(tensors, desc, packed=False)
+    assert im.packed is not None
+    for b in graph_batches(20):
+        out, r = im(b.x, b.edge_index, b.batch), ref(b.x, b.edge_index, b.batch)
+        assert torch.equal(out.argmax(1), r.argmax(1))
+        assert float(((out - r).abs() / r.abs().max()).max()) < 2e-2
+
+
+def test_graph_model_on_an_empty_batch_and_edgeless_graphs():
+    m = graph_model("gin", "qat", 8)
+    tensors, desc = export_model(m)
+    im, ref = IntModel(tensors, desc), IntModel(tensors, desc, packed=False)
     b = graph_batches(20)[0]
-    out = im(b.x, b.edge_index, b.batch)
-    assert out.shape == (b.num_graphs, desc["num_classes"])
-    with pytest.raises(ConfigError, match="graph-level"):
-        IntModel(tensors, desc, packed=True)
+    no_edges = b.edge_index[:, :0]
+    assert torch.allclose(im(b.x, no_edges, b.batch), ref(b.x, no_edges, b.batch), rtol=1e-4, atol=1e-4)
+    x0 = b.x[:0]
+    out = im(x0, no_edges, torch.zeros(0, dtype=torch.long))
+    assert out.shape == (1, desc["num_classes"]) and bool(torch.isfinite(out).all())
 
 
 def test_per_layer_backend_names_keep_the_per_layer_path():

@@ -4,11 +4,15 @@
   documented bit order (LSB first).
 * :mod:`.format`: the ``.qgnn.safetensors`` file, ``write_file`` / ``read_file`` (validating, no pickle).
 * :mod:`.exporter`: ``export_model`` / ``export_checkpoint`` (fake-quant model -> file).
-* :mod:`.intops`: int8 x int8 -> int32 matmul and integer aggregation backends, each beside its reference.
-* :mod:`.runtime`: ``IntModel`` / ``load_int_model``, inference on integer codes.
+* :mod:`.runtime`: ``IntModel`` / ``load_int_model``, inference on integer codes; node models run on
+  :mod:`.packed` (activations as packed 8 / 4 / 2-bit tables, chunked layers, the kernels of
+  :mod:`qgnn.kernels.intops`), graph-level models on the per-layer path with :mod:`.intops`' backends.
+* :mod:`.fp32_reference`: the same weights dequantized in plain PyG FP32 layers (``qgnn eval --fp32-reference``).
+* :mod:`.onnx_export` (+ ``onnx_graph`` / ``onnx_quant`` / ``onnx_layers``): ``qgnn export --format onnx``.
 * :mod:`.evaluate`, :mod:`.measure`, :mod:`.cli`: ``qgnn export`` and ``qgnn eval``.
-* :mod:`.rec_format`, :mod:`.rec_export`, :mod:`.rec`: LightGCN embedding tables (GNAQ, QAT, LSQ): layout,
-  export, and ``RecIntModel`` (decoded table + LightGCN propagation) with its full-ranking evaluation.
+* :mod:`.rec_format`, :mod:`.rec_export`, :mod:`.rec` (+ ``rec_table`` / ``rec_rank``): LightGCN embedding
+  tables (GNAQ, QAT, LSQ): layout, export, and ``RecIntModel`` (the packed table held; per pass a float
+  propagation, then ranking from int8 codes) with its full-ranking evaluation.
 """
 
 from qgnn._lazy import lazy_exports

@@ -76,8 +76,21 @@ def cmd_export(args) -> int:
         return 0
     print(f"wrote {path} ({path.stat().st_size:,} bytes): {desc['task']} model, "
           f"{len(desc['model']['convs'])} conv layers, {len(desc['bits'])} quantized slots at "
-          f"{'/'.join(map(str, widths))} bits")
+          f"{'/'.join(map(str, widths))} bits{_prompt_summary(desc.get('prompts'))}")
     return 0
+
+
+def _prompt_summary(prompts: dict | None) -> str:
+    """``"; prompts gpf-lorap (node gpf-plus, LoRAP on convs 0, 1; 5 tables at 8 bits)"`` or ""."""
+    if not prompts:
+        return ""
+    entries = ([prompts["node"]] if prompts.get("node") else []) + list(prompts["aggregate"].values())
+    params = [p for e in entries for p in e["params"].values()]
+    eight = sum("codes" in p for p in params)
+    where = ([f"node {prompts['node']['kind']}"] if prompts.get("node") else []) + (
+        [f"LoRAP on convs {', '.join(prompts['aggregate'])}"] if prompts["aggregate"] else [])
+    tables = f"{eight} tables at 8 bits" + (f", {len(params) - eight} float32" if len(params) > eight else "")
+    return f"; prompts {prompts.get('kind') or 'custom'} ({', '.join(where)}; {tables})"
 
 
 def cmd_eval(args) -> int:

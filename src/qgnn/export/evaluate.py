@@ -126,7 +126,7 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
 
         return evaluate_rec(path, model, dataset, root, split, repeats)
     cfg, inputs = eval_inputs(model.desc, dataset, root, split)
-    if getattr(model, "packed", None) is not None and len(inputs) == 1:
+    if getattr(model, "packed", None) is not None and model.task == "node" and len(inputs) == 1:
         # a node model on one graph: the load step (graph plans, features encoded as codes) once, as a
         # deployment does; forwards run on it (the FP32 twin likewise builds its adj_t once)
         x, ei = inputs[0][:2]

@@ -36,12 +36,21 @@ from torch import Tensor
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from qgnn.errors import ConfigError
-from qgnn.kernels.intops import PreparedLinear, qlinear, rowwise_aggregate
+from qgnn.kernels.intops import PreparedLinear, qlinear, qlinear_from_float, rowwise_aggregate, rowwise_values
 from qgnn.kernels.reference.rowwise import container_bits, pack_rows, row_bytes, unpack_rows
 
-__all__ = ["QRows", "CSRPlan", "PackedNodeModel", "packed_support", "ROW_CHUNK", "target_chunk"]
+__all__ = ["QRows", "CSRPlan", "PackedGraphModel", "PackedNodeModel", "packed_support", "row_chunk",
+           "target_chunk"]
 
-ROW_CHUNK = 16384  # rows per GEMM chunk: [16k, 256] codes are 4 MB
+GEMM_BYTES = 1 << 18  # unpacked input codes per GEMM chunk: 256 KB (Cora: 256 rows of 1,433 features)
+
+
+def row_chunk(channels: int) -> int:
+    """Rows per GEMM chunk for ``channels`` input codes a row: about GEMM_BYTES (at least 256 rows), so the
+    unpacked codes and the kernel's copy of them stay small beside the tables (peak memory), while a
+    million-row layer still runs in a few hundred kernel calls."""
+    return max(256, GEMM_BYTES // max(1, channels))
+
 TARGET_BYTES = 1 << 20  # a chunk of aggregated float rows: 1 MB, so the chain after the kernel stays in cache
 
 
@@ -92,8 +101,9 @@ class QRows:
         return cls(n, first.size(1), q.span, gran, s, z, fields)
 
     @classmethod
-    def encode(cls, q, x: Tensor, fields: bool = True, chunk: int = ROW_CHUNK) -> QRows:
+    def encode(cls, q, x: Tensor, fields: bool = True, chunk: int | None = None) -> QRows:
         """The table of ``q``'s codes of the float rows ``x`` (encoded chunk by chunk)."""
+        chunk = chunk or row_chunk(4 * x.size(1))
         out = cls.like(q, x.size(0), x, 0, fields)
         for start in range(0, x.size(0), chunk):
             out.put(q, start, x[start:start + chunk])
@@ -135,11 +145,12 @@ class QRows:
             bias = 0.0  # per-channel zero-points are subtracted after the sum (aggregate)
         pack_rows(u, self.bits, 1.0, bias, out=self.rows[start:end], fields=self.fields)
 
-    def codes(self, start: int, end: int) -> Tensor:
-        """Unsigned codes of rows ``start .. end`` as contiguous uint8 [rows, C] (a view where it can be)."""
+    def codes(self, start: int, end: int, pad: bool = False) -> Tensor:
+        """Unsigned codes of rows ``start .. end`` as contiguous uint8 [rows, C] (a view where it can be);
+        ``pad``: a planar table's rows may keep zero padding columns (a GEMM pads its weights to match)."""
         if self.bits == 8:
             return self.rows[start:end, :self.channels].contiguous()
-        return unpack_rows(self.rows[start:end], self.bits, self.channels, self.fields)[0]
+        return unpack_rows(self.rows[start:end], self.bits, self.channels, self.fields, pad and not self.fields)[0]
 
     def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:
         """(scale, zero-point) for rows ``start .. end``: 0-d, [C] or [rows]."""
@@ -148,11 +159,16 @@ class QRows:
         return self.scale, self.zero
 
     def dequant(self, start: int, end: int) -> Tensor:
+        """``x̂ = s (u − z')`` of rows ``start .. end``, float32 (a fused table decodes through fbgemm)."""
         s, z = self.row_params(start, end)
-        u = self.codes(start, end).to(torch.float32)
-        if self.granularity == "node":
-            return u.sub_(z.view(-1, 1).to(torch.float32)).mul_(s.view(-1, 1))
-        return u.sub_(z.to(torch.float32)).mul_(s)
+        if self.fields:  # the rows' bias fields already hold −z' (per tensor / node)
+            v = rowwise_values(self.rows, self.bits, self.channels, start, end)
+            if self.granularity == "channel":
+                v.sub_(z.to(torch.float32))
+        else:
+            v = self.codes(start, end).to(torch.float32)
+            v.sub_(z.view(-1, 1).to(torch.float32) if self.granularity == "node" else z.to(torch.float32))
+        return v.mul_(s.view(-1, 1) if self.granularity == "node" else s)
 
     def aggregate(self, plan: CSRPlan, start: int, end: int, mode: str = "sum", backend: str = "auto",
                   coef: Coefficients | None = None) -> Tensor:
@@ -283,8 +299,10 @@ def packed_support(model) -> tuple[bool, str]:
     """(True, "") when every layer of ``model`` (an IntModel) has a packed path, else (False, why)."""
     from .runtime import GAT, GCN, GIN, SAGE, BatchNorm, Linear, ReLU
 
-    if model.arch != "node_stack":
-        return False, "graph-level models run the per-layer path"
+    if model.arch not in ("node_stack", "graph_readout"):
+        return False, f"architecture {model.arch!r}"
+    if model.arch == "graph_readout" and not all(isinstance(m, BatchNorm) for m in model.norms):
+        return False, "graph model with a norm other than BatchNorm"
     for i, conv in enumerate(model.convs):
         where = f"convs.{i}"
         if conv.flow != "source_to_target":
@@ -333,12 +351,27 @@ class _Lin:
         self.prep = PreparedLinear(weight.q8, weight.z8, weight.scale, bias) if self.quantized else None
         self.bias = bias
         self.backend = backend
+        self._padded = None
+
+    def _prep_for(self, k: int) -> PreparedLinear:
+        """The prepared weight for ``k`` input columns: padding columns (zero codes of a planar table) get the
+        weight's zero-point, so that ``(u − z_x)(w − z_w) = 0`` there and the sums are unchanged."""
+        if k == self.prep.in_features:
+            return self.prep
+        if self._padded is None or self._padded.in_features != k:
+            w = self.prep.w
+            z = self.prep.zero.view(-1, 1) if self.prep.zero.dim() else self.prep.zero
+            pad = z.expand(w.size(0), k - w.size(1)).to(torch.int8)
+            self._padded = PreparedLinear(torch.cat([w, pad], 1), self.prep.zero, self.prep.scale, self.prep.bias)
+        return self._padded
 
     def from_codes(self, u: Tensor, s: Tensor, z: Tensor, gran: str, out=None) -> Tensor:
         if self.quantized and gran in ("tensor", "node"):
+            prep = self._prep_for(u.size(1))
             if gran == "tensor":
-                return qlinear(u, int(z), float(s), self.prep, out, self.backend)
-            return qlinear(u, z, s, self.prep, out, self.backend)
+                return qlinear(u, int(z), float(s), prep, out, self.backend)
+            return qlinear(u, z, s, prep, out, self.backend)
+        u = u[:, :self.w.shape[1]]  # padding columns of a planar table, if any
         xf = u.to(torch.float32)
         xf = xf.sub_(z.view(-1, 1) if gran == "node" else z.to(torch.float32)).mul_(
             s.view(-1, 1) if gran == "node" else s)
@@ -348,10 +381,14 @@ class _Lin:
         s_y, z_y, u_max = out  # the output grid's codes, as the fused kernel would return them
         return torch.div(y, s_y).round_().add_(z_y).clamp_(0, u_max).to(torch.uint8)
 
-    def __call__(self, q, x: Tensor, start: int) -> Tensor:
-        """Float rows ``x`` (node ids from ``start``) through input quantizer ``q`` (None: float) and W."""
+    def __call__(self, q, x: Tensor, start: int, scratch: bool = False) -> Tensor:
+        """Float rows ``x`` (node ids from ``start``) through input quantizer ``q`` (None: float) and W;
+        ``scratch``: ``x`` may be overwritten."""
         if q is None:
             return F.linear(x, self.w.dequant if self.quantized else self.w, self.bias)
+        if self.quantized and _plain(q):  # quantized inside the GEMM kernel: no code tensor in between
+            return qlinear_from_float(x, int(q.zero_point.reshape(())) - int(q.qmin), float(q.scale.reshape(())),
+                                      q.span, self.prep, self.backend, scratch)
         u, s, z, gran = q.unsigned(x, start)
         return self.from_codes(u, s, z, gran)
 
@@ -382,6 +419,11 @@ class _PackedConv:
         self.input = conv.q["input"]
         self.name = conv.name
         self.paths: dict[str, str] = {}
+        # the aggregation prompt of this layer (LoRAP, qgnn.prompts): float rows -> float rows, or None
+        self.prompt = None
+
+    def _prompted(self, s: Tensor) -> Tensor:
+        return s if self.prompt is None else self.prompt(s)
 
     def _agg_label(self, table: QRows, plan: CSRPlan, coef) -> None:
         key = f"{self.name}.aggregate"
@@ -389,7 +431,7 @@ class _PackedConv:
             self.paths[key] = INT_AGG if table.exact(plan, coef) else FLOAT_AGG
 
     def finish(self, y: Tensor, start: int) -> Tensor:
-        y = _requant(self.q.get("aggr"), y, start)
+        y = self._prompted(_requant(self.q.get("aggr"), y, start))  # prompt: after aggr, before the bias
         if self.conv.bias is not None:
             y += self.conv.bias  # y is this chunk's own buffer
         return _requant(self.q.get("output"), y, start)
@@ -423,10 +465,11 @@ class PackedGCN(_PackedConv):
         n = x.n
         h = None
         fused = self.xw.granularity == "tensor" and not self.xw.a2q and not self.xw.binary and self.lin.quantized
-        for start in range(0, n, ROW_CHUNK):
-            end = min(n, start + ROW_CHUNK)
+        step = row_chunk(x.channels)
+        for start in range(0, n, step):
+            end = min(n, start + step)
             s, z = x.row_params(start, end)
-            u = x.codes(start, end)
+            u = x.codes(start, end, pad=True)
             if fused:
                 if h is None:
                     h = QRows(n, self.lin.prep.out_features, self.xw.span, "tensor",
@@ -470,17 +513,23 @@ class PackedSAGE(_PackedConv):
         c = self.conv
         aggr_q = self.q.get("aggr")
         self._agg_label(x, plan, None)
-        self.paths[f"{self.name}.lin_l"] = _lin_label(self.lin_l, _gran(aggr_q))
+        self.paths[f"{self.name}.lin_l"] = _lin_label(self.lin_l, _gran(aggr_q) if self.prompt is None else None)
         if self.lin_r is not None:
             self.paths[f"{self.name}.lin_r"] = _lin_label(self.lin_r, x.granularity)
         step = target_chunk(max(x.channels, c.weight.shape[0]))
         for start in range(0, x.n, step):
             end = min(x.n, start + step)
             a = x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"])
-            y = self.lin_l(aggr_q, a, start)
+            if self.prompt is None:
+                y = self.lin_l(aggr_q, a, start, scratch=True)
+            else:  # the prompt's float output is lin_l's input (prompts sit outside every quantizer slot)
+                y = self.lin_l(None, self.prompt(_requant(aggr_q, a, start)), start)
             if self.lin_r is not None:
-                s, z = x.row_params(start, end)
-                y += self.lin_r.from_codes(x.codes(start, end), s, z, x.granularity)
+                if _plain(self.input):  # decoded by fbgemm, quantized back inside the GEMM: the same codes
+                    y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True)
+                else:
+                    s, z = x.row_params(start, end)
+                    y += self.lin_r.from_codes(x.codes(start, end), s, z, x.granularity)
             if c.normalize:
                 y = F.normalize(y, p=2.0, dim=-1)
             emit(start, _requant(self.q.get("output"), y, start))
@@ -512,12 +561,12 @@ class PackedGIN(_PackedConv):
         step = target_chunk(max([x.channels, *(m.weight.shape[0] for m, lin in self.mlp if lin is not None)]))
         for start in range(0, x.n, step):
             end = min(x.n, start + step)
-            a = x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"])
+            a = self._prompted(x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"]))
             y = a.add_(x.dequant(start, end), alpha=1 + c.eps)
             y = _requant(self.q.get("aggr"), y, start)
             for m, lin in self.mlp:
                 if lin is not None:
-                    y = _requant(m.output, lin(m.input, y, start), start)
+                    y = _requant(m.output, lin(m.input, y, start, scratch=True), start)
                 else:
                     y = m(y, None)
             emit(start, _requant(self.q.get("output"), y, start))
@@ -575,13 +624,14 @@ class PackedGAT(_PackedConv):
         a_dst = torch.empty((n, heads))
         z_h = self.xw.zero_point.reshape(()) - int(self.xw.qmin)
         grid = None
-        for start in range(0, n, ROW_CHUNK):
-            end = min(n, start + ROW_CHUNK)
+        step = row_chunk(x.channels)
+        for start in range(0, n, step):
+            end = min(n, start + step)
             s, z = x.row_params(start, end)
             if not tables:
                 tables = [QRows(n, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h) for _ in range(heads)]
                 grid = (float(self.xw.scale.reshape(())), int(tables[0].zero), tables[0].span)
-            hu = self.lin.from_codes(x.codes(start, end), s, z, x.granularity, grid)
+            hu = self.lin.from_codes(x.codes(start, end, pad=True), s, z, x.granularity, grid)
             a_src[start:end], a_dst[start:end] = self._logits(hu, tables[0])
             for k, t in enumerate(tables):
                 t.write(start, hu[:, k * ch:(k + 1) * ch], t.scale, t.zero)
@@ -616,7 +666,7 @@ class PackedGAT(_PackedConv):
                 w = codes[:, k].contiguous()
                 outs.append(rowwise_aggregate(t.rows, t.bits, ch, ptr, idx, w, "sum", self.backend["aggregate"]))
             y = torch.cat(outs, 1).mul_(scale * float(tables[0].scale))
-            y = _requant(self.q.get("aggr"), y, start)
+            y = self._prompted(_requant(self.q.get("aggr"), y, start))  # heads concatenated
             if not c.concat:
                 y = y.view(-1, heads, ch).mean(dim=1)
             if c.bias is not None:
@@ -641,7 +691,13 @@ class PackedNodeModel:
         self.model = model
         self.backend = {"linear": linear, "aggregate": aggregate}
         self.layers = [_PACKED[type(c).__name__](c, self.backend) for c in model.convs]
-        self.activation = model.activation
+        # prompts of a prompted model (qgnn.export.prompt_ops): GPF / GPF-plus on the features, LoRAP per layer
+        self.prompts = getattr(model, "prompts", None)
+        if self.prompts is not None:
+            for i, layer in enumerate(self.layers):
+                if self.prompts.has_aggregate(i):
+                    layer.prompt = (lambda s, i=i: self.prompts.aggregate(i, s))
+        self.activation = getattr(model, "activation", F.relu)  # graph models: ReLU after each norm
 
     def plans(self, edge_index: Tensor, n: int) -> dict:
         """The graph's plans (one per form the layers need) and each layer's edge coefficients."""
@@ -653,29 +709,48 @@ class PackedNodeModel:
         return {"plans": plans, "coefs": [layer.coefficients(plans[layer.form()]) for layer in self.layers], "n": n}
 
     def encode(self, x: Tensor) -> QRows:
-        """The first layer's input table of float features ``x``."""
-        return QRows.encode(self.layers[0].input, x.to(torch.float32), self.layers[0].input_fields)
+        """The first layer's input table of float features ``x`` (after the node prompt, if any)."""
+        x = x.to(torch.float32)
+        if self.prompts is not None and self.prompts.has_node:
+            x = self.prompts.node(x)
+        return QRows.encode(self.layers[0].input, x, self.layers[0].input_fields)
 
     def prepare(self, x: Tensor, edge_index: Tensor) -> dict:
         """The load step: plans and the encoded features (the float features may be freed after)."""
         return {**self.plans(edge_index, x.size(0)), "x": self.encode(x)}
 
     def run(self, prepared: dict) -> Tensor:
+        out = self._layers(prepared, self._node_step)
+        n = prepared["n"]
+        return out if out is not None else torch.zeros((n, self.model.desc["num_classes"]))
+
+    def _node_step(self, i: int, start: int, y: Tensor) -> Tensor:
+        """A node stack's float chunk after layer ``i`` (not the last): the activation, in place."""
+        return self.activation(y, inplace=True)
+
+    def _layers(self, prepared: dict, step, keep_last: bool = True):
+        """Run every layer; ``step(i, start, y)`` maps the float chunk after layer i before it is encoded for
+        layer i + 1 (the last layer's chunks are gathered as float rows when ``keep_last``)."""
         x = prepared["x"]
         n = prepared["n"]
         out = None
+        if n == 0:  # no rows: nothing to run (the callers return empty results)
+            return None
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             nxt = None if last else self.layers[i + 1].input
+            fields = (not last) and self.layers[i + 1].input_fields
             state: dict = {}
 
-            def emit(start, y, last=last, nxt=nxt, state=state, fields=(not last) and self.layers[i + 1].input_fields):
-                if last:
+            def emit(start, y, i=i, last=last, nxt=nxt, state=state, fields=fields):
+                if last and keep_last:
                     if "out" not in state:
                         state["out"] = torch.empty((n, y.size(1)), dtype=torch.float32)
                     state["out"][start:start + y.size(0)] = y
                     return
-                y = self.activation(y, inplace=True)  # y is the chunk's own buffer: no new one
+                y = step(i, start, y)
+                if last:
+                    return
                 if "out" not in state:
                     state["out"] = QRows.like(nxt, n, y, start, fields)
                 state["out"].put(nxt, start, y, inplace=True)
@@ -683,7 +758,7 @@ class PackedNodeModel:
             layer.run(x, prepared["plans"][layer.form()], emit, prepared["coefs"][i])
             x = state.get("out")
             out = x
-        return out if out is not None else torch.zeros((n, self.model.desc["num_classes"]))
+        return out
 
     def __call__(self, x: Tensor, edge_index: Tensor) -> Tensor:
         return self.run(self.prepare(x, edge_index))
@@ -704,3 +779,78 @@ class PackedNodeModel:
         return {"linear": linear_backend(False, self.backend["linear"])[0] + (
                     ", int_mm (per-node scales)" if per_row and self.backend["linear"] == "auto" else ""),
                 "aggregate": aggregate_backend(torch.empty(0, dtype=torch.uint8), self.backend["aggregate"])[0]}
+
+
+class PackedGraphModel(PackedNodeModel):
+    """A graph-level model (``IntModel`` of arch "graph_readout", :mod:`qgnn.models.graph`) on packed tables:
+    ``h_k = relu(norm_k(conv_k(h_{k-1})))`` layer by layer as the node stack, each chunk of ``h_k`` pooled
+    into its graphs as it is produced (sum, mean or max), and ``out = Σ_k head_k(rnorm_k(pool(h_k)))`` on the
+    pooled rows (one per graph). ``prepare(x, edge_index, batch)`` then ``run``."""
+
+    def __init__(self, model, linear: str = "auto", aggregate: str = "auto"):
+        super().__init__(model, linear, aggregate)
+        self.heads = [(m, _Lin(m.weight, m.bias, linear)) for m in model.heads]
+        self.pooling = model.desc["model"]["pooling"]
+
+    def prepare(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> dict:
+        n = x.size(0)
+        batch = torch.zeros(n, dtype=torch.long) if batch is None else batch.long()
+        size = int(batch.max()) + 1 if batch.numel() else 1
+        counts = torch.bincount(batch, minlength=size)
+        p = {**self.plans(edge_index, n), "x": self.encode(x), "batch": batch, "size": size, "counts": counts}
+        p["pooled0"] = self._pool_all(x.to(torch.float32), batch, size, counts)
+        return p
+
+    def _pool_all(self, h: Tensor, batch: Tensor, size: int, counts: Tensor) -> Tensor:
+        acc = self._pool_init(size, h.size(1))
+        self._pool_into(acc, h, batch)
+        return self._pool_finish(acc, counts)
+
+    def _pool_init(self, size: int, c: int) -> Tensor:
+        return torch.full((size, c), float("-inf")) if self.pooling == "max" else torch.zeros((size, c))
+
+    def _pool_into(self, acc: Tensor, y: Tensor, idx: Tensor) -> None:
+        if self.pooling == "max":
+            acc.scatter_reduce_(0, idx.view(-1, 1).expand_as(y), y, "amax", include_self=True)
+        else:  # PyG's own sum (global_add_pool's): one chunk gives the per-layer path's float sums exactly
+            from torch_geometric.utils import scatter
+
+            acc += scatter(y, idx, 0, dim_size=acc.size(0), reduce="sum")
+
+    def _pool_finish(self, acc: Tensor, counts: Tensor) -> Tensor:
+        if self.pooling == "max":
+            return acc.masked_fill_((counts == 0).view(-1, 1), 0.0)  # an empty graph pools to 0, as PyG
+        if self.pooling == "mean":
+            return acc.div_(counts.clamp(min=1).to(acc.dtype).view(-1, 1))
+        return acc
+
+    def _readout(self, k: int, pooled: Tensor) -> Tensor:
+        rn = self.model.readout_norms
+        if rn is not None:
+            pooled = rn[k](pooled, None)
+        m, lin = self.heads[k]
+        return _requant(m.output, lin(m.input, pooled, 0), 0)
+
+    def run(self, prepared: dict) -> Tensor:
+        batch, size, counts = prepared["batch"], prepared["size"], prepared["counts"]
+        pools: list[Tensor] = []
+
+        def step(i, start, y):
+            y = F.relu(self.model.norms[i](y, None), inplace=True)
+            if len(pools) <= i:
+                pools.append(self._pool_init(size, y.size(1)))
+            self._pool_into(pools[i], y, batch[start:start + y.size(0)])
+            return y
+
+        self._layers(prepared, step, keep_last=False)
+        for k in range(len(pools), len(self.layers)):  # no rows (an empty batch): every pool is empty
+            pools.append(self._pool_init(size, self.heads[k + 1][0].weight.shape[1]))
+        out = self._readout(0, prepared["pooled0"])
+        for k, acc in enumerate(pools, start=1):
+            out = out + self._readout(k, self._pool_finish(acc, counts))
+        for k, (m, lin) in enumerate(self.heads):
+            self.layers[0].paths[f"heads.{k}"] = _lin_label(lin, _gran(m.input))
+        return out
+
+    def __call__(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> Tensor:
+        return self.run(self.prepare(x, edge_index, batch))

@@ -685,6 +685,14 @@ class IntModel:
             raise CheckpointError(f"export descriptor lacks {e}") from None
         self.paths: dict[str, str] = {}
         self._graphs = GraphCache()  # shared by the layers (see GraphCache)
+        self.prompts = None
+        if desc.get("prompts") is not None:  # a prompted model: its prompts run in the packed executor only
+            from .prompt_ops import load_runtime_prompts
+
+            self.prompts = load_runtime_prompts(tensors, desc)
+            if packed is False:
+                raise ConfigError("a prompted model runs on the packed executor only (packed=False refused)")
+            packed = True
         self.packed = self._packed_model(packed)
 
     def _packed_model(self, want: bool | None):
@@ -692,11 +700,11 @@ class IntModel:
         asked for are its own (``want``: None = when it can, True = required, False = never)."""
         from qgnn.kernels.intops import AGGREGATE_BACKENDS, LINEAR_BACKENDS
 
-        from .packed import PackedNodeModel, packed_support
+        from .packed import PackedGraphModel, PackedNodeModel, packed_support
 
         if want is False:
             return None
-        ok, why = packed_support(self) if self.arch == "node_stack" else (False, "graph-level model")
+        ok, why = packed_support(self)
         names_ok = self.gemm in LINEAR_BACKENDS and self.agg in AGGREGATE_BACKENDS
         if not names_ok:
             why = f"backends {self.gemm} / {self.agg} belong to the per-layer path"
@@ -706,22 +714,25 @@ class IntModel:
             self.packed_why = why
             return None
         self.packed_why = ""
-        return PackedNodeModel(self, linear=self.gemm, aggregate=self.agg)
+        cls = PackedNodeModel if self.arch == "node_stack" else PackedGraphModel
+        return cls(self, linear=self.gemm, aggregate=self.agg)
 
-    def prepare(self, x: Tensor, edge_index: Tensor):
-        """The load step of a node model on one graph: with the packed executor, the graph plans and the
-        features encoded as the first layer's codes (the float features can be freed after); ``model.run``
-        then runs forwards on it. Other models keep the inputs as given."""
+    def prepare(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None):
+        """The load step on one graph (or one batch of graphs, ``batch``): with the packed executor, the graph
+        plans and the features encoded as the first layer's codes (the float features can be freed after);
+        ``model.run`` then runs forwards on it. Other models keep the inputs as given."""
         self._check_inputs(x, edge_index)
         if self.packed is None:
-            return {"x": x, "edge_index": edge_index}
-        return self.packed.prepare(x, edge_index)
+            return {"x": x, "edge_index": edge_index, "batch": batch}
+        if self.arch == "node_stack":
+            return self.packed.prepare(x, edge_index)
+        return self.packed.prepare(x, edge_index, batch)
 
     @torch.no_grad()
     def run(self, prepared) -> Tensor:
         """One forward on :meth:`prepare`'s result."""
         if self.packed is None:
-            return self(prepared["x"], prepared["edge_index"])
+            return self(prepared["x"], prepared["edge_index"], prepared["batch"])
         out = self.packed.run(prepared)
         self.paths = self.packed.paths()
         return out
@@ -737,7 +748,11 @@ class IntModel:
     def __call__(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> Tensor:
         self._check_inputs(x, edge_index)
         x = x.to(torch.float32)
-        if self.packed is not None and batch is None:
+        if self.packed is not None and self.arch != "node_stack":  # a batch of graphs: load and run it
+            out = self.packed(x, edge_index, batch)
+            self.paths = self.packed.paths()
+            return out
+        if self.packed is not None:
             n = x.size(0)
             plans = self._graphs.get(edge_index, n, ("packed",), lambda: self.packed.plans(edge_index, n))
             out = self.packed.run({**plans, "x": self.packed.encode(x)})
@@ -774,7 +789,7 @@ def load_int_model(path: str | os.PathLike, gemm: str = "auto", agg: str = "auto
     """Read and validate an export file (never unpickles) and build its :class:`IntModel`."""
     tensors, desc = read_file(Path(path))
     try:
-        if desc.get("task") == "rec":  # LightGCN: decoded table + propagation (qgnn.export.rec)
+        if desc.get("task") == "rec":  # LightGCN: packed table, propagation, int8 ranking (qgnn.export.rec)
             from .rec import RecIntModel
 
             return RecIntModel(tensors, desc)

@@ -18,11 +18,12 @@ from qgnn.methods.config import DEFAULT_SLOTS, MethodConfig, QuantConfig
 
 
 def _quant_class(module: nn.Module):
-    from qgnn.nn import QUANT_LAYER_FOR, QuantModule
+    from qgnn.nn import QuantModule
+    from qgnn.nn.registry import quant_class_for
 
     if isinstance(module, QuantModule):
         return None  # already quantized
-    return QUANT_LAYER_FOR.get(type(module))
+    return quant_class_for(module)
 
 
 def quantize_(model: nn.Module, config: QuantConfig | MethodConfig | dict) -> nn.Module:

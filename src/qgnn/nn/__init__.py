@@ -7,13 +7,13 @@
   ``quantizers``, ``from_float``, ``to_float``, Degree-Quant's ``node_protect`` mask, ``_last_stats``).
 * :func:`set_integer_aggregation`: run the GCN / GIN / SAGE neighbourhood sums on integer codes in eval
   mode (MixQ-GNN Theorem 1; ``docs/integer.md``).
-* ``QUANT_LAYER_FOR``: float layer type -> quantized type, what ``qgnn.quantize_`` converts.
+* ``QUANT_LAYER_FOR``: float layer type -> quantized type, what ``qgnn.quantize_`` converts; built from
+  :mod:`qgnn.nn.registry`, where each layer kind registers itself and its facts.
 
 With no quantizer set a layer computes exactly what its float layer computes.
 """
 
 from torch import nn
-from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
 from .base import (
     ALL_SLOTS,
@@ -28,15 +28,11 @@ from .gat import QuantGATConv
 from .gcn import QuantGCNConv
 from .gin import QuantGINConv
 from .linear import QuantLinear
+from .registry import LAYERS  # noqa: E402  (every layer above registered itself)
 from .sage import QuantSAGEConv
 
-QUANT_LAYER_FOR: dict[type[nn.Module], type[QuantModule]] = {
-    GCNConv: QuantGCNConv,
-    GINConv: QuantGINConv,
-    SAGEConv: QuantSAGEConv,
-    GATConv: QuantGATConv,
-    nn.Linear: QuantLinear,
-}
+# float layer type -> quantized type, from the registry (qgnn.nn.registry)
+QUANT_LAYER_FOR: dict[type[nn.Module], type[QuantModule]] = {f.float_cls: f.quant_cls for f in LAYERS.values()}
 
 __all__ = [
     "ALL_SLOTS",

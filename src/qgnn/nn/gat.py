@@ -29,10 +29,12 @@ from qgnn.quant import Quantizer
 
 from .base import QuantModule
 from .graph import read_graph, split_pair
+from .registry import register_layer
 
 __all__ = ["QuantGATConv"]
 
 
+@register_layer("gat")
 class QuantGATConv(QuantModule, GATConv):
     """GATConv with slots ``input``, ``weight`` (``lin``), ``att`` (attention vectors), ``xw``,
     ``attention`` (softmax output, rows = edges), ``message``, ``aggr``, ``output``.

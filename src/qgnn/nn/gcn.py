@@ -37,10 +37,12 @@ from qgnn.quant import Quantizer
 
 from .base import QuantModule
 from .graph import GraphView, read_graph, split_pair
+from .registry import register_layer
 
 __all__ = ["QuantGCNConv"]
 
 
+@register_layer("gcn")
 class QuantGCNConv(QuantModule, GCNConv):
     """GCNConv with slots ``input``, ``weight``, ``xw``, ``edge``, ``message``, ``aggr``, ``output``.
 

@@ -27,10 +27,12 @@ from qgnn.quant import Quantizer
 
 from .base import QuantModule
 from .context import node_ids
+from .registry import register_layer
 
 __all__ = ["QuantGINConv"]
 
 
+@register_layer("gin")
 class QuantGINConv(QuantModule, GINConv):
     """GINConv with slots ``input``, ``message``, ``aggr``, ``output``.
 

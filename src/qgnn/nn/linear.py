@@ -17,10 +17,12 @@ from torch import Tensor, nn
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
+from .registry import register_layer
 
 __all__ = ["QuantLinear"]
 
 
+@register_layer("linear")
 class QuantLinear(QuantModule, nn.Linear):
     """``y = Q_out(Q_in(x) · Q_w(W)ᵀ + b)``. Slots: ``input`` (rows), ``weight``, ``output`` (rows).
 

@@ -28,10 +28,12 @@ from torch_geometric.nn import SAGEConv
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
+from .registry import register_layer
 
 __all__ = ["QuantSAGEConv"]
 
 
+@register_layer("sage")
 class QuantSAGEConv(QuantModule, SAGEConv):
     """SAGEConv with slots ``input``, ``weight`` (``lin_l``, neighbours), ``weight_root`` (``lin_r``),
     ``message``, ``aggr``, ``output``.

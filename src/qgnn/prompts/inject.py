@@ -40,7 +40,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv, GCNConv, GINConv, MessagePassing, SAGEConv
+from torch_geometric.nn import GINConv, MessagePassing
 
 from qgnn.config import ConfigBase
 from qgnn.errors import ConfigError, lookup
@@ -273,21 +273,42 @@ class PromptedLayer(nn.Module):
 
 
 def aggregation_dim(layer: nn.Module) -> int:
-    """Features per node of the aggregate LoRAP sees in ``layer`` (table in the module docstring)."""
-    if isinstance(layer, GATConv):
-        return layer.heads * layer.out_channels
-    if isinstance(layer, GCNConv):
-        return layer.out_channels
-    if isinstance(layer, SAGEConv):
-        ch = layer.in_channels
-        return ch[0] if isinstance(ch, (tuple, list)) else ch
-    if isinstance(layer, GINConv):
-        first = next((m for m in layer.nn.modules() if isinstance(getattr(m, "in_features", None), int)), None)
-        if first is None:
-            raise ConfigError("GINConv: cannot find the input width of its nn (no module with in_features)")
-        return first.in_features
-    raise ConfigError(f"LoRAP does not know where {type(layer).__name__} aggregates; supported layers: "
-                      "GCNConv, GINConv, SAGEConv, GATConv (and their qgnn.nn.Quant* versions)")
+    """Features per node of the aggregate LoRAP sees in ``layer`` (table in the module docstring): the layer
+    kind's ``aggregation_dim`` fact (:mod:`qgnn.nn.registry`)."""
+    from qgnn.nn.registry import LAYERS, facts_for
+
+    facts = facts_for(layer)
+    if facts is None or facts.aggregation_dim is None:
+        kinds = [f.float_cls.__name__ for f in LAYERS.values() if f.aggregation_dim is not None]
+        raise ConfigError(f"LoRAP does not know where {type(layer).__name__} aggregates; supported layers: "
+                          f"{', '.join(kinds)} (and their qgnn.nn.Quant* versions)")
+    return facts.aggregation_dim(layer)
+
+
+def _gin_aggregation_dim(layer) -> int:
+    first = next((m for m in layer.nn.modules() if isinstance(getattr(m, "in_features", None), int)), None)
+    if first is None:
+        raise ConfigError("GINConv: cannot find the input width of its nn (no module with in_features)")
+    return first.in_features
+
+
+def _in_channels(layer) -> int:
+    ch = layer.in_channels
+    return ch[0] if isinstance(ch, (tuple, list)) else ch
+
+
+def _register_aggregation_dims() -> None:
+    """The built-in kinds' LoRAP widths, registered as their facts (qgnn.nn.registry)."""
+    import qgnn.nn  # noqa: F401  (registers the layer kinds)
+    from qgnn.nn.registry import set_fact
+
+    set_fact("gat", "aggregation_dim", lambda m: m.heads * m.out_channels)
+    set_fact("gcn", "aggregation_dim", lambda m: m.out_channels)
+    set_fact("sage", "aggregation_dim", _in_channels)
+    set_fact("gin", "aggregation_dim", _gin_aggregation_dim)
+
+
+_register_aggregation_dims()
 
 
 def input_dim(layer: nn.Module) -> int:

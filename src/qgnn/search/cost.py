@@ -63,6 +63,9 @@ from torch_geometric.nn import Linear as PygLinear
 from torch_geometric.nn.aggr import MeanAggregation
 from torch_geometric.nn.conv import MessagePassing
 
+import qgnn.nn  # noqa: F401  (registers the layer kinds whose facts this module supplies)
+from qgnn.nn.registry import facts_for, set_fact
+
 __all__ = [
     "FP32_BITS",
     "WEIGHT_SLOTS",
@@ -408,16 +411,12 @@ def _count_lgconv(m: LGConv, bound: dict, args: tuple, out) -> tuple[list[Op], l
     return ops, acts, {"nodes": x.size(0), "edges": e, "in": f, "out": f}
 
 
-# isinstance order matters only for subclasses of several; quantized layers subclass their float layer.
-_COUNTERS: list[tuple[type, Callable]] = [
-    (GCNConv, _count_gcn),
-    (GATConv, _count_gat),
-    (SAGEConv, _count_sage),
-    (GINConv, _count_gin),
-    (LGConv, _count_lgconv),
-    (nn.Linear, _count_linear),
-    (PygLinear, _count_linear),
-]
+# The built-in layer kinds' counters, registered as their facts (qgnn.nn.registry: a layer owns its facts; a
+# new layer registers its own counter in its qgnn/nn file). Layers without a quantized twin: by float class.
+for _kind, _fn in (("gcn", _count_gcn), ("gat", _count_gat), ("sage", _count_sage), ("gin", _count_gin),
+                   ("linear", _count_linear)):
+    set_fact(_kind, "cost", _fn)
+_OTHER_COUNTERS: list[tuple[type, Callable]] = [(LGConv, _count_lgconv), (PygLinear, _count_linear)]
 
 # Parametric modules that do no MAC we count (elementwise affine maps, look-ups): no warning for them.
 _NO_MAC_TYPES: tuple[type, ...] = (
@@ -431,7 +430,10 @@ _NO_MAC_TYPES: tuple[type, ...] = (
 
 
 def _counter_for(module: nn.Module) -> Callable | None:
-    for cls, fn in _COUNTERS:
+    facts = facts_for(module)
+    if facts is not None and facts.cost is not None:
+        return facts.cost
+    for cls, fn in _OTHER_COUNTERS:
         if isinstance(module, cls):
             return fn
     return None

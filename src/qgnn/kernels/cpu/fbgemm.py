@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["fbgemm_available", "fbgemm_linear_exact", "rowwise_aggregate_fbgemm", "qlinear_fbgemm",
-           "prepack_linear"]
+           "qlinear_fbgemm_float", "prepack_linear"]
 
 _BAG_OPS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets",
             2: "embedding_bag_2bit_rowwise_offsets"}
@@ -104,6 +104,14 @@ def qlinear_fbgemm(u: Tensor, x_zero: int, x_scale: float, packed, out: tuple[fl
         s_y, z_y, u_max = out
         codes = torch.ops.quantized.linear(qx, packed, float(s_y), int(z_y)).int_repr()
     return codes.clamp_max_(u_max) if u_max < 255 else codes
+
+
+def qlinear_fbgemm_float(x: Tensor, x_zero: int, x_scale: float, packed) -> Tensor:
+    """``linear_with_input_q_dq_qweight_dq_output_fp32``: float rows ``x`` quantized inside the kernel (one
+    scale / zero-point, the uint8 range; the caller clamps to a narrower grid), float32 out."""
+    with _engine():
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, float(x_scale), int(x_zero),
+                                                                                 packed)
 
 
 @functools.cache

@@ -118,10 +118,10 @@ def pack_rows(u: Tensor, bits: int, scale: Tensor | float = 1.0, bias: Tensor | 
     return out
 
 
-def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True) -> tuple[Tensor, Tensor | None,
-                                                                                     Tensor | None]:
+def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True,
+                pad: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(codes uint8 [N, C], scale float32 [N], bias float32 [N]) of fused rows (``fields=False``: codes
-    alone, scale and bias None)."""
+    alone, scale and bias None; with ``pad``, planar codes keep their zero padding columns: [N, 8/b · nb])."""
     _check_bits(bits)
     n = rows.size(0)
     nb = _code_bytes(channels, bits)
@@ -133,7 +133,7 @@ def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True) -> 
     if bits == 8:
         u = body.clone()
     elif not fields:
-        return _unpack_planar(body, bits, channels), None, None
+        return _unpack_planar(body, bits, channels, pad), None, None
     else:
         per, mask = 8 // bits, (1 << bits) - 1
         planes = torch.empty((n, nb, per), dtype=torch.uint8, device=rows.device)
@@ -151,25 +151,29 @@ def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True) -> 
     return u.contiguous(), sb[:, 0].contiguous(), sb[:, 1].contiguous()
 
 
-def _unpack_planar(body: Tensor, bits: int, channels: int) -> Tensor:
+def _unpack_planar(body: Tensor, bits: int, channels: int, pad: bool = False) -> Tensor:
     """Planar code bytes [N, nb] -> codes uint8 [N, C]: field k of every byte is the run of columns
-    ``k·nb .. (k+1)·nb − 1``, extracted four bytes at a time on int32 words where the rows allow."""
+    ``k·nb .. (k+1)·nb − 1``, extracted four bytes at a time on int32 words, written in place, where the rows
+    allow. ``pad``: return all ``(8/b)·nb`` columns (the last ones zero) instead of copying out the first C."""
     n, nb = body.shape
     per, mask = 8 // bits, (1 << bits) - 1
     out = torch.empty((n, per * nb), dtype=torch.uint8, device=body.device)
-    words = nb > 0 and nb % 4 == 0 and body.is_contiguous()
-    src = body.view(torch.int32) if words else body
-    m = int.from_bytes(bytes([mask] * 4), "little", signed=True) if words else mask
-    for k in range(per):
-        field = out[:, k * nb:(k + 1) * nb]
-        dst = field.view(torch.int32) if words and field.is_contiguous() else None
-        val = torch.bitwise_right_shift(src, bits * k) if k else src
-        val = val & m if k < per - 1 or words else val
-        if dst is not None:
-            dst.copy_(val)
-        else:
-            field.copy_(val.view(torch.uint8) if words else val)
-    return out if per * nb == channels else out[:, :channels].contiguous()
+    if nb > 0 and nb % 4 == 0 and body.stride(1) == 1 and body.storage_offset() % 4 == 0 and body.stride(0) % 4 == 0:
+        src = body.view(torch.int32)
+        m = int.from_bytes(bytes([mask] * 4), "little", signed=True)
+        for k in range(per):
+            dst = out[:, k * nb:(k + 1) * nb].view(torch.int32)  # rows strided, words contiguous
+            if k:
+                torch.bitwise_right_shift(src, bits * k, out=dst)
+            else:
+                dst.copy_(src)
+            dst.bitwise_and_(m)  # also drops what the shift carried in from the next byte
+    else:
+        for k in range(per):
+            field = out[:, k * nb:(k + 1) * nb]
+            torch.bitwise_right_shift(body, bits * k, out=field) if k else field.copy_(body)
+            field.bitwise_and_(mask)
+    return out if pad or per * nb == channels else out[:, :channels].contiguous()
 
 
 def check_csr(indptr: Tensor, indices: Tensor, weights: Tensor | None, num_rows: int) -> None:

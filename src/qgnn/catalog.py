@@ -15,7 +15,7 @@ DATASETS: dict[str, tuple[str, ...]] = {
               "synthetic-graph"),
     "rec": ("gowalla", "lastfm", "ml-100k", "ml-1m-lightgcnpp", "synthetic-rec"),
 }
-MODELS: dict[str, tuple[str, ...]] = {"node": ("gat", "gcn", "gin", "sage"), "graph": ("gcn", "gin"),
+MODELS: dict[str, tuple[str, ...]] = {"node": ("gat", "gcn", "gin", "graphconv", "sage"), "graph": ("gcn", "gin"),
                                       "rec": ("lightgcn",)}
 METHODS: tuple[str, ...] = ("fp32", "a2q", "dq", "lsq", "mixq", "qat")  # qgnn.methods.method_names()
 REC_METHODS: tuple[str, ...] = ("bigear", "fp32", "gnaq", "lsq", "qat")

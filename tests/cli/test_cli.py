@@ -17,7 +17,7 @@ def test_unknown_dataset_exits_2_listing_names(capsys):
 
 def test_unknown_model_and_method_and_bad_bits(capsys):
     assert main(["train", "--dataset", "synthetic-node", "--model", "mlp"]) == 2
-    assert "valid models: gat, gcn, gin, sage" in capsys.readouterr().err
+    assert "valid models: gat, gcn, gin, graphconv, sage" in capsys.readouterr().err
     assert main(["train", "--dataset", "synthetic-node", "--method", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
     assert main(["train", "--dataset", "synthetic-node", "--bits", "12"]) == 2

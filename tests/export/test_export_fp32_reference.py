@@ -92,7 +92,7 @@ def test_graph_reference_is_the_fake_quant_model_without_activation_quantizers(n
         close(ref(b.x, ref.graph(b.edge_index, b.num_nodes), b.batch), expect)
 
 
-@pytest.mark.parametrize("name", ["gcn", "sage", "gin", "gat"])
+@pytest.mark.parametrize("name", ["gcn", "sage", "gin", "gat", "graphconv"])
 def test_integer_runtime_predicts_like_the_reference_on_a_trained_8bit_model(name):
     m = node_model(name, "qat", 8, steps=60)
     tensors, desc = export_model(m)

@@ -58,7 +58,7 @@ def assert_agrees(out: torch.Tensor, ref: torch.Tensor, max_rel: float = 2e-2) -
     assert float(rel.median()) < 1e-6 and float(rel.max()) < max_rel, (float(rel.median()), float(rel.max()))
 
 
-KINDS = ("gcn", "sage", "gin", "gat")
+KINDS = ("gcn", "sage", "gin", "gat", "graphconv")
 CASES = [(name, method, bits) for name in KINDS
          for method, bits in (("qat", 8), ("qat", 4), ("lsq", 4), ("dq", 4), ("a2q", 4), ("qat", 2), ("qat", 1))
          if (name, method) != ("gat", "a2q")]  # per-node X·W scales: GAT's per-layer path (test below)

@@ -24,7 +24,7 @@ from qgnn.quant import RelaxedQuantizer, UniformQuantizer
 D = NODE_DATA.data
 
 
-@pytest.mark.parametrize("name", ["gcn", "gin", "sage", "gat"])
+@pytest.mark.parametrize("name", ["gcn", "gin", "sage", "gat", "graphconv"])
 @pytest.mark.parametrize("method", ["qat", "lsq", "dq"])
 @pytest.mark.parametrize("bits", [8, 4])
 def test_node_models_match_fake_quant(name, method, bits, tmp_path):

@@ -35,7 +35,7 @@ def test_graph_models_invariant_to_node_order_and_handle_isolated_nodes(name):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="valid models: gat, gcn, gin, sage"):
+    with pytest.raises(UnknownNameError, match="valid models: gat, gcn, gin, graphconv, sage"):
         build_model("resnet", "node", 4, 2)
 
 

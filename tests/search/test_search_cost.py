@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import GCNConv, GraphConv
+from torch_geometric.nn import GCNConv, LEConv
 
 from qgnn.models import GAT, GCN, SAGE, GINGraph
 from qgnn.quant import LSQQuantizer, UniformQuantizer
@@ -258,7 +258,7 @@ class _Prompted(nn.Module):
         super().__init__()
         self.prompt = _Prompt(3)
         self.conv = GCNConv(3, 4)
-        self.other = GraphConv(4, 2)
+        self.other = LEConv(4, 2)  # a PyG layer qgnn has no facts for
 
     def forward(self, x, edge_index):
         return self.other(self.conv(self.prompt(x), edge_index), edge_index)
@@ -266,10 +266,10 @@ class _Prompted(nn.Module):
 
 def test_unsupported_modules_warn_once_and_still_count_bytes():
     model = _Prompted()
-    with pytest.warns(UserWarning, match="GraphConv, _Prompt") as rec:
+    with pytest.warns(UserWarning, match="LEConv, _Prompt") as rec:
         r = cost_report(model, _path_graph())
     assert len([w for w in rec if "cost_report" in str(w.message)]) == 1
-    assert r.unsupported == ["GraphConv", "_Prompt"]
+    assert r.unsupported == ["LEConv", "_Prompt"]
     assert [layer["name"] for layer in r.layers] == ["conv"]
     assert r.model_bytes_fp32 == 4 * sum(p.numel() for p in model.parameters())
 

@@ -81,7 +81,7 @@ def cmd_export(args) -> int:
 
 
 def _prompt_summary(prompts: dict | None) -> str:
-    """``"; prompts gpf-lorap (node gpf-plus, LoRAP on convs 0, 1; 5 tables at 8 bits)"`` or ""."""
+    """``"; prompts gpf-lorap (node gpf-plus, LoRAP on convs 0, 1; 3 tables at 8 bits, 5 float32)"`` or ""."""
     if not prompts:
         return ""
     entries = ([prompts["node"]] if prompts.get("node") else []) + list(prompts["aggregate"].values())

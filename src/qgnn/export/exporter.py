@@ -8,7 +8,9 @@ checkpoint (``load_model``) and writes the file. What is stored, per layer (``do
   scale / zero-point per tensor or per output channel;
 * activation slots: the grid (bits, signedness) and the scale / zero-point tables (per tensor inline in the
   JSON, per channel or per node as tensors);
-* float parameters (biases, BatchNorm, unquantized weights) as float32.
+* float parameters (biases, BatchNorm, unquantized weights) as float32;
+* prompted models (``qgnn train --prompt ...``): each prompted layer's ``base_layer`` as above, and the
+  prompts in a ``prompts`` section, their parameters at 8 bits or float32 (:mod:`qgnn.export.prompt_export`).
 
 The quantizers' tables are read as they are in eval mode (``Quantizer.scale`` / ``zero_point``, the same
 values ``quant_int`` uses; A2Q: its step and integer width tables), so the file holds the model the
@@ -30,6 +32,7 @@ from qgnn.quant import Quantizer, quantize
 
 from .format import write_file
 from .packing import pack_bits
+from .prompt_export import export_prompts, unwrap
 
 __all__ = ["export_model", "export_checkpoint", "SUPPORTED_QUANTIZERS"]
 
@@ -244,63 +247,91 @@ def _seq_item(w: _Writer, m, name: str) -> dict:
 
 
 def _conv(w: _Writer, m, name: str) -> dict:
-    from qgnn.nn import QuantGATConv, QuantGCNConv, QuantGINConv, QuantSAGEConv
+    """The export spec of a quantized message-passing layer: its kind's ``export`` fact (qgnn.nn.registry)."""
+    from qgnn.nn.registry import facts_for
 
-    q = _quantizers(m)
-    if isinstance(m, QuantGCNConv):
-        _no_unsupported(q, name, {"input", "weight", "xw", "edge", "aggr", "output"})
-        k, o = m.in_channels, m.out_channels
-        layer = {"type": "gcn", "in": k, "out": o, "flow": m.flow,
-                 "options": {"normalize": bool(m.normalize), "improved": bool(m.improved),
-                             "add_self_loops": bool(m.add_self_loops)},
-                 "slots": _slots(w, q, name, {"input": k, "xw": o, "edge": None, "aggr": o, "output": o})}
-        _weight_slot(w, layer, q, "weight", m.lin.weight, name)
-    elif isinstance(m, QuantGINConv):
-        _no_unsupported(q, name, {"input", "aggr", "output"})
-        seq = list(m.nn) if isinstance(m.nn, nn.Sequential) else [m.nn]
-        items = [_seq_item(w, sub, f"{name}.nn.{i}") for i, sub in enumerate(seq)]
-        lins = [it for it in items if it["type"] == "linear"]
-        if not lins:
-            raise ConfigError(f"{name}: GIN MLP without a linear layer")
-        k, o = lins[0]["in"], lins[-1]["out"]
-        layer = {"type": "gin", "in": k, "out": o, "flow": m.flow, "eps": float(m.eps),
-                 "options": {"aggr": str(m.aggr)}, "nn": items,
-                 "slots": _slots(w, q, name, {"input": k, "aggr": k, "output": o})}
-        return layer
-    elif isinstance(m, QuantSAGEConv):
-        _no_unsupported(q, name, {"input", "weight", "weight_root", "aggr", "output"})
-        if m._projects():
-            raise ConfigError(f"{name}: SAGEConv(project=True) is not supported by the integer runtime")
-        if not isinstance(m.aggr, str) or m.aggr not in ("mean", "sum", "add"):
-            raise ConfigError(f"{name}: SAGE aggregation {m.aggr!r} is not supported (mean, sum)")
-        k, o = m.in_channels, m.out_channels
-        layer = {"type": "sage", "in": k, "out": o, "flow": m.flow, "root_weight": bool(m.root_weight),
-                 "options": {"aggr": m.aggr, "normalize": bool(m.normalize)},
-                 "slots": _slots(w, q, name, {"input": k, "aggr": k, "output": o})}
-        _weight_slot(w, layer, q, "weight", m.lin_l.weight, name)
-        if m.root_weight:
-            _weight_slot(w, layer, q, "weight_root", m.lin_r.weight, name)
-        layer["bias"] = w.floats(f"{name}.bias", m.lin_l.bias)
-        return layer
-    elif isinstance(m, QuantGATConv):
-        _no_unsupported(q, name, {"input", "weight", "att", "xw", "attention", "aggr", "output"})
-        if m.lin_edge is not None or m.res is not None or m.lin is None:
-            raise ConfigError(f"{name}: GAT with edge features, residual or separate projections is not supported")
-        k, o, heads = m.in_channels, m.out_channels, m.heads
-        width = o * heads
-        layer = {"type": "gat", "in": k, "out": o, "heads": heads, "flow": m.flow,
-                 "options": {"concat": bool(m.concat), "negative_slope": float(m.negative_slope),
-                             "add_self_loops": bool(m.add_self_loops), "fill_value": m.fill_value
-                             if isinstance(m.fill_value, (str, int, float)) else "mean"},
-                 "slots": _slots(w, q, name, {"input": k, "xw": width, "attention": None, "aggr": width,
-                                              "output": width if m.concat else o})}
-        _weight_slot(w, layer, q, "weight", m.lin.weight, name)
-        att = torch.cat([m.att_src, m.att_dst], dim=0)  # [2, H, C], as QuantGATConv quantizes them
-        _weight_slot(w, layer, q, "att", att, name)
-    else:
+    facts = facts_for(m)
+    if facts is None or facts.export is None:
         raise ConfigError(f"{name}: {type(m).__name__} is not supported by the integer runtime")
+    _quantizers(m)  # a float layer of a known kind: "not quantized", the user's actual mistake
+    return facts.export(w, m, name)
+
+
+def _gcn_spec(w: _Writer, m, name: str) -> dict:
+    q = _quantizers(m)
+    _no_unsupported(q, name, {"input", "weight", "xw", "edge", "aggr", "output"})
+    k, o = m.in_channels, m.out_channels
+    layer = {"type": "gcn", "in": k, "out": o, "flow": m.flow,
+             "options": {"normalize": bool(m.normalize), "improved": bool(m.improved),
+                         "add_self_loops": bool(m.add_self_loops)},
+             "slots": _slots(w, q, name, {"input": k, "xw": o, "edge": None, "aggr": o, "output": o})}
+    _weight_slot(w, layer, q, "weight", m.lin.weight, name)
     layer["bias"] = w.floats(f"{name}.bias", m.bias)
     return layer
+
+
+def _gin_spec(w: _Writer, m, name: str) -> dict:
+    q = _quantizers(m)
+    _no_unsupported(q, name, {"input", "aggr", "output"})
+    seq = list(m.nn) if isinstance(m.nn, nn.Sequential) else [m.nn]
+    items = [_seq_item(w, sub, f"{name}.nn.{i}") for i, sub in enumerate(seq)]
+    lins = [it for it in items if it["type"] == "linear"]
+    if not lins:
+        raise ConfigError(f"{name}: GIN MLP without a linear layer")
+    k, o = lins[0]["in"], lins[-1]["out"]
+    return {"type": "gin", "in": k, "out": o, "flow": m.flow, "eps": float(m.eps.detach()),
+            "options": {"aggr": str(m.aggr)}, "nn": items,
+            "slots": _slots(w, q, name, {"input": k, "aggr": k, "output": o})}
+
+
+def _sage_spec(w: _Writer, m, name: str) -> dict:
+    q = _quantizers(m)
+    _no_unsupported(q, name, {"input", "weight", "weight_root", "aggr", "output"})
+    if m._projects():
+        raise ConfigError(f"{name}: SAGEConv(project=True) is not supported by the integer runtime")
+    if not isinstance(m.aggr, str) or m.aggr not in ("mean", "sum", "add"):
+        raise ConfigError(f"{name}: SAGE aggregation {m.aggr!r} is not supported (mean, sum)")
+    k, o = m.in_channels, m.out_channels
+    layer = {"type": "sage", "in": k, "out": o, "flow": m.flow, "root_weight": bool(m.root_weight),
+             "options": {"aggr": m.aggr, "normalize": bool(m.normalize)},
+             "slots": _slots(w, q, name, {"input": k, "aggr": k, "output": o})}
+    _weight_slot(w, layer, q, "weight", m.lin_l.weight, name)
+    if m.root_weight:
+        _weight_slot(w, layer, q, "weight_root", m.lin_r.weight, name)
+    layer["bias"] = w.floats(f"{name}.bias", m.lin_l.bias)
+    return layer
+
+
+def _gat_spec(w: _Writer, m, name: str) -> dict:
+    q = _quantizers(m)
+    _no_unsupported(q, name, {"input", "weight", "att", "xw", "attention", "aggr", "output"})
+    if m.lin_edge is not None or m.res is not None or m.lin is None:
+        raise ConfigError(f"{name}: GAT with edge features, residual or separate projections is not supported")
+    k, o, heads = m.in_channels, m.out_channels, m.heads
+    width = o * heads
+    layer = {"type": "gat", "in": k, "out": o, "heads": heads, "flow": m.flow,
+             "options": {"concat": bool(m.concat), "negative_slope": float(m.negative_slope),
+                         "add_self_loops": bool(m.add_self_loops), "fill_value": m.fill_value
+                         if isinstance(m.fill_value, (str, int, float)) else "mean"},
+             "slots": _slots(w, q, name, {"input": k, "xw": width, "attention": None, "aggr": width,
+                                          "output": width if m.concat else o})}
+    _weight_slot(w, layer, q, "weight", m.lin.weight, name)
+    att = torch.cat([m.att_src, m.att_dst], dim=0)  # [2, H, C], as QuantGATConv quantizes them
+    _weight_slot(w, layer, q, "att", att, name)
+    layer["bias"] = w.floats(f"{name}.bias", m.bias)
+    return layer
+
+
+def _register_specs() -> None:
+    """The built-in kinds' export specs, registered as their facts (qgnn.nn.registry)."""
+    import qgnn.nn  # noqa: F401  (registers the layer kinds)
+    from qgnn.nn.registry import set_fact
+
+    for kind, fn in (("gcn", _gcn_spec), ("gin", _gin_spec), ("sage", _sage_spec), ("gat", _gat_spec)):
+        set_fact(kind, "export", fn)
+
+
+_register_specs()
 
 
 def export_model(model: nn.Module, config: dict | None = None, num_features: int | None = None,
@@ -316,7 +347,7 @@ def export_model(model: nn.Module, config: dict | None = None, num_features: int
         return export_rec_model(model, config)
     model = model.eval()
     w = _Writer()
-    convs = [_conv(w, m, f"convs.{i}") for i, m in enumerate(model.convs)]
+    convs = [_conv(w, unwrap(m), f"convs.{i}") for i, m in enumerate(model.convs)]  # prompted: its base_layer
     if isinstance(model, _Stack):
         arch = {"arch": "node_stack", "activation": "elu" if isinstance(model, GAT) else "relu", "convs": convs}
         task = "node"
@@ -338,6 +369,9 @@ def export_model(model: nn.Module, config: dict | None = None, num_features: int
             "model": arch, "bits": w.bits, "config": config or {}}
     if w.mean_bits:
         desc["mean_bits"] = w.mean_bits
+    prompts = export_prompts(w, model)
+    if prompts is not None:
+        desc["prompts"] = prompts
     return w.tensors, desc
 
 

@@ -6,7 +6,9 @@ little-endian bytes) whose metadata entry ``qgnn_export`` is the JSON *descripto
 * ``format`` = ``"qgnn-packed"``, ``version`` = :data:`FORMAT_VERSION`;
 * ``task``, ``num_features``, ``num_classes``, ``model`` (the architecture and, per layer, each quantized
   slot's grid and tables), ``bits`` (slot -> width, the bit assignment), ``config`` (the training config)
-  and ``quant`` (the QuantConfig).
+  and ``quant`` (the QuantConfig);
+* ``prompts`` (prompted models only): the node and aggregation prompts, 8-bit or float32 tables
+  (:mod:`qgnn.export.prompt_format`).
 
 Every tensor of the file is named by the descriptor with its dtype and shape (:func:`tensor_specs`), and
 :func:`read_file` refuses anything else: an unknown version, a missing, extra or mis-shaped tensor, a
@@ -192,6 +194,34 @@ _LAYER_SLOTS = {
 _WEIGHT_KEYS = {"weight", "weight_root", "att"}
 
 
+# export type -> (its slots, check(layer, slots, k_in, k_out, specs, where)): layer kinds added beside the
+# built-ins register how their spec is checked (qgnn.export.ops); the input, bias and output are checked here.
+LAYER_SPEC_CHECKS: dict[str, tuple[tuple[str, ...], object]] = {}
+
+
+def layer_spec_check(kind: str, slots: tuple[str, ...]):
+    """Decorator: the spec check of export type ``kind`` (weights, options, its own slots)."""
+
+    def deco(fn):
+        LAYER_SPEC_CHECKS[kind] = (tuple(slots), fn)
+        return fn
+
+    return deco
+
+
+def _registered_spec(layer: dict, t: str, specs: dict, where: str) -> tuple[int, int]:
+    names, check = LAYER_SPEC_CHECKS[t]
+    slots = layer.get("slots")
+    if not isinstance(slots, dict) or set(slots) - set(names):
+        _fail(f"{where}: slots must be an object with keys among {', '.join(names)}")
+    k_in, k_out = _int(layer.get("in"), f"{where}: in", 1), _int(layer.get("out"), f"{where}: out", 1)
+    act_specs(slots.get("input"), f"{where}.input", k_in, specs)
+    check(layer, slots, k_in, k_out, specs, where)
+    float_spec(layer.get("bias"), f"{where}.bias", (k_out,), specs)
+    act_specs(slots.get("output"), f"{where}.output", k_out, specs)
+    return k_in, k_out
+
+
 def layer_specs(layer: dict, specs: dict, where: str) -> tuple[int, int]:
     """Check one layer description, add its tensors; returns (in, out) feature widths."""
     t = layer.get("type")
@@ -202,6 +232,10 @@ def layer_specs(layer: dict, specs: dict, where: str) -> tuple[int, int]:
         return c, c
     if t == "relu":
         return -1, -1
+    if t not in _LAYER_SLOTS and t not in LAYER_SPEC_CHECKS:
+        from . import ops  # noqa: F401  (layer kinds added beside the built-ins register their checks)
+    if t in LAYER_SPEC_CHECKS:
+        return _registered_spec(layer, t, specs, where)
     if t not in _LAYER_SLOTS:
         _fail(f"{where}: unknown layer type {t!r}")
     slots = layer.get("slots")
@@ -318,6 +352,10 @@ def tensor_specs(desc: dict) -> dict[str, tuple[str, tuple[int, ...], str]]:
                     _fail(f"readout_norms.{k} must be a batchnorm over {widths[k]} features")
     else:
         _fail(f"unknown model.arch {arch!r}; valid: node_stack, graph_readout")
+    if desc.get("prompts") is not None:  # a prompted model's prompt tables (qgnn.export.prompt_format)
+        from .prompt_format import prompt_tensor_specs
+
+        prompt_tensor_specs(desc, specs)
     return specs
 
 

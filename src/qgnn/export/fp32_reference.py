@@ -191,41 +191,72 @@ def _reduce(layer: dict, where: str) -> str:
     return r
 
 
+FP32_OPS: dict = {}  # export type -> builder (layer, tensors, where) -> the PyG module with the file's weights
+
+
+def fp32_op(kind: str):
+    """Decorator: the FP32 PyG builder of export type ``kind`` (``qgnn.nn.registry``'s kinds)."""
+
+    def deco(fn):
+        FP32_OPS[kind] = fn
+        return fn
+
+    return deco
+
+
 def _conv(layer: dict, tensors, where: str) -> nn.Module:
     """One PyG convolution with the file's (dequantized) weights; the graph's preprocessing that PyG does
     inside the layer (normalisation, self-loops) is done by :func:`fp32_graph` instead."""
     t = layer.get("type")
+    build = FP32_OPS.get(t)
+    if build is None:
+        raise ConfigError(f"{where}: layer type {t!r} has no FP32 PyG reference ({', '.join(sorted(FP32_OPS))})")
+    return build(layer, tensors, where)
+
+
+@fp32_op("gcn")
+def _gcn(layer: dict, tensors, where: str) -> nn.Module:
     bias = _opt(tensors, layer.get("bias"))
-    if t == "gcn":
-        m = GCNConv(layer["in"], layer["out"], improved=bool(layer["options"]["improved"]), cached=False,
-                    add_self_loops=False, normalize=False, bias=bias is not None)
-        _set(m.lin.weight, _weight(layer, "weight", tensors, where), f"{where}.weight")
-    elif t == "sage":
-        root = bool(layer.get("root_weight"))
-        m = SAGEConv(layer["in"], layer["out"], aggr=_reduce(layer, where),
-                     normalize=bool(layer["options"]["normalize"]), root_weight=root, bias=bias is not None)
-        _set(m.lin_l.weight, _weight(layer, "weight", tensors, where), f"{where}.weight")
-        _set(m.lin_l.bias, bias, f"{where}.bias")
-        if root:
-            _set(m.lin_r.weight, _weight(layer, "weight_root", tensors, where), f"{where}.weight_root")
-        return m
-    elif t == "gin":
-        seq = nn.Sequential(*[_seq_item(sub, tensors, f"{where}.nn.{i}") for i, sub in enumerate(layer["nn"])])
-        state = {k: v.clone() for k, v in seq.state_dict().items()}
-        m = GINConv(seq, eps=float(layer["eps"]), train_eps=False, aggr=_reduce(layer, where))
-        seq.load_state_dict(state)  # GINConv.__init__ re-initialises its MLP (reset_parameters)
-        return m
-    elif t == "gat":
-        o = layer["options"]
-        m = GATConv(layer["in"], layer["out"], heads=layer["heads"], concat=bool(o["concat"]),
-                    negative_slope=float(o["negative_slope"]), dropout=0.0, add_self_loops=False,
-                    bias=bias is not None)
-        _set(m.lin.weight, _weight(layer, "weight", tensors, where), f"{where}.weight")
-        att = _weight(layer, "att", tensors, where)  # [2, H, C]: att_src, att_dst (exporter._conv)
-        _set(m.att_src, att[0:1], f"{where}.att_src")
-        _set(m.att_dst, att[1:2], f"{where}.att_dst")
-    else:
-        raise ConfigError(f"{where}: layer type {t!r} has no FP32 PyG reference (gcn, sage, gin, gat)")
+    m = GCNConv(layer["in"], layer["out"], improved=bool(layer["options"]["improved"]), cached=False,
+                add_self_loops=False, normalize=False, bias=bias is not None)
+    _set(m.lin.weight, _weight(layer, "weight", tensors, where), f"{where}.weight")
+    _set(m.bias, bias, f"{where}.bias")
+    return m
+
+
+@fp32_op("sage")
+def _sage(layer: dict, tensors, where: str) -> nn.Module:
+    bias = _opt(tensors, layer.get("bias"))
+    root = bool(layer.get("root_weight"))
+    m = SAGEConv(layer["in"], layer["out"], aggr=_reduce(layer, where),
+                 normalize=bool(layer["options"]["normalize"]), root_weight=root, bias=bias is not None)
+    _set(m.lin_l.weight, _weight(layer, "weight", tensors, where), f"{where}.weight")
+    _set(m.lin_l.bias, bias, f"{where}.bias")
+    if root:
+        _set(m.lin_r.weight, _weight(layer, "weight_root", tensors, where), f"{where}.weight_root")
+    return m
+
+
+@fp32_op("gin")
+def _gin(layer: dict, tensors, where: str) -> nn.Module:
+    seq = nn.Sequential(*[_seq_item(sub, tensors, f"{where}.nn.{i}") for i, sub in enumerate(layer["nn"])])
+    state = {k: v.clone() for k, v in seq.state_dict().items()}
+    m = GINConv(seq, eps=float(layer["eps"]), train_eps=False, aggr=_reduce(layer, where))
+    seq.load_state_dict(state)  # GINConv.__init__ re-initialises its MLP (reset_parameters)
+    return m
+
+
+@fp32_op("gat")
+def _gat(layer: dict, tensors, where: str) -> nn.Module:
+    bias = _opt(tensors, layer.get("bias"))
+    o = layer["options"]
+    m = GATConv(layer["in"], layer["out"], heads=layer["heads"], concat=bool(o["concat"]),
+                negative_slope=float(o["negative_slope"]), dropout=0.0, add_self_loops=False,
+                bias=bias is not None)
+    _set(m.lin.weight, _weight(layer, "weight", tensors, where), f"{where}.weight")
+    att = _weight(layer, "att", tensors, where)  # [2, H, C]: att_src, att_dst (exporter._conv)
+    _set(m.att_src, att[0:1], f"{where}.att_src")
+    _set(m.att_dst, att[1:2], f"{where}.att_dst")
     _set(m.bias, bias, f"{where}.bias")
     return m
 
@@ -302,6 +333,9 @@ def build_fp32_reference(tensors: dict[str, Tensor], desc: dict) -> FP32Referenc
     if desc.get("task") == "rec":
         raise ConfigError("LightGCN (rec) export files have no FP32 PyG reference; evaluate them without "
                           "--fp32-reference")
+    if desc.get("prompts"):
+        raise ConfigError("prompted export files have no FP32 PyG reference yet (it would run the host without "
+                          "its prompts); evaluate them without --fp32-reference")
     try:
         m = desc["model"]
         arch = m["arch"]

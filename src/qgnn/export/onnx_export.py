@@ -42,6 +42,9 @@ def _check_supported(desc: dict) -> None:
     if desc.get("task") == "rec":
         raise ConfigError("ONNX export of LightGCN (task 'rec') models is not supported yet; export them with "
                           "--format qgnn and run them with qgnn's runtime")
+    if desc.get("prompts") is not None:
+        raise ConfigError("ONNX export of prompted models (GPF / GPF-plus / LoRAP) is not supported yet; export "
+                          "them with --format qgnn and run them with qgnn's runtime")
     arch = desc.get("model", {}).get("arch")
     if arch not in ("node_stack", "graph_readout"):
         raise ConfigError(f"ONNX export: model architecture {arch!r} is not supported (node_stack, graph_readout)")

@@ -214,6 +214,49 @@ class QRows:
 FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
 
 
+class FloatRows:
+    """Float rows [N, C] behind :class:`QRows`' interface (granularity "float": scale 1, offset 0), so that a
+    layer reads them where it reads codes: the first layer's input when a node prompt acts on its quantized
+    input (``PromptConfig.node_after_quant``: x̂ = Q_in(x), then x̂ + prompt(x̂) enters the layer in float,
+    as in the fake-quant model). Linear layers take _Lin's float branch; aggregation is a float CSR sum."""
+
+    granularity = "float"
+    fields = True
+
+    def __init__(self, x: Tensor):
+        self.x = x.to(torch.float32)
+        self.n, self.channels = self.x.shape
+        self.scale = torch.tensor(1.0)
+        self.zero = torch.tensor(0, dtype=torch.int32)
+
+    def codes(self, start: int, end: int, pad: bool = False) -> Tensor:
+        return self.x[start:end].clone()  # _Lin's float branch works in place on what it gets
+
+    def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        return self.scale, self.zero
+
+    def dequant(self, start: int, end: int) -> Tensor:
+        return self.x[start:end].clone()
+
+    def exact(self, plan, coef=None) -> bool:
+        return False
+
+    def aggregate(self, plan, start: int, end: int, mode: str = "sum", backend: str = "auto", coef=None) -> Tensor:
+        ptr, idx, v = plan.chunk(start, end, None if coef is None else coef.codes)
+        deg = (ptr[1:] - ptr[:-1]).long()
+        rows = self.x.index_select(0, idx.long())
+        if v is not None:
+            rows = rows * v.view(-1, 1)
+        tgt = torch.repeat_interleave(torch.arange(end - start), deg)
+        out = torch.zeros((end - start, self.channels)).index_add_(0, tgt, rows)
+        if mode == "mean":
+            out /= deg.clamp(min=1).to(torch.float32).view(-1, 1)
+        return out if coef is None else out.mul_(coef.scale)
+
+    def nbytes(self) -> int:
+        return self.x.numel() * 4
+
+
 class Coefficients:
     """A layer's edge coefficients in a plan's order, ``e = scale · codes``: the centred integer codes
     ``q_e − z_e`` of a per-tensor edge quantizer (``integer``) with its scale, or float values with scale 1."""
@@ -296,8 +339,8 @@ def _quantized_linear_ok(layer) -> bool:
 
 
 def packed_support(model) -> tuple[bool, str]:
-    """(True, "") when every layer of ``model`` (an IntModel) has a packed path, else (False, why)."""
-    from .runtime import GAT, GCN, GIN, SAGE, BatchNorm, Linear, ReLU
+    """(True, "") when every layer of ``model`` (an IntModel) has a packed op that takes it, else (False, why)."""
+    from .runtime import BatchNorm
 
     if model.arch not in ("node_stack", "graph_readout"):
         return False, f"architecture {model.arch!r}"
@@ -305,25 +348,16 @@ def packed_support(model) -> tuple[bool, str]:
         return False, "graph model with a norm other than BatchNorm"
     for i, conv in enumerate(model.convs):
         where = f"convs.{i}"
+        op = PACKED_OPS.get(getattr(conv, "kind", None))
+        if op is None:
+            return False, f"{where}: {type(conv).__name__} runs the per-layer path"
         if conv.flow != "source_to_target":
             return False, f"{where}: flow {conv.flow}"
-        q_in = conv.q.get("input")
-        if q_in is None:
+        if conv.q.get("input") is None:
             return False, f"{where}: float input"
-        if isinstance(conv, GCN):
-            if conv.q.get("xw") is None or not _quantized_linear_ok(conv):
-                return False, f"{where}: GCN without a quantized X·W"
-        elif isinstance(conv, SAGE):
-            pass
-        elif isinstance(conv, GIN):
-            if not all(isinstance(m, (Linear, BatchNorm, ReLU)) for m in conv.nn):
-                return False, f"{where}: GIN MLP with an unknown layer"
-        elif isinstance(conv, GAT):
-            xw = conv.q.get("xw")
-            if xw is None or not _plain(xw) or not _quantized_linear_ok(conv):
-                return False, f"{where}: GAT without a per-tensor quantized X·W"
-        else:
-            return False, f"{where}: {type(conv).__name__} runs the per-layer path"
+        why = op.refuses(conv)
+        if why:
+            return False, f"{where}: {why}"
     return True, ""
 
 
@@ -410,8 +444,31 @@ def _requant(q, x: Tensor, start: int) -> Tensor:
     return x if q is None else q(x, start).dequant()
 
 
+PACKED_OPS: dict[str, type] = {}  # export type -> packed op class
+
+
+def packed_op(kind: str):
+    """Class decorator: the packed executor's op for export type ``kind``; built from the per-layer runtime
+    op (``qgnn.export.runtime.runtime_op``) that parsed the layer, it runs the layer on packed tables:
+    ``plan(edge_index, n)`` / ``form()`` (the graph form it reads), ``coefficients(plan)``, ``run(x, plan,
+    emit, coef)`` (read the input table in chunks, ``emit(start, float_rows)`` per chunk of targets), and the
+    class attribute ``input_fields`` (whether its input table is aggregated). A kind without a packed op runs
+    on the per-layer path."""
+
+    def deco(cls):
+        PACKED_OPS[kind] = cls
+        return cls
+
+    return deco
+
+
 class _PackedConv:
     input_fields = True  # the input table is aggregated (fbgemm's fused rows)
+
+    @classmethod
+    def refuses(cls, conv) -> str:
+        """Why this op cannot run the parsed layer ``conv`` ("" when it can)."""
+        return ""
 
     def __init__(self, conv, backend):
         self.conv, self.backend = conv, backend
@@ -437,8 +494,13 @@ class _PackedConv:
         return _requant(self.q.get("output"), y, start)
 
 
+@packed_op("gcn")
 class PackedGCN(_PackedConv):
     input_fields = False  # X is only multiplied: the GEMM reads its code bytes in place
+
+    @classmethod
+    def refuses(cls, conv) -> str:
+        return "" if conv.q.get("xw") is not None and _quantized_linear_ok(conv) else "GCN without a quantized X·W"
     def __init__(self, conv, backend):
         super().__init__(conv, backend)
         self.lin = _Lin(conv.weight, None, backend["linear"])
@@ -494,7 +556,9 @@ class PackedGCN(_PackedConv):
             emit(start, self.finish(a, start))
 
 
+@packed_op("sage")
 class PackedSAGE(_PackedConv):
+    LINEAR_NAMES = ("lin_l", "lin_r")  # the two matmuls' names in paths
     def __init__(self, conv, backend):
         super().__init__(conv, backend)
         self.lin_l = _Lin(conv.weight, conv.bias, backend["linear"])
@@ -513,9 +577,10 @@ class PackedSAGE(_PackedConv):
         c = self.conv
         aggr_q = self.q.get("aggr")
         self._agg_label(x, plan, None)
-        self.paths[f"{self.name}.lin_l"] = _lin_label(self.lin_l, _gran(aggr_q) if self.prompt is None else None)
+        rel, root = self.LINEAR_NAMES
+        self.paths[f"{self.name}.{rel}"] = _lin_label(self.lin_l, _gran(aggr_q) if self.prompt is None else None)
         if self.lin_r is not None:
-            self.paths[f"{self.name}.lin_r"] = _lin_label(self.lin_r, x.granularity)
+            self.paths[f"{self.name}.{root}"] = _lin_label(self.lin_r, x.granularity)
         step = target_chunk(max(x.channels, c.weight.shape[0]))
         for start in range(0, x.n, step):
             end = min(x.n, start + step)
@@ -525,7 +590,7 @@ class PackedSAGE(_PackedConv):
             else:  # the prompt's float output is lin_l's input (prompts sit outside every quantizer slot)
                 y = self.lin_l(None, self.prompt(_requant(aggr_q, a, start)), start)
             if self.lin_r is not None:
-                if _plain(self.input):  # decoded by fbgemm, quantized back inside the GEMM: the same codes
+                if _plain(self.input) and x.granularity != "float":  # decoded by fbgemm, re-quantized in the GEMM
                     y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True)
                 else:
                     s, z = x.row_params(start, end)
@@ -535,7 +600,14 @@ class PackedSAGE(_PackedConv):
             emit(start, _requant(self.q.get("output"), y, start))
 
 
+@packed_op("gin")
 class PackedGIN(_PackedConv):
+    @classmethod
+    def refuses(cls, conv) -> str:
+        from .runtime import BatchNorm, Linear, ReLU
+
+        return "" if all(isinstance(m, (Linear, BatchNorm, ReLU)) for m in conv.nn) else "GIN MLP with an unknown layer"
+
     def __init__(self, conv, backend):
         from .runtime import Linear
 
@@ -572,12 +644,19 @@ class PackedGIN(_PackedConv):
             emit(start, _requant(self.q.get("output"), y, start))
 
 
+@packed_op("gat")
 class PackedGAT(_PackedConv):
     """GAT: ``H = Q_xw(X̂ Ŵᵀ)`` stored as one table per head; attention logits ``ĥ_j · â`` from the codes
     (exact integer dot products, one scale per vector); for each chunk of targets the softmax over its edges
     (float, as the method needs), ``Q_attention``'s codes as the coefficients, and one aggregation per head."""
 
     input_fields = False
+
+    @classmethod
+    def refuses(cls, conv) -> str:
+        xw = conv.q.get("xw")
+        ok = xw is not None and _plain(xw) and _quantized_linear_ok(conv)
+        return "" if ok else "GAT without a per-tensor quantized X·W"
 
     def __init__(self, conv, backend):
         super().__init__(conv, backend)
@@ -674,7 +753,6 @@ class PackedGAT(_PackedConv):
             emit(start, _requant(self.q.get("output"), y, start))
 
 
-_PACKED = {"GCN": PackedGCN, "SAGE": PackedSAGE, "GIN": PackedGIN, "GAT": PackedGAT}
 
 
 class PackedNodeModel:
@@ -690,7 +768,7 @@ class PackedNodeModel:
             raise ConfigError(f"the packed runtime cannot run this model: {why}")
         self.model = model
         self.backend = {"linear": linear, "aggregate": aggregate}
-        self.layers = [_PACKED[type(c).__name__](c, self.backend) for c in model.convs]
+        self.layers = [PACKED_OPS[c.kind](c, self.backend) for c in model.convs]
         # prompts of a prompted model (qgnn.export.prompt_ops): GPF / GPF-plus on the features, LoRAP per layer
         self.prompts = getattr(model, "prompts", None)
         if self.prompts is not None:
@@ -712,6 +790,8 @@ class PackedNodeModel:
         """The first layer's input table of float features ``x`` (after the node prompt, if any)."""
         x = x.to(torch.float32)
         if self.prompts is not None and self.prompts.has_node:
+            if self.prompts.node_after_quant:  # the prompt on the quantized input: layer 0 reads float rows
+                return FloatRows(self.prompts.node(self.layers[0].input(x).dequant()))
             x = self.prompts.node(x)
         return QRows.encode(self.layers[0].input, x, self.layers[0].input_fields)
 

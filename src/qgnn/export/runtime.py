@@ -397,6 +397,23 @@ def _opt(tensors, name):
     return None if name is None else tensors[name]
 
 
+RUNTIME_OPS: dict[str, Callable] = {}  # export type -> per-layer op class (parses its spec, runs the layer)
+
+
+def runtime_op(kind: str):
+    """Class decorator: the per-layer runtime op of export type ``kind`` (``qgnn.nn.registry``'s kinds and the
+    MLP pieces). The class parses its layer spec (``__init__(layer, tensors, where)``) and runs the layer; the
+    packed executor reads its parsed quantizers and weights (:func:`qgnn.export.packed.packed_op`)."""
+
+    def deco(cls):
+        cls.kind = kind
+        RUNTIME_OPS[kind] = cls
+        return cls
+
+    return deco
+
+
+@runtime_op("linear")
 class Linear:
     def __init__(self, layer, tensors, where):
         self.name = where
@@ -410,6 +427,7 @@ class Linear:
         return _requant(self.output, _quant_linear(self.name, x, self.input, self.weight, self.bias, ctx))
 
 
+@runtime_op("batchnorm")
 class BatchNorm:
     def __init__(self, layer, tensors, where):
         self.weight, self.bias = _opt(tensors, layer.get("weight")), _opt(tensors, layer.get("bias"))
@@ -422,6 +440,7 @@ class BatchNorm:
         return F.batch_norm(x, self.mean, self.var, self.weight, self.bias, False, 0.0, self.eps)
 
 
+@runtime_op("relu")
 class ReLU:
     def __init__(self, *_):
         pass
@@ -455,6 +474,7 @@ class _Conv:
         return _requant(self.q.get("output"), out)
 
 
+@runtime_op("gcn")
 class GCN(_Conv):
     def __init__(self, layer, tensors, where):
         super().__init__(layer, tensors, where)
@@ -501,6 +521,7 @@ def _raw_plan(conv, edge_index, n, ctx):
     return ctx.graphs.get(edge_index, n, ("raw", conv.flow), lambda: GraphPlan(*conv._endpoints(edge_index), n))
 
 
+@runtime_op("gin")
 class GIN(_Conv):
     def __init__(self, layer, tensors, where):
         super().__init__(layer, tensors, where)
@@ -534,6 +555,7 @@ class GIN(_Conv):
         return _requant(self.q.get("output"), out)
 
 
+@runtime_op("sage")
 class SAGE(_Conv):
     def __init__(self, layer, tensors, where):
         super().__init__(layer, tensors, where)
@@ -580,6 +602,7 @@ class SAGE(_Conv):
         return _requant(self.q.get("output"), out)
 
 
+@runtime_op("gat")
 class GAT(_Conv):
     def __init__(self, layer, tensors, where):
         super().__init__(layer, tensors, where)
@@ -642,12 +665,12 @@ class GAT(_Conv):
         return _requant(self.q.get("output"), out)
 
 
-_LAYERS: dict[str, Callable] = {"linear": Linear, "batchnorm": BatchNorm, "relu": ReLU, "gcn": GCN, "gin": GIN,
-                                "sage": SAGE, "gat": GAT}
-
-
 def _build(layer: dict, tensors, where: str):
-    return _LAYERS[layer["type"]](layer, tensors, where)
+    op = RUNTIME_OPS.get(layer["type"])
+    if op is None:
+        raise CheckpointError(f"{where}: no runtime op for layer type {layer['type']!r} "
+                              f"(known: {', '.join(sorted(RUNTIME_OPS))})")
+    return op(layer, tensors, where)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -796,3 +819,6 @@ def load_int_model(path: str | os.PathLike, gemm: str = "auto", agg: str = "auto
         return IntModel(tensors, desc, gemm=gemm, agg=agg, packed=packed)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+from . import ops  # noqa: E402, F401  (registers the ops of layer kinds added beside the built-ins)

@@ -12,7 +12,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
+from torch_geometric.nn import GATConv, GCNConv, GINConv, GraphConv, SAGEConv
 
 from .dropout import sparse_input_dropout
 
@@ -121,4 +121,12 @@ class SAGE(_Stack):
 
     def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.5, aggr="mean"):
         convs = [SAGEConv(i, o, aggr=aggr) for i, o in _dims(in_dim, hidden, out_dim, num_layers)]
+        super().__init__(convs, dropout)
+
+
+class GraphConvNet(_Stack):
+    """GraphConv (Morris et al., AAAI 2019): h' = W1 h + W2 sum_j h_j."""
+
+    def __init__(self, in_dim, hidden, out_dim, num_layers=2, dropout=0.5, aggr="add"):
+        convs = [GraphConv(i, o, aggr=aggr) for i, o in _dims(in_dim, hidden, out_dim, num_layers)]
         super().__init__(convs, dropout)

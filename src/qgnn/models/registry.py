@@ -13,7 +13,7 @@ from torch import nn
 from qgnn.errors import lookup
 from qgnn.models.graph import GCNGraph, GINGraph
 from qgnn.models.lightgcn import LightGCN
-from qgnn.models.node import GAT, GCN, GIN, SAGE
+from qgnn.models.node import GAT, GCN, GIN, SAGE, GraphConvNet
 
 # (task, model) -> (class, model kwargs, training kwargs)
 _TABLE: dict[str, dict[str, tuple[type, dict, dict]]] = {
@@ -26,6 +26,8 @@ _TABLE: dict[str, dict[str, tuple[type, dict, dict]]] = {
                 dict(lr=0.01, weight_decay=5e-4, epochs=200, patience=100)),
         "sage": (SAGE, dict(hidden=64, num_layers=2, dropout=0.5),
                  dict(lr=0.01, weight_decay=5e-4, epochs=200, patience=100)),
+        "graphconv": (GraphConvNet, dict(hidden=64, num_layers=2, dropout=0.5),
+                      dict(lr=0.01, weight_decay=5e-4, epochs=200, patience=100)),
     },
     "graph": {
         "gin": (GINGraph, dict(hidden=64, num_layers=5, dropout=0.5, pooling="sum"),

@@ -2,7 +2,7 @@
 
 * :class:`QuantLinear` (``torch.nn.Linear``), :class:`QuantGCNConv` (Kipf & Welling 2017),
   :class:`QuantGINConv` (Xu et al. 2019), :class:`QuantSAGEConv` (Hamilton et al. 2017),
-  :class:`QuantGATConv` (Veličković et al. 2018).
+  :class:`QuantGATConv` (Veličković et al. 2018), :class:`QuantGraphConv` (Morris et al. 2019).
 * :class:`QuantModule`: the shared mixin (``SLOTS``, ``quant``, ``set_quantizer``, ``slot_bits``,
   ``quantizers``, ``from_float``, ``to_float``, Degree-Quant's ``node_protect`` mask, ``_last_stats``).
 * :func:`set_integer_aggregation`: run the GCN / GIN / SAGE neighbourhood sums on integer codes in eval
@@ -27,6 +27,7 @@ from .base import (
 from .gat import QuantGATConv
 from .gcn import QuantGCNConv
 from .gin import QuantGINConv
+from .graphconv import QuantGraphConv
 from .linear import QuantLinear
 from .registry import LAYERS  # noqa: E402  (every layer above registered itself)
 from .sage import QuantSAGEConv
@@ -44,6 +45,7 @@ __all__ = [
     "QuantGATConv",
     "QuantGCNConv",
     "QuantGINConv",
+    "QuantGraphConv",
     "QuantLinear",
     "QuantModule",
     "QuantSAGEConv",

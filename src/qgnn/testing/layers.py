@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
+from torch_geometric.nn import GATConv, GCNConv, GINConv, GraphConv, SAGEConv
 
 from qgnn.nn import QUANT_LAYER_FOR, WEIGHT_SLOTS
 from qgnn.quant import LSQQuantizer, UniformQuantizer
@@ -50,11 +50,13 @@ FLOAT_LAYERS = {
     "gat_h4_concat": lambda: GATConv(IN, 4, heads=4, dropout=0.5),
     "gat_h4_mean": lambda: GATConv(IN, 4, heads=4, concat=False, dropout=0.5),
     "gat_edge_res_noloops": lambda: GATConv(IN, 4, heads=2, edge_dim=3, residual=True, add_self_loops=False),
+    "graphconv": lambda: GraphConv(IN, OUT),
+    "graphconv_mean": lambda: GraphConv(IN, OUT, aggr="mean"),
     "linear": lambda: nn.Linear(IN, OUT),
 }
 
 # one representative per quantized class
-MAIN = ["gcn", "gin_train_eps", "sage_mean", "gat_h4_concat", "linear"]
+MAIN = ["gcn", "gin_train_eps", "sage_mean", "gat_h4_concat", "graphconv", "linear"]
 GRAPH_MAIN = MAIN[:-1]
 
 

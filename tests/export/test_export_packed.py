@@ -16,7 +16,7 @@ import pytest
 import torch
 from qgnn_export_testutil import NODE_DATA, graph_batches, graph_model, node_model, scramble_a2q_widths
 
-import qgnn.export.packed as packed_mod
+import qgnn.export.tables as packed_mod  # the chunk sizes the packed ops read
 from qgnn.errors import ConfigError
 from qgnn.export import IntModel, export_model
 from qgnn.export.packed import QRows

@@ -4,9 +4,11 @@
   documented bit order (LSB first).
 * :mod:`.format`: the ``.qgnn.safetensors`` file, ``write_file`` / ``read_file`` (validating, no pickle).
 * :mod:`.exporter`: ``export_model`` / ``export_checkpoint`` (fake-quant model -> file).
-* :mod:`.runtime`: ``IntModel`` / ``load_int_model``, inference on integer codes; node models run on
-  :mod:`.packed` (activations as packed 8 / 4 / 2-bit tables, chunked layers, the kernels of
-  :mod:`qgnn.kernels.intops`), graph-level models on the per-layer path with :mod:`.intops`' backends.
+* :mod:`.runtime`: ``IntModel`` / ``load_int_model``, inference on integer codes; models run on
+  :mod:`.packed` (activations as packed 8 / 4 / 2-bit tables of :mod:`.tables`, chunked layer ops of
+  :mod:`.packed_ops` on the kernels of :mod:`qgnn.kernels.intops`), else on the per-layer path with
+  :mod:`.intops`' backends; :mod:`.ops`: the runtime ops of layer kinds added beside the built-ins (GraphConv).
+* :mod:`.prompt_export`, :mod:`.prompt_format`, :mod:`.prompt_ops`: prompted models' prompt tables.
 * :mod:`.fp32_reference`: the same weights dequantized in plain PyG FP32 layers (``qgnn eval --fp32-reference``).
 * :mod:`.onnx_export` (+ ``onnx_graph`` / ``onnx_quant`` / ``onnx_layers``): ``qgnn export --format onnx``.
 * :mod:`.evaluate`, :mod:`.measure`, :mod:`.cli`: ``qgnn export`` and ``qgnn eval``.

@@ -18,7 +18,7 @@ from qgnn.errors import CheckpointError
 
 from ..format import _fail, _float_or_weight, act_specs, layer_spec_check
 from ..fp32_reference import _opt, _set, _weight, fp32_op
-from ..packed import PackedSAGE, packed_op
+from ..packed_ops import PackedSAGE, packed_op
 from ..prompt_format import register_aggregate_width
 from ..runtime import QTensor, _Conv, _linear, _raw_plan, _requant, runtime_op
 from ..runtime import _weight as _rt_weight

@@ -1,0 +1,407 @@
+"""The packed executor's layer ops, one per layer kind (registered with :func:`packed_op`): each reads its
+input table (:class:`~qgnn.export.tables.QRows`) in chunks of rows and hands every chunk of float results to
+``emit`` (the executor, :mod:`qgnn.export.packed`, turns them into the next table). Per kind: see
+:mod:`qgnn.export.packed`'s docstring; a kind added beside the built-ins registers its op in
+``qgnn/export/ops/<kind>.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from qgnn.kernels.intops import PreparedLinear, qlinear, qlinear_from_float, rowwise_aggregate
+
+from . import tables as _tables  # the chunk sizes, read at call time (tests patch them)
+from .tables import FLOAT_EXACT, Coefficients, CSRPlan, QRows, _plain, gran_is_node
+
+__all__ = ["PACKED_OPS", "packed_op", "PackedGCN", "PackedSAGE", "PackedGIN", "PackedGAT"]
+
+def _prepared(w) -> PreparedLinear | None:
+    from .runtime import WeightQ
+
+    if not isinstance(w, WeightQ):
+        return None
+    return PreparedLinear(w.q8, w.z8, w.scale, None)
+
+
+class _Lin:
+    """``y = x̂ Ŵᵀ + b`` on a chunk, from stored codes or from float rows and an input quantizer."""
+
+    def __init__(self, weight, bias, backend: str):
+        from .runtime import WeightQ
+
+        self.w = weight
+        self.quantized = isinstance(weight, WeightQ)
+        self.prep = PreparedLinear(weight.q8, weight.z8, weight.scale, bias) if self.quantized else None
+        self.bias = bias
+        self.backend = backend
+        self._padded = None
+
+    def _prep_for(self, k: int) -> PreparedLinear:
+        """The prepared weight for ``k`` input columns: padding columns (zero codes of a planar table) get the
+        weight's zero-point, so that ``(u − z_x)(w − z_w) = 0`` there and the sums are unchanged."""
+        if k == self.prep.in_features:
+            return self.prep
+        if self._padded is None or self._padded.in_features != k:
+            w = self.prep.w
+            z = self.prep.zero.view(-1, 1) if self.prep.zero.dim() else self.prep.zero
+            pad = z.expand(w.size(0), k - w.size(1)).to(torch.int8)
+            self._padded = PreparedLinear(torch.cat([w, pad], 1), self.prep.zero, self.prep.scale, self.prep.bias)
+        return self._padded
+
+    def from_codes(self, u: Tensor, s: Tensor, z: Tensor, gran: str, out=None) -> Tensor:
+        if self.quantized and gran in ("tensor", "node"):
+            prep = self._prep_for(u.size(1))
+            if gran == "tensor":
+                return qlinear(u, int(z), float(s), prep, out, self.backend)
+            return qlinear(u, z, s, prep, out, self.backend)
+        u = u[:, :self.w.shape[1]]  # padding columns of a planar table, if any
+        xf = u.to(torch.float32)
+        xf = xf.sub_(z.view(-1, 1) if gran == "node" else z.to(torch.float32)).mul_(
+            s.view(-1, 1) if gran == "node" else s)
+        y = F.linear(xf, self.w.dequant if self.quantized else self.w, self.bias)
+        if out is None:
+            return y
+        s_y, z_y, u_max = out  # the output grid's codes, as the fused kernel would return them
+        return torch.div(y, s_y).round_().add_(z_y).clamp_(0, u_max).to(torch.uint8)
+
+    def __call__(self, q, x: Tensor, start: int, scratch: bool = False) -> Tensor:
+        """Float rows ``x`` (node ids from ``start``) through input quantizer ``q`` (None: float) and W;
+        ``scratch``: ``x`` may be overwritten."""
+        if q is None:
+            return F.linear(x, self.w.dequant if self.quantized else self.w, self.bias)
+        if self.quantized and _plain(q):  # quantized inside the GEMM kernel: no code tensor in between
+            return qlinear_from_float(x, int(q.zero_point.reshape(())) - int(q.qmin), float(q.scale.reshape(())),
+                                      q.span, self.prep, self.backend, scratch)
+        u, s, z, gran = q.unsigned(x, start)
+        return self.from_codes(u, s, z, gran)
+
+
+INT_LINEAR, FLOAT_LINEAR = "int8 x int8 -> int32", "float (fake-quant)"
+INT_AGG, FLOAT_AGG = "integer", "float32 sums of codes"
+
+
+def _lin_label(lin: _Lin, gran: str | None) -> str:
+    """The path of a linear layer on codes of granularity ``gran`` (None: float input)."""
+    return INT_LINEAR if lin.quantized and gran in ("tensor", "node") else FLOAT_LINEAR
+
+
+def _gran(q) -> str | None:
+    return None if q is None else "node" if gran_is_node(q) else q.granularity
+
+
+def _requant(q, x: Tensor, start: int) -> Tensor:
+    return x if q is None else q(x, start).dequant()
+
+
+def _quantized_linear_ok(layer) -> bool:
+    from .runtime import WeightQ
+
+    return isinstance(layer.weight, WeightQ)
+
+
+PACKED_OPS: dict[str, type] = {}  # export type -> packed op class
+
+
+def packed_op(kind: str):
+    """Class decorator: the packed executor's op for export type ``kind``; built from the per-layer runtime
+    op (``qgnn.export.runtime.runtime_op``) that parsed the layer, it runs the layer on packed tables:
+    ``plan(edge_index, n)`` / ``form()`` (the graph form it reads), ``coefficients(plan)``, ``run(x, plan,
+    emit, coef)`` (read the input table in chunks, ``emit(start, float_rows)`` per chunk of targets), and the
+    class attribute ``input_fields`` (whether its input table is aggregated). A kind without a packed op runs
+    on the per-layer path."""
+
+    def deco(cls):
+        PACKED_OPS[kind] = cls
+        return cls
+
+    return deco
+
+
+class _PackedConv:
+    input_fields = True  # the input table is aggregated (fbgemm's fused rows)
+
+    @classmethod
+    def refuses(cls, conv) -> str:
+        """Why this op cannot run the parsed layer ``conv`` ("" when it can)."""
+        return ""
+
+    def __init__(self, conv, backend):
+        self.conv, self.backend = conv, backend
+        self.q = conv.q
+        self.input = conv.q["input"]
+        self.name = conv.name
+        self.paths: dict[str, str] = {}
+        # the aggregation prompt of this layer (LoRAP, qgnn.prompts): float rows -> float rows, or None
+        self.prompt = None
+
+    def _prompted(self, s: Tensor) -> Tensor:
+        return s if self.prompt is None else self.prompt(s)
+
+    # the graph as given, without coefficients (sum / mean layers); GCN and GAT build their own forms
+    def plan(self, edge_index: Tensor, n: int) -> CSRPlan:
+        return CSRPlan(edge_index[0], edge_index[1], n)
+
+    def form(self):
+        return ("raw",)
+
+    def coefficients(self, plan: CSRPlan) -> Coefficients | None:
+        return None
+
+    def _agg_label(self, table: QRows, plan: CSRPlan, coef) -> None:
+        key = f"{self.name}.aggregate"
+        if key not in self.paths:
+            self.paths[key] = INT_AGG if table.exact(plan, coef) else FLOAT_AGG
+
+    def finish(self, y: Tensor, start: int) -> Tensor:
+        y = self._prompted(_requant(self.q.get("aggr"), y, start))  # prompt: after aggr, before the bias
+        if self.conv.bias is not None:
+            y += self.conv.bias  # y is this chunk's own buffer
+        return _requant(self.q.get("output"), y, start)
+
+
+@packed_op("gcn")
+class PackedGCN(_PackedConv):
+    input_fields = False  # X is only multiplied: the GEMM reads its code bytes in place
+
+    @classmethod
+    def refuses(cls, conv) -> str:
+        return "" if conv.q.get("xw") is not None and _quantized_linear_ok(conv) else "GCN without a quantized X·W"
+    def __init__(self, conv, backend):
+        super().__init__(conv, backend)
+        self.lin = _Lin(conv.weight, None, backend["linear"])
+        self.xw = conv.q["xw"]
+
+    def plan(self, edge_index: Tensor, n: int) -> CSRPlan:
+        c = self.conv
+        if not c.normalize:
+            return CSRPlan(edge_index[0], edge_index[1], n)
+        ei, w = gcn_norm(edge_index, None, n, c.improved, c.add_self_loops, c.flow, torch.float32)
+        return CSRPlan(ei[0], ei[1], n, w)
+
+    def coefficients(self, plan: CSRPlan) -> Coefficients | None:
+        """This layer's edge coefficients ê = Q_edge(plan's normalised weights), in the plan's order."""
+        if plan.values is None:
+            return None
+        return Coefficients.of(self.q.get("edge"), plan.values)
+
+    def form(self):
+        c = self.conv
+        return ("gcn", c.normalize, c.improved, c.add_self_loops)
+
+    def run(self, x: QRows, plan: CSRPlan, emit, coef: Coefficients | None = None) -> None:
+        n = x.n
+        h = None
+        fused = self.xw.granularity == "tensor" and not self.xw.a2q and not self.xw.binary and self.lin.quantized
+        step = _tables.row_chunk(x.channels)
+        for start in range(0, n, step):
+            end = min(n, start + step)
+            s, z = x.row_params(start, end)
+            u = x.codes(start, end, pad=True)
+            if fused:
+                if h is None:
+                    h = QRows(n, self.lin.prep.out_features, self.xw.span, "tensor",
+                              self.xw.scale.reshape(()), self.xw.zero_point.reshape(()) - int(self.xw.qmin))
+                grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
+                hu = self.lin.from_codes(u, s, z, x.granularity, grid)
+                h.write(start, hu, h.scale, h.zero)
+            else:
+                y = self.lin.from_codes(u, s, z, x.granularity)
+                hu, hs, hz, gran = self.xw.unsigned(y, start)
+                if h is None:
+                    h = QRows(n, y.size(1), self.xw.span, gran, hs, hz)
+                h.write(start, hu, hs, hz)
+        self.paths[f"{self.name}.xw"] = _lin_label(self.lin, x.granularity)
+        if h is None:  # no rows
+            return
+        self._agg_label(h, plan, coef)
+        step = _tables.target_chunk(h.channels)
+        for start in range(0, n, step):
+            end = min(n, start + step)
+            a = h.aggregate(plan, start, end, "sum", self.backend["aggregate"], coef)
+            emit(start, self.finish(a, start))
+
+
+@packed_op("sage")
+class PackedSAGE(_PackedConv):
+    LINEAR_NAMES = ("lin_l", "lin_r")  # the two matmuls' names in paths
+
+    def __init__(self, conv, backend):
+        super().__init__(conv, backend)
+        self.lin_l = _Lin(conv.weight, conv.bias, backend["linear"])
+        self.lin_r = _Lin(conv.root, None, backend["linear"]) if conv.root is not None else None
+
+    def run(self, x: QRows, plan: CSRPlan, emit, coef: None = None) -> None:
+        c = self.conv
+        aggr_q = self.q.get("aggr")
+        self._agg_label(x, plan, None)
+        rel, root = self.LINEAR_NAMES
+        self.paths[f"{self.name}.{rel}"] = _lin_label(self.lin_l, _gran(aggr_q) if self.prompt is None else None)
+        if self.lin_r is not None:
+            self.paths[f"{self.name}.{root}"] = _lin_label(self.lin_r, x.granularity)
+        step = _tables.target_chunk(max(x.channels, c.weight.shape[0]))
+        for start in range(0, x.n, step):
+            end = min(x.n, start + step)
+            a = x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"])
+            if self.prompt is None:
+                y = self.lin_l(aggr_q, a, start, scratch=True)
+            else:  # the prompt's float output is lin_l's input (prompts sit outside every quantizer slot)
+                y = self.lin_l(None, self.prompt(_requant(aggr_q, a, start)), start)
+            if self.lin_r is not None:
+                if _plain(self.input) and x.granularity != "float" and x.bits < 8:
+                    # sub-byte rows: decoded by fbgemm (8x faster than unpacking nibbles with torch ops) and
+                    # snapped back to the same codes in the GEMM; 8-bit rows are read as codes directly
+                    y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True)
+                else:
+                    s, z = x.row_params(start, end)
+                    y += self.lin_r.from_codes(x.codes(start, end), s, z, x.granularity)
+            if c.normalize:
+                y = F.normalize(y, p=2.0, dim=-1)
+            emit(start, _requant(self.q.get("output"), y, start))
+
+
+@packed_op("gin")
+class PackedGIN(_PackedConv):
+    @classmethod
+    def refuses(cls, conv) -> str:
+        from .runtime import BatchNorm, Linear, ReLU
+
+        return "" if all(isinstance(m, (Linear, BatchNorm, ReLU)) for m in conv.nn) else "GIN MLP with an unknown layer"
+
+    def __init__(self, conv, backend):
+        from .runtime import Linear
+
+        super().__init__(conv, backend)
+        self.mlp = [(m, _Lin(m.weight, m.bias, backend["linear"]) if isinstance(m, Linear) else None)
+                    for m in conv.nn]
+
+    def run(self, x: QRows, plan: CSRPlan, emit, coef: None = None) -> None:
+        c = self.conv
+        self._agg_label(x, plan, None)
+        for k, (m, lin) in enumerate(self.mlp):
+            if lin is not None:
+                self.paths[f"{self.name}.nn.{k}"] = _lin_label(lin, _gran(m.input))
+        step = _tables.target_chunk(max([x.channels, *(m.weight.shape[0] for m, lin in self.mlp if lin is not None)]))
+        for start in range(0, x.n, step):
+            end = min(x.n, start + step)
+            a = self._prompted(x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"]))
+            y = a.add_(x.dequant(start, end), alpha=1 + c.eps)
+            y = _requant(self.q.get("aggr"), y, start)
+            for m, lin in self.mlp:
+                if lin is not None:
+                    y = _requant(m.output, lin(m.input, y, start, scratch=True), start)
+                else:
+                    y = m(y, None)
+            emit(start, _requant(self.q.get("output"), y, start))
+
+
+@packed_op("gat")
+class PackedGAT(_PackedConv):
+    """GAT: ``H = Q_xw(X̂ Ŵᵀ)`` stored as one table per head; attention logits ``ĥ_j · â`` from the codes
+    (exact integer dot products, one scale per vector); for each chunk of targets the softmax over its edges
+    (float, as the method needs), ``Q_attention``'s codes as the coefficients, and one aggregation per head."""
+
+    input_fields = False
+
+    @classmethod
+    def refuses(cls, conv) -> str:
+        xw = conv.q.get("xw")
+        ok = xw is not None and _plain(xw) and _quantized_linear_ok(conv)
+        return "" if ok else "GAT without a per-tensor quantized X·W"
+
+    def __init__(self, conv, backend):
+        super().__init__(conv, backend)
+        self.lin = _Lin(conv.weight, None, backend["linear"])
+        self.xw = conv.q["xw"]
+        self.heads, self.ch = conv.heads, conv.ch
+
+    def plan(self, edge_index: Tensor, n: int) -> CSRPlan:
+        from torch_geometric.utils import add_self_loops, remove_self_loops
+
+        ei = edge_index
+        if self.conv.add_self_loops:
+            ei, _ = remove_self_loops(ei)
+            ei, _ = add_self_loops(ei, num_nodes=n)
+        return CSRPlan(ei[0], ei[1], n)
+
+    def form(self):
+        return ("gat", self.conv.add_self_loops)
+
+    def coefficients(self, plan: CSRPlan) -> None:
+        return None
+
+    def _logits(self, u: Tensor, h: QRows) -> tuple[Tensor, Tensor]:
+        """(ĥ_j · â_src, ĥ_j · â_dst) per head, [rows, heads] each, from the codes of a chunk."""
+        from .runtime import WeightQ
+
+        att = self.conv.att
+        hc = u.to(torch.float32).sub_(float(h.zero)).view(-1, self.heads, self.ch)
+        if isinstance(att, WeightQ):  # exact integer dot products (|Σ| < 2^24 for ch <= 256), then the scales
+            za = att.zero_point.reshape(-1, 1, 1) if att.zero_point.numel() > 1 else att.zero_point
+            ac = (att.codes.to(torch.int32) - za.to(torch.int32)).to(torch.float32)
+            sa = att.row_scale()
+            return ((hc * ac[0]).sum(-1) * (h.scale * sa[0]), (hc * ac[1]).sum(-1) * (h.scale * sa[1]))
+        hf = hc.mul_(h.scale)
+        return (hf * att[0]).sum(-1), (hf * att[1]).sum(-1)
+
+    def run(self, x: QRows, plan: CSRPlan, emit, coef: None = None) -> None:
+        from torch_geometric.utils import softmax
+
+        c = self.conv
+        n, heads, ch = x.n, self.heads, self.ch
+        tables: list[QRows] = []
+        a_src = torch.empty((n, heads))
+        a_dst = torch.empty((n, heads))
+        z_h = self.xw.zero_point.reshape(()) - int(self.xw.qmin)
+        grid = None
+        step = _tables.row_chunk(x.channels)
+        for start in range(0, n, step):
+            end = min(n, start + step)
+            s, z = x.row_params(start, end)
+            if not tables:
+                tables = [QRows(n, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h) for _ in range(heads)]
+                grid = (float(self.xw.scale.reshape(())), int(tables[0].zero), tables[0].span)
+            hu = self.lin.from_codes(x.codes(start, end, pad=True), s, z, x.granularity, grid)
+            a_src[start:end], a_dst[start:end] = self._logits(hu, tables[0])
+            for k, t in enumerate(tables):
+                t.write(start, hu[:, k * ch:(k + 1) * ch], t.scale, t.zero)
+        self.paths[f"{self.name}.xw"] = _lin_label(self.lin, x.granularity)
+        if not tables:
+            return
+        from .runtime import WeightQ
+
+        self.paths[f"{self.name}.attention_logits"] = INT_AGG if isinstance(c.att, WeightQ) else FLOAT_LINEAR
+        qa = self.q.get("attention")
+        integer = qa is not None and qa.granularity == "tensor" and not qa.a2q and not qa.binary
+        bound = int(plan.deg.max()) * (qa.span if integer else 0) * (tables[0].span + abs(int(z_h)))
+        self.paths[f"{self.name}.aggregate"] = INT_AGG if integer and bound <= FLOAT_EXACT else FLOAT_AGG
+        step = _tables.target_chunk(heads * ch)
+        for start in range(0, n, step):
+            end = min(n, start + step)
+            ptr, idx, _ = plan.chunk(start, end)
+            deg = (ptr[1:] - ptr[:-1]).long()
+            tgt = torch.repeat_interleave(torch.arange(start, end), deg)
+            alpha = a_src.index_select(0, idx.long()) + a_dst.index_select(0, tgt)
+            alpha = softmax(F.leaky_relu(alpha, c.slope), tgt - start, None, end - start)  # float, per target
+            if qa is None:
+                codes, scale = alpha, 1.0
+            elif integer:
+                qt = qa(alpha)
+                codes = (qt.codes.to(torch.int32) - qt.zero_point.reshape(()).to(torch.int32)).to(torch.float32)
+                scale = float(qt.scale.reshape(()))
+            else:
+                codes, scale = qa(alpha).dequant(), 1.0
+            outs = []
+            for k, t in enumerate(tables):
+                w = codes[:, k].contiguous()
+                outs.append(rowwise_aggregate(t.rows, t.bits, ch, ptr, idx, w, "sum", self.backend["aggregate"]))
+            y = torch.cat(outs, 1).mul_(scale * float(tables[0].scale))
+            y = self._prompted(_requant(self.q.get("aggr"), y, start))  # heads concatenated
+            if not c.concat:
+                y = y.view(-1, heads, ch).mean(dim=1)
+            if c.bias is not None:
+                y += c.bias
+            emit(start, _requant(self.q.get("output"), y, start))

@@ -1,0 +1,306 @@
+"""The packed runtime's data: activation tables of packed codes, the graph plan and edge coefficients.
+
+* :class:`QRows`: an activation between layers, the unsigned codes ``u = q − qmin`` of the quantizer that reads
+  it in fbgemm's fused rowwise layout (or planar code bytes for a table only multiplied), at 8, 4 or 2 bits
+  a code, with its scale and zero-point per tensor, channel or node; :class:`FloatRows` the same interface over
+  float rows (a prompted first layer's input).
+* :class:`CSRPlan`: one form of a graph by target (indptr, source indices, coefficients), built once.
+* :class:`Coefficients`: a layer's edge coefficients ``e = s_e · c`` (integer codes where the quantizer allows).
+* :func:`row_chunk` / :func:`target_chunk`: how many rows a GEMM / an aggregation chunk takes.
+
+The layers that read and write them: :mod:`qgnn.export.packed_ops`; the executor: :mod:`qgnn.export.packed`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qgnn.kernels.intops import rowwise_aggregate, rowwise_values
+from qgnn.kernels.reference.rowwise import container_bits, pack_rows, row_bytes, unpack_rows
+
+__all__ = ["QRows", "FloatRows", "CSRPlan", "Coefficients", "FLOAT_EXACT", "row_chunk", "target_chunk"]
+
+GEMM_BYTES = 1 << 18  # unpacked input codes per GEMM chunk: 256 KB (Cora: 256 rows of 1,433 features)
+
+
+def row_chunk(channels: int) -> int:
+    """Rows per GEMM chunk for ``channels`` input codes a row: about GEMM_BYTES (at least 256 rows), so the
+    unpacked codes and the kernel's copy of them stay small beside the tables (peak memory), while a
+    million-row layer still runs in a few hundred kernel calls."""
+    return max(256, GEMM_BYTES // max(1, channels))
+
+TARGET_BYTES = 1 << 20  # a chunk of aggregated float rows: 1 MB, so the chain after the kernel stays in cache
+
+
+def target_chunk(channels: int) -> int:
+    """Target rows per aggregation chunk: about TARGET_BYTES of float32 results (at least 256 rows)."""
+    return max(256, TARGET_BYTES // (4 * max(1, channels)))
+
+
+def gran_is_node(q) -> bool:
+    """Per-node tables (A2Q node or nearest-neighbour groups)."""
+    return q.granularity in ("node", "nn")
+
+
+def _plain(q) -> bool:
+    """A per-tensor, non-binary, non-A2Q grid: encoded straight into the table (QRows.put)."""
+    return q.granularity == "tensor" and not q.a2q and not q.binary
+
+
+def _bits_for(span: int) -> int:
+    return container_bits(max(1, int(span).bit_length()))
+
+
+class QRows:
+    """An activation table: packed unsigned codes [N, C] with scale and zero-point (module docstring).
+
+    ``fields``: rows in fbgemm's fused layout (scale / bias per row) for tables that are aggregated; a table
+    that is only multiplied (GCN's input) keeps the code bytes alone, which the GEMM reads in place."""
+
+    def __init__(self, n: int, channels: int, span: int, granularity: str, like_scale: Tensor, like_zero: Tensor,
+                 fields: bool = True):
+        self.n, self.channels, self.span, self.fields = n, channels, span, fields
+        self.bits = _bits_for(span)
+        self.granularity = granularity
+        self.rows = torch.empty((n, row_bytes(channels, self.bits, fields)), dtype=torch.uint8)
+        if granularity == "node":
+            self.scale = torch.empty(n, dtype=torch.float32)
+            self.zero = torch.empty(n, dtype=torch.int32)
+        else:
+            self.scale, self.zero = like_scale.to(torch.float32), like_zero.to(torch.int32)
+
+    @classmethod
+    def like(cls, q, n: int, first: Tensor, start: int = 0, fields: bool = True) -> QRows:
+        """An empty table for ``n`` rows of ``q``'s codes, shaped by the first chunk ``first``."""
+        if _plain(q):
+            return cls(n, first.size(1), q.span, "tensor", q.scale.reshape(()), q.zero_point.reshape(()) - int(q.qmin),
+                       fields)
+        _, s, z, gran = q.unsigned(first[:1] if gran_is_node(q) else first, start)
+        return cls(n, first.size(1), q.span, gran, s, z, fields)
+
+    @classmethod
+    def encode(cls, q, x: Tensor, fields: bool = True, chunk: int | None = None) -> QRows:
+        """The table of ``q``'s codes of the float rows ``x`` (encoded chunk by chunk)."""
+        chunk = chunk or row_chunk(4 * x.size(1))
+        out = cls.like(q, x.size(0), x, 0, fields)
+        for start in range(0, x.size(0), chunk):
+            out.put(q, start, x[start:start + chunk])
+        return out
+
+    def put(self, q, start: int, x: Tensor, inplace: bool = False) -> None:
+        """Encode float rows ``x`` with quantizer ``q`` into rows ``start ..``: for a per-tensor grid straight
+        into the table, ``u = clamp(round(x / s) + (z − qmin), 0, span)`` (the quantizer's own ops: x / s,
+        round half to even), no code tensor in between; otherwise through ``q.unsigned``. ``inplace``: ``x``
+        is scratch and may be overwritten."""
+        if _plain(q) and self.granularity == "tensor":
+            y = x.div_(self.scale) if inplace else torch.div(x, self.scale)
+            y.round_().add_(float(self.zero)).clamp_(0, self.span)
+            if self.bits == 8:
+                self.rows[start:start + x.size(0), :self.channels].copy_(y)
+                if self.fields:
+                    self._fields(start, start + x.size(0), -float(self.zero))
+                return
+            u = y.to(torch.uint8)
+            self.write(start, u, self.scale, self.zero)
+            return
+        u, s, z, _ = q.unsigned(x, start)
+        self.write(start, u, s, z)
+
+    def _fields(self, start: int, end: int, bias) -> None:
+        pack_rows(torch.empty((end - start, 0), dtype=torch.uint8), self.bits, 1.0, bias,
+                  out=self.rows[start:end, row_bytes(self.channels, self.bits, False):])
+
+    def write(self, start: int, u: Tensor, s: Tensor, z: Tensor) -> None:
+        """Store the codes of rows ``start .. start + len(u)`` (their scale / zero-point when per node)."""
+        end = start + u.size(0)
+        if self.granularity == "node":
+            self.scale[start:end] = s
+            self.zero[start:end] = z
+            bias = -z.to(torch.float32)
+        elif self.granularity == "tensor":
+            bias = -float(self.zero)
+        else:
+            bias = 0.0  # per-channel zero-points are subtracted after the sum (aggregate)
+        pack_rows(u, self.bits, 1.0, bias, out=self.rows[start:end], fields=self.fields)
+
+    def codes(self, start: int, end: int, pad: bool = False) -> Tensor:
+        """Unsigned codes of rows ``start .. end`` as contiguous uint8 [rows, C] (a view where it can be);
+        ``pad``: a planar table's rows may keep zero padding columns (a GEMM pads its weights to match)."""
+        if self.bits == 8:
+            return self.rows[start:end, :self.channels].contiguous()
+        return unpack_rows(self.rows[start:end], self.bits, self.channels, self.fields, pad and not self.fields)[0]
+
+    def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        """(scale, zero-point) for rows ``start .. end``: 0-d, [C] or [rows]."""
+        if self.granularity == "node":
+            return self.scale[start:end], self.zero[start:end]
+        return self.scale, self.zero
+
+    def dequant(self, start: int, end: int) -> Tensor:
+        """``x̂ = s (u − z')`` of rows ``start .. end``, float32 (a fused table decodes through fbgemm)."""
+        s, z = self.row_params(start, end)
+        if self.fields:  # the rows' bias fields already hold −z' (per tensor / node)
+            v = rowwise_values(self.rows, self.bits, self.channels, start, end)
+            if self.granularity == "channel":
+                v.sub_(z.to(torch.float32))
+        else:
+            v = self.codes(start, end).to(torch.float32)
+            v.sub_(z.view(-1, 1).to(torch.float32) if self.granularity == "node" else z.to(torch.float32))
+        return v.mul_(s.view(-1, 1) if self.granularity == "node" else s)
+
+    def aggregate(self, plan: CSRPlan, start: int, end: int, mode: str = "sum", backend: str = "auto",
+                  coef: Coefficients | None = None) -> Tensor:
+        """``Σ_j e_ij x̂_j`` (``mode`` "mean": divided by the in-degree) for targets ``start .. end``;
+        ``coef``: a layer's edge coefficients ``e = s_e · c`` (default: the plan's own values, or 1)."""
+        values = None if coef is None else coef.codes
+        indptr, indices, values = plan.chunk(start, end, values)
+        c_scale = 1.0 if coef is None else coef.scale
+        if self.granularity == "node":  # fold the per-node scales into the coefficients
+            sj = self.scale.index_select(0, indices.long())
+            values = sj if values is None else values * sj
+            if mode == "mean":
+                values = values / plan.degree(start, end).clamp(min=1).to(torch.float32).repeat_interleave(
+                    plan.degree(start, end))
+            out = rowwise_aggregate(self.rows, self.bits, self.channels, indptr, indices, values, "sum", backend)
+            return out.mul_(c_scale) if coef is not None else out
+        out = rowwise_aggregate(self.rows, self.bits, self.channels, indptr, indices, values, mode, backend)
+        if self.granularity == "channel":
+            if values is None:
+                wsum = plan.degree(start, end).to(torch.float32)
+                if mode == "mean":
+                    wsum = (wsum > 0).to(torch.float32)
+            else:
+                wsum = plan.weight_sum(start, end, None if coef is None else coef.codes)
+            out -= wsum.view(-1, 1) * self.zero.to(torch.float32).view(1, -1)
+        return out.mul_(self.scale * c_scale if coef is not None else self.scale)
+
+    def exact(self, plan: CSRPlan, coef: Coefficients | None = None) -> bool:
+        """Whether every float32 partial sum of :meth:`aggregate` is an integer float32 holds exactly
+        (products of integer codes and integer coefficients, |Σ| <= 2^24), so the sum *is* MixQ-GNN's
+        integer sum: per-tensor or per-channel codes, integer (or no) coefficients, and a bound
+        ``max_i Σ_j |c_ij| · max |u − z| <= 2^24``."""
+        if self.granularity == "node" or (coef is None and plan.values is not None) or (
+                coef is not None and not coef.integer):
+            return False
+        zmax = int(self.zero.abs().max()) if self.zero.numel() else 0
+        return plan.bound(None if coef is None else coef.codes) * (self.span + zmax) <= FLOAT_EXACT
+
+    def nbytes(self) -> int:
+        return self.rows.numel() + (self.scale.numel() + self.zero.numel()) * 4
+
+
+FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
+
+
+class FloatRows:
+    """Float rows [N, C] behind :class:`QRows`' interface (granularity "float": scale 1, offset 0), so that a
+    layer reads them where it reads codes: the first layer's input when a node prompt acts on its quantized
+    input (``PromptConfig.node_after_quant``: x̂ = Q_in(x), then x̂ + prompt(x̂) enters the layer in float,
+    as in the fake-quant model). Linear layers take _Lin's float branch; aggregation is a float CSR sum."""
+
+    granularity = "float"
+    fields = True
+
+    def __init__(self, x: Tensor):
+        self.x = x.to(torch.float32)
+        self.n, self.channels = self.x.shape
+        self.scale = torch.tensor(1.0)
+        self.zero = torch.tensor(0, dtype=torch.int32)
+
+    def codes(self, start: int, end: int, pad: bool = False) -> Tensor:
+        return self.x[start:end].clone()  # _Lin's float branch works in place on what it gets
+
+    def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        return self.scale, self.zero
+
+    def dequant(self, start: int, end: int) -> Tensor:
+        return self.x[start:end].clone()
+
+    def exact(self, plan, coef=None) -> bool:
+        return False
+
+    def aggregate(self, plan, start: int, end: int, mode: str = "sum", backend: str = "auto", coef=None) -> Tensor:
+        ptr, idx, v = plan.chunk(start, end, None if coef is None else coef.codes)
+        deg = (ptr[1:] - ptr[:-1]).long()
+        rows = self.x.index_select(0, idx.long())
+        if v is not None:
+            rows = rows * v.view(-1, 1)
+        tgt = torch.repeat_interleave(torch.arange(end - start), deg)
+        out = torch.zeros((end - start, self.channels)).index_add_(0, tgt, rows)
+        if mode == "mean":
+            out /= deg.clamp(min=1).to(torch.float32).view(-1, 1)
+        return out if coef is None else out.mul_(coef.scale)
+
+    def nbytes(self) -> int:
+        return self.x.numel() * 4
+
+
+class Coefficients:
+    """A layer's edge coefficients in a plan's order, ``e = scale · codes``: the centred integer codes
+    ``q_e − z_e`` of a per-tensor edge quantizer (``integer``) with its scale, or float values with scale 1."""
+
+    def __init__(self, codes: Tensor, scale: float = 1.0, integer: bool = False):
+        self.codes, self.scale, self.integer = codes.to(torch.float32).reshape(-1), float(scale), integer
+
+    @classmethod
+    def of(cls, q, values: Tensor) -> Coefficients:
+        """Edge quantizer ``q`` (None: float) applied to the plan's ``values``."""
+        if q is None:
+            return cls(values)
+        if q.granularity == "tensor" and not q.a2q and not q.binary:
+            qt = q(values)
+            return cls(qt.codes.to(torch.int32) - qt.zero_point.reshape(()).to(torch.int32),
+                       float(qt.scale.reshape(())), True)
+        return cls(q(values).dequant())
+
+
+class CSRPlan:
+    """One form of a graph, by target: ``indptr`` [N + 1], source ``indices`` and coefficients ``values``
+    (None: all 1) in CSR order, built once per graph (int32 indices where they fit, as fbgemm reads them)."""
+
+    def __init__(self, src: Tensor, dst: Tensor, n: int, values: Tensor | None = None, num_src: int | None = None):
+        from qgnn.nn.graph import by_target
+
+        self.n = n
+        ptr, src_sorted, values, _ = by_target(src, dst, values, n)
+        small = src.numel() < 2**31 - 1 and (num_src or n) < 2**31 - 1
+        itype = torch.int32 if small else torch.int64  # fbgemm takes offsets and indices of one dtype
+        self.indptr = ptr.to(itype)
+        self.indices = src_sorted.to(itype)
+        self.values = None if values is None else values.to(torch.float32)
+        self.deg = ptr[1:] - ptr[:-1]
+        self._wsum: dict = {}
+
+    def chunk(self, start: int, end: int, values: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(indptr rebased to 0, indices, coefficients) of targets ``start .. end``; ``values``: other
+        coefficients in this plan's order (a layer's quantized ones), else the plan's own."""
+        a, b = int(self.indptr[start]), int(self.indptr[end])
+        ptr = self.indptr[start:end + 1] - a
+        v = self.values if values is None else values
+        return ptr, self.indices[a:b], None if v is None else v[a:b]
+
+    def degree(self, start: int, end: int) -> Tensor:
+        return self.deg[start:end]
+
+    def weight_sum(self, start: int, end: int, values: Tensor | None = None) -> Tensor:
+        """``Σ_j e_ij`` per target (cached per coefficient tensor)."""
+        v = self.values if values is None else values
+        key = id(v)
+        if key not in self._wsum:
+            tgt = torch.repeat_interleave(torch.arange(self.n), self.deg)
+            self._wsum[key] = torch.zeros(self.n).index_add_(0, tgt, v)
+        return self._wsum[key][start:end]
+
+    def bound(self, codes: Tensor | None = None) -> int:
+        """``max_i Σ_j |c_ij|`` (codes None: the largest in-degree)."""
+        if self.deg.numel() == 0:
+            return 0
+        if codes is None:
+            return int(self.deg.max())
+        tgt = torch.repeat_interleave(torch.arange(self.n), self.deg)
+        return int(torch.zeros(self.n, dtype=torch.float64).index_add_(0, tgt, codes.abs().double()).max())
+
+    def nbytes(self) -> int:
+        b = self.indptr.numel() * self.indptr.element_size() + self.indices.numel() * self.indices.element_size()
+        return b + (0 if self.values is None else self.values.numel() * 4) + self.deg.numel() * 8

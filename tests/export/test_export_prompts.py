@@ -320,3 +320,27 @@ def test_cli_exports_a_prompted_checkpoint(tmp_path, capsys):
         assert rc == 0 and "prompts gpf-lorap" in capsys.readouterr().out
     else:
         assert rc == 2 and "--no-prompt-after-quant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layer,kind", [("gcn", "gpf-lorap"), ("gin", "lorap"), ("sage", "gpf-plus"),
+                                        ("gat", "gpf-lorap")])
+def test_fp32_reference_runs_the_prompts(tmp_path, layer, kind):
+    # the FP32 twin of a prompted file: the fake-quant model with its activation quantizers off, prompts on
+    from qgnn.export.fp32_reference import build_fp32_reference
+    from qgnn.nn import QuantModule
+
+    model = _prompted(layer, kind, normalize=layer == "gcn")
+    model.convs[0].node_after_quant = False  # FP32 has no input quantizer: the prompt acts on the features
+    tensors, desc, _ = _roundtrip(model, tmp_path)
+    _snap(model, tensors, desc)
+    for m in model.modules():
+        if isinstance(m, QuantModule):
+            for slot, q in m.quantizers().items():
+                if slot not in ("weight", "weight_root", "att"):
+                    q.enabled = False
+    with torch.no_grad():
+        ref = model(D.x, D.edge_index)
+    twin = build_fp32_reference(tensors, desc)
+    _close(twin(D.x, D.edge_index), ref, agree=1.0)
+    twin.prompts = None  # the host alone: other logits, so the comparison above saw the prompts
+    assert not torch.allclose(twin(D.x, D.edge_index), ref, atol=1e-4)

@@ -21,6 +21,10 @@ step (as ``T.ToSparseTensor`` / ``T.GCNNorm`` would in a dataset's transform), s
   added there too, and the layer runs as ``GATConv(add_self_loops=False)``;
 * a ``flow="target_to_source"`` layer gets the transposed matrix (PyG refuses that flow on sparse input).
 
+A prompted file's prompts (``desc["prompts"]``) run in float at the same places as in training: GPF /
+GPF-plus on the features (FP32 has no input quantizer, so one trained after it acts on the features here),
+LoRAP on each layer's aggregate through PyG's aggregation hooks.
+
 ``to_torch_csr_tensor`` coalesces the edge list: a multigraph's repeated edges become one entry of weight
 k, which gives the same sums but a different mean (SAGE) or softmax (GAT) than per-edge messages. PyG's
 datasets are coalesced.
@@ -287,6 +291,7 @@ class FP32Reference(nn.Module):
             self.norms, self.heads = nn.ModuleList(norms), nn.ModuleList(heads)
             self.readout_norms = None if readout_norms is None else nn.ModuleList(readout_norms)
             self.pool = POOLS[m["pooling"]]
+        self.prompts = None  # a prompted file's prompts (build_fp32_reference)
         self.requires_grad_(False)
         self.eval()
 
@@ -306,8 +311,9 @@ class FP32Reference(nn.Module):
         x = x.to(torch.float32)
         if self.arch == "node_stack":
             last = len(self.convs) - 1
+            x = self._node_prompt(x)
             for i, (conv, key) in enumerate(zip(self.convs, self.conv_forms, strict=True)):
-                x = conv(x, graph[key])
+                x = self._conv(i, conv, x, graph[key])
                 if i < last:
                     x = self.act(x)
             return x
@@ -315,11 +321,34 @@ class FP32Reference(nn.Module):
             batch = x.new_zeros(x.size(0), dtype=torch.long)
         size = int(batch.max()) + 1 if batch.numel() else 1
         out = self._readout(0, x, batch, size)
-        h = x
+        h = self._node_prompt(x)
         for k, (conv, norm, key) in enumerate(zip(self.convs, self.norms, self.conv_forms, strict=True), start=1):
-            h = F.relu(norm(conv(h, graph[key])))
+            h = F.relu(norm(self._conv(k - 1, conv, h, graph[key])))
             out = out + self._readout(k, h, batch, size)
         return out
+
+    def _node_prompt(self, x: Tensor) -> Tensor:
+        """GPF / GPF-plus of a prompted file on the features (FP32 has no input quantizer, so a prompt that
+        the quantized model puts after it acts on the features here)."""
+        p = self.prompts
+        return p.node(x) if p is not None and p.has_node else x
+
+    def _conv(self, i: int, conv, x: Tensor, adj) -> Tensor:
+        """Layer ``i``; a prompted file's LoRAP acts on its aggregate through PyG's aggregation hooks (the
+        fused ``message_and_aggregate`` path runs on a CSR ``adj_t``), as ``qgnn.prompts`` does in training."""
+        p = self.prompts
+        if p is None or not p.has_aggregate(i):
+            return conv(x, adj)
+
+        def hook(module, inputs, out):
+            return p.aggregate(i, out.reshape(out.size(0), -1)).view_as(out)
+
+        handles = [conv.register_aggregate_forward_hook(hook), conv.register_message_and_aggregate_forward_hook(hook)]
+        try:
+            return conv(x, adj)
+        finally:
+            for h in handles:
+                h.remove()
 
     def _readout(self, k: int, h: Tensor, batch: Tensor, size: int) -> Tensor:
         pooled = self.pool(h, batch, size)
@@ -333,9 +362,6 @@ def build_fp32_reference(tensors: dict[str, Tensor], desc: dict) -> FP32Referenc
     if desc.get("task") == "rec":
         raise ConfigError("LightGCN (rec) export files have no FP32 PyG reference; evaluate them without "
                           "--fp32-reference")
-    if desc.get("prompts"):
-        raise ConfigError("prompted export files have no FP32 PyG reference yet (it would run the host without "
-                          "its prompts); evaluate them without --fp32-reference")
     try:
         m = desc["model"]
         arch = m["arch"]
@@ -345,16 +371,22 @@ def build_fp32_reference(tensors: dict[str, Tensor], desc: dict) -> FP32Referenc
         convs = [_conv(layer, tensors, f"convs.{i}") for i, layer in enumerate(layers)]
         forms = [form(layer) for layer in layers]
         if arch == "node_stack":
-            return FP32Reference(desc, convs, forms)
-        rn = m.get("readout_norms")
-        return FP32Reference(
-            desc, convs, forms,
-            norms=[_batchnorm(d, tensors, f"norms.{i}") for i, d in enumerate(m["norms"])],
-            heads=[_linear(d, tensors, f"heads.{i}") for i, d in enumerate(m["heads"])],
-            readout_norms=None if rn is None else [_batchnorm(d, tensors, f"readout_norms.{i}")
-                                                   for i, d in enumerate(rn)])
+            ref = FP32Reference(desc, convs, forms)
+        else:
+            rn = m.get("readout_norms")
+            ref = FP32Reference(
+                desc, convs, forms,
+                norms=[_batchnorm(d, tensors, f"norms.{i}") for i, d in enumerate(m["norms"])],
+                heads=[_linear(d, tensors, f"heads.{i}") for i, d in enumerate(m["heads"])],
+                readout_norms=None if rn is None else [_batchnorm(d, tensors, f"readout_norms.{i}")
+                                                       for i, d in enumerate(rn)])
     except KeyError as e:
         raise CheckpointError(f"export descriptor lacks {e}") from None
+    if desc.get("prompts"):  # the file's prompts, in float, at the same places (qgnn.export.prompt_ops)
+        from .prompt_ops import load_runtime_prompts
+
+        ref.prompts = load_runtime_prompts(tensors, desc)
+    return ref
 
 
 def from_file(path: str | os.PathLike) -> FP32Reference:

@@ -35,19 +35,24 @@ _BAG_OPS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_roww
 
 
 @contextlib.contextmanager
-def _engine():
-    """fbgemm's x86 engine for the call (restored after), quantized-tensor warnings silenced."""
+def _engine(quiet: bool = True):
+    """fbgemm's x86 engine for the call (restored after); ``quiet``: silence torch's deprecation warnings of
+    quantized tensors (their creation warns; the embedding bags and the float-input linear create none, and
+    skipping ``catch_warnings`` saves microseconds that add up over a small graph's hundred calls)."""
     old = torch.backends.quantized.engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if old not in ("x86", "fbgemm"):
-            torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines \
-                else "fbgemm"
-        try:
+    switch = old not in ("x86", "fbgemm")
+    if switch:
+        torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    try:
+        if quiet:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        else:
             yield
-        finally:
-            if torch.backends.quantized.engine != old:
-                torch.backends.quantized.engine = old
+    finally:
+        if switch:
+            torch.backends.quantized.engine = old
 
 
 @functools.cache
@@ -72,7 +77,7 @@ def rowwise_aggregate_fbgemm(rows: Tensor, bits: int, channels: int, indptr: Ten
         indices = indices.to(indptr.dtype)
     if weights is not None and weights.dtype != torch.float32:
         weights = weights.to(torch.float32)
-    with _engine():
+    with _engine(quiet=False):
         # mode 0 (sum) always: the op's mean mode (1) does not divide by the bag sizes of an offsets CSR
         out = op(rows, indices, indptr, False, 0, False, weights, None, True)
     out = out if out.size(1) == channels else out[:, :channels]
@@ -109,7 +114,7 @@ def qlinear_fbgemm(u: Tensor, x_zero: int, x_scale: float, packed, out: tuple[fl
 def qlinear_fbgemm_float(x: Tensor, x_zero: int, x_scale: float, packed) -> Tensor:
     """``linear_with_input_q_dq_qweight_dq_output_fp32``: float rows ``x`` quantized inside the kernel (one
     scale / zero-point, the uint8 range; the caller clamps to a narrower grid), float32 out."""
-    with _engine():
+    with _engine(quiet=False):
         return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, float(x_scale), int(x_zero),
                                                                                  packed)
 

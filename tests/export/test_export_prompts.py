@@ -21,7 +21,7 @@ from qgnn.errors import CheckpointError, ConfigError
 from qgnn.export import IntModel, export_model, load_int_model, read_file, write_file
 from qgnn.export.format import FORMAT, FORMAT_VERSION, METADATA_KEY
 from qgnn.export.prompt_export import quantize_param
-from qgnn.export.prompt_ops import NODE_AFTER_QUANT, decode_param
+from qgnn.export.prompt_ops import decode_param
 from qgnn.prompts import PromptConfig, PromptedLayer, disable_prompts, inject_prompts
 
 D = NODE_DATA.data
@@ -264,15 +264,10 @@ def test_non_positive_scales_and_float_tables_are_checked(tmp_path):
 
 @pytest.mark.parametrize("layer", ["gcn", "sage"])
 def test_node_prompt_after_the_input_quantizer(tmp_path, layer):
-    """``node_after_quant``: run where the runtime supports it (prompt_ops.NODE_AFTER_QUANT), else refused at
-    export with a line that says how to train an exportable model."""
+    """``node_after_quant``: the prompt on layer 0's quantized input, which then reads float rows."""
     model = node_model(layer, "dq", 4)
     inject_prompts(model, PromptConfig(kind="gpf-lorap", k=4, node_after_quant=True))
     _train(model)
-    if not NODE_AFTER_QUANT:
-        with pytest.raises(ConfigError, match="no-prompt-after-quant"):
-            export_model(model)
-        return
     tensors, desc, im = _roundtrip(model, tmp_path)
     assert desc["prompts"]["node"]["after_quant"] and im.prompts.node_after_quant
     _snap(model, tensors, desc)
@@ -311,15 +306,11 @@ def test_cli_exports_a_prompted_checkpoint(tmp_path, capsys):
     assert load_int_model(out).prompts.has_node
     assert main(["eval", str(out), "--repeats", "1"]) == 0
     assert "accuracy" in capsys.readouterr().out
-    # the recipe's default on a GCN host: the node prompt after the input quantizer (refused in one line
-    # where the runtime does not run it)
+    # the recipe's default on a GCN host: the node prompt after the input quantizer
     assert main([*base, "--out", str(tmp_path / "r2.json"), "--save", str(tmp_path / "after.ckpt")]) == 0
     capsys.readouterr()
     rc = main(["export", str(tmp_path / "after.ckpt"), str(tmp_path / "a.qgnn.safetensors")])
-    if NODE_AFTER_QUANT:
-        assert rc == 0 and "prompts gpf-lorap" in capsys.readouterr().out
-    else:
-        assert rc == 2 and "--no-prompt-after-quant" in capsys.readouterr().err
+    assert rc == 0 and "prompts gpf-lorap" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layer,kind", [("gcn", "gpf-lorap"), ("gin", "lorap"), ("sage", "gpf-plus"),

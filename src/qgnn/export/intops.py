@@ -18,10 +18,9 @@ Backends for ``Σ_k a_nk w_ok`` (:func:`int8_matmul`):
   <= 2^24, which float32 represents exactly whatever the summation order: each block is *exactly* the
   integer result (then summed in int32). Only valid at full float32 matmul precision
   (``torch.get_float32_matmul_precision() == "highest"``; "high" / "medium" allow TF32 / bf16), which
-  ``"auto"`` checks. The per-layer path's CPU default. (On this project's machine ``torch._int_mm`` takes
-  about 0.57x the time of FP32 ``F.linear`` and fbgemm's quantized linear 0.27x at (262,144 x 128) @
-  (128 x 256), one thread, ``benchmarks/runtime.py --part kernels``: the packed executor,
-  :mod:`qgnn.export.packed`, runs those kernels through :mod:`qgnn.kernels.intops`.)
+  ``"auto"`` checks. The per-layer path's CPU default. (``torch._int_mm`` is not "~20x slower than sgemm"
+  on this project's machine; the packed executor, :mod:`qgnn.export.packed`, runs fbgemm's quantized linear
+  and ``_int_mm`` through :mod:`qgnn.kernels.intops`, whose docstring gives their measured times.)
 
 ``"auto"`` (default): ``"int_mm"`` on CUDA where its shape rules hold, ``"float"`` on CPU at highest
 precision, else ``"int_mm"``.

@@ -99,6 +99,8 @@ class PackedNodeModel:
 
     def plans(self, edge_index: Tensor, n: int) -> dict:
         """The graph's plans (one per form the layers need) and each layer's edge coefficients."""
+        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
+            raise ConfigError(f"edge_index refers to nodes outside 0..{n - 1}")  # before any normalisation
         plans: dict = {}
         for layer in self.layers:
             key = layer.form()

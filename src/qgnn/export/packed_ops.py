@@ -19,13 +19,6 @@ from .tables import FLOAT_EXACT, Coefficients, CSRPlan, QRows, _plain, gran_is_n
 
 __all__ = ["PACKED_OPS", "packed_op", "PackedGCN", "PackedSAGE", "PackedGIN", "PackedGAT"]
 
-def _prepared(w) -> PreparedLinear | None:
-    from .runtime import WeightQ
-
-    if not isinstance(w, WeightQ):
-        return None
-    return PreparedLinear(w.q8, w.z8, w.scale, None)
-
 
 class _Lin:
     """``y = x̂ Ŵᵀ + b`` on a chunk, from stored codes or from float rows and an input quantizer."""
@@ -252,7 +245,7 @@ class PackedSAGE(_PackedConv):
                 y = self.lin_l(None, self.prompt(_requant(aggr_q, a, start)), start)
             if self.lin_r is not None:
                 if _plain(self.input) and x.granularity != "float" and x.bits < 8:
-                    # sub-byte rows: decoded by fbgemm (8x faster than unpacking nibbles with torch ops) and
+                    # sub-byte rows: decoded by fbgemm (one kernel, not several torch passes) and
                     # snapped back to the same codes in the GEMM; 8-bit rows are read as codes directly
                     y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True)
                 else:
@@ -397,7 +390,8 @@ class PackedGAT(_PackedConv):
             outs = []
             for k, t in enumerate(tables):
                 w = codes[:, k].contiguous()
-                outs.append(rowwise_aggregate(t.rows, t.bits, ch, ptr, idx, w, "sum", self.backend["aggregate"]))
+                outs.append(rowwise_aggregate(t.rows, t.bits, ch, ptr, idx, w, "sum", self.backend["aggregate"],
+                                              checked=True))
             y = torch.cat(outs, 1).mul_(scale * float(tables[0].scale))
             y = self._prompted(_requant(self.q.get("aggr"), y, start))  # heads concatenated
             if not c.concat:

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from qgnn.errors import ConfigError
 
 from .packing import pack_bits
-from .prompt_ops import NODE_AFTER_QUANT
 
 __all__ = ["PROMPT_BITS", "QUANTIZED_PARAMS", "export_prompts", "quantize_param", "unwrap"]
 
@@ -85,11 +84,7 @@ def _params(w, module: nn.Module, kind: str, name: str, quantized) -> dict:
 
 def _node(w, layer, quantized) -> dict:
     m = layer.node_prompt
-    after = layer._node_prompt_after_quant()
-    if after and not NODE_AFTER_QUANT:
-        raise ConfigError("the node prompt acts on the first layer's quantized input (node_after_quant, the "
-                          "prompt recipe's default on this host), which the integer runtime does not run yet; "
-                          "train with --no-prompt-after-quant to export it")
+    after = layer._node_prompt_after_quant()  # the runtime reads layer 0's prompted codes in float then
     entry = {"kind": m.kind, "dim": m.dim, "after_quant": after}
     if m.kind == "gpf-plus":
         entry["k"] = m.k

@@ -32,12 +32,7 @@ from qgnn.errors import CheckpointError, ConfigError
 
 from .packing import unpack_bits
 
-__all__ = ["NODE_AFTER_QUANT", "RuntimePrompts", "decode_param", "load_runtime_prompts"]
-
-# Whether the packed executor applies a node prompt to the first layer's *quantized* input
-# (``PromptConfig.node_after_quant``: x̂ = Q_in(x), then x̂ + prompt(x̂) enters the layer in float): it does
-# (qgnn.export.packed.FloatRows: layer 0 then reads float rows, as in the fake-quant model).
-NODE_AFTER_QUANT = True
+__all__ = ["RuntimePrompts", "decode_param", "load_runtime_prompts"]
 
 
 def _decode_scale(p: dict, tensors: dict[str, Tensor], rows: int, where: str) -> Tensor:
@@ -156,10 +151,9 @@ def load_runtime_prompts(tensors: dict[str, Tensor], desc: dict) -> RuntimePromp
     node = node_dim = None
     after = False
     if node_entry is not None:
+        # after_quant: the prompt acts on layer 0's quantized input, which then reads float rows
+        # (qgnn.export.tables.FloatRows), as in the fake-quant model
         after = bool(node_entry.get("after_quant", False))
-        if after and not NODE_AFTER_QUANT:
-            raise CheckpointError("prompts.node: a node prompt after the input quantizer (after_quant) is not "
-                                  "supported by this runtime")
         node, node_dim = _build(node_entry, tensors, "prompts.node"), node_entry["dim"]
     aggregate = {int(i): (_build(e, tensors, f"prompts.aggregate.{i}"), e["dim"])
                  for i, e in (section.get("aggregate") or {}).items()}

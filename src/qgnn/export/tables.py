@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qgnn.errors import ConfigError
 from qgnn.kernels.intops import rowwise_aggregate, rowwise_values
 from qgnn.kernels.reference.rowwise import container_bits, pack_rows, row_bytes, unpack_rows
 
@@ -162,9 +163,11 @@ class QRows:
             if mode == "mean":
                 values = values / plan.degree(start, end).clamp(min=1).to(torch.float32).repeat_interleave(
                     plan.degree(start, end))
-            out = rowwise_aggregate(self.rows, self.bits, self.channels, indptr, indices, values, "sum", backend)
+            out = rowwise_aggregate(self.rows, self.bits, self.channels, indptr, indices, values, "sum", backend,
+                                    checked=True)
             return out.mul_(c_scale) if coef is not None else out
-        out = rowwise_aggregate(self.rows, self.bits, self.channels, indptr, indices, values, mode, backend)
+        out = rowwise_aggregate(self.rows, self.bits, self.channels, indptr, indices, values, mode, backend,
+                                checked=True)
         if self.granularity == "channel":
             if values is None:
                 wsum = plan.degree(start, end).to(torch.float32)
@@ -263,6 +266,9 @@ class CSRPlan:
         from qgnn.nn.graph import by_target
 
         self.n = n
+        if src.numel() and (int(src.min()) < 0 or int(src.max()) >= (num_src or n) or int(dst.min()) < 0
+                            or int(dst.max()) >= n):
+            raise ConfigError(f"edge_index refers to nodes outside 0..{n - 1}")
         ptr, src_sorted, values, _ = by_target(src, dst, values, n)
         small = src.numel() < 2**31 - 1 and (num_src or n) < 2**31 - 1
         itype = torch.int32 if small else torch.int64  # fbgemm takes offsets and indices of one dtype
@@ -270,7 +276,6 @@ class CSRPlan:
         self.indices = src_sorted.to(itype)
         self.values = None if values is None else values.to(torch.float32)
         self.deg = ptr[1:] - ptr[:-1]
-        self._wsum: dict = {}
 
     def chunk(self, start: int, end: int, values: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """(indptr rebased to 0, indices, coefficients) of targets ``start .. end``; ``values``: other
@@ -284,13 +289,11 @@ class CSRPlan:
         return self.deg[start:end]
 
     def weight_sum(self, start: int, end: int, values: Tensor | None = None) -> Tensor:
-        """``Σ_j e_ij`` per target (cached per coefficient tensor)."""
-        v = self.values if values is None else values
-        key = id(v)
-        if key not in self._wsum:
-            tgt = torch.repeat_interleave(torch.arange(self.n), self.deg)
-            self._wsum[key] = torch.zeros(self.n).index_add_(0, tgt, v)
-        return self._wsum[key][start:end]
+        """``Σ_j e_ij`` for targets ``start .. end`` (``values``: coefficients in this plan's order, default the
+        plan's own), summed over the chunk's edges only."""
+        ptr, _, v = self.chunk(start, end, values)
+        tgt = torch.repeat_interleave(torch.arange(end - start), (ptr[1:] - ptr[:-1]).long())
+        return torch.zeros(end - start).index_add_(0, tgt, v.to(torch.float32))
 
     def bound(self, codes: Tensor | None = None) -> int:
         """``max_i Σ_j |c_ij|`` (codes None: the largest in-degree)."""

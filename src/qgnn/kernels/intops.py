@@ -11,9 +11,11 @@ fast backend, and a reason for every choice (``qgnn info`` prints :func:`runtime
   scale), ``"reference"``. ``"auto"``: fbgemm where it applies and is exact on this CPU
   (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_linear_exact`), else int_mm.
 
-Measured on one thread of the project's machine (``benchmarks/runtime.py --part kernels``): fbgemm's linear
-takes about 0.27x the FP32 ``F.linear`` time at (262,144 x 128) @ (128 x 256), ``torch._int_mm`` 0.57x;
-the rowwise bag 0.3-0.4x torch's FP32 CSR SpMM at 40-256 channels.
+Measured on one thread of the project's machine (``benchmarks/runtime.py --part kernels``, codes in, codes of
+the next grid out): fbgemm's linear takes 0.50x the FP32 ``F.linear`` time at (262,144 x 128) @ (128 x 256) and
+0.48x at (262,144 x 256) @ (256 x 40); the ``_int_mm`` path 3.0x and 1.5x (its zero-point corrections and
+requantisation are separate passes), so it serves only per-row scales; the rowwise bag 0.20-0.37x torch's
+FP32 CSR SpMM on sbm-1m's graph at 40-256 channels and 8 / 4 / 2 bits.
 """
 
 from __future__ import annotations
@@ -62,14 +64,17 @@ def aggregate_backend(rows: Tensor, backend: str = "auto") -> tuple[str, str]:
 
 
 def rowwise_aggregate(rows: Tensor, bits: int, channels: int, indptr: Tensor, indices: Tensor,
-                      weights: Tensor | None = None, mode: str = "sum", backend: str = "auto") -> Tensor:
-    """``out[i] = Σ_k w_k (scale_j u_j + bias_j)`` over CSR row i (mean: / count), float32 [M, C]."""
+                      weights: Tensor | None = None, mode: str = "sum", backend: str = "auto",
+                      checked: bool = False) -> Tensor:
+    """``out[i] = Σ_k w_k (scale_j u_j + bias_j)`` over CSR row i (mean: / count), float32 [M, C].
+    ``checked``: the caller built the CSR and checked its indices once (``qgnn.export.tables.CSRPlan``), so
+    the per-call check before fbgemm, which trusts its offsets, is skipped (a pass over the indices per chunk)."""
     if mode not in MODES:
         raise ConfigError(f"unknown aggregation mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "mean" and weights is not None:
         raise ConfigError("a mean aggregation takes no edge weights")
     name, _ = aggregate_backend(rows, backend)
-    if name != "reference":  # fbgemm trusts its offsets: a malformed CSR would give silently wrong sums
+    if name != "reference" and not checked:  # fbgemm trusts its offsets: a malformed CSR gives wrong sums
         check_csr(indptr, indices, weights, rows.size(0))
     if name == "reference":
         return rowwise_aggregate_reference(rows, bits, channels, indptr, indices, weights, mode)
@@ -81,8 +86,8 @@ def rowwise_aggregate(rows: Tensor, bits: int, channels: int, indptr: Tensor, in
 
 def rowwise_values(rows: Tensor, bits: int, channels: int, start: int, end: int, backend: str = "auto") -> Tensor:
     """The values ``scale_j · u_j + bias_j`` of rows ``start .. end`` of a fused table, float32 [rows, C]:
-    fbgemm's embedding bag with one row per bag (about 8x faster than unpacking 4-bit rows with torch ops),
-    or the reference's decode."""
+    fbgemm's embedding bag with one row per bag (one vectorised kernel instead of several torch passes to
+    unpack sub-byte rows), or the reference's decode."""
     name, _ = aggregate_backend(rows, backend)
     if name == "reference" or end <= start:
         u, scale, bias = unpack_rows(rows[start:end], bits, channels)

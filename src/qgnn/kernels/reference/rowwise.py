@@ -15,8 +15,8 @@ Sub-byte codes fill a byte from its low bits up: column c sits at bits ``b·(c m
 Tables that are only multiplied, never aggregated (``fields=False``: GCN's input), hold the code bytes alone,
 *planar*: with ``nb = ceil(C / (8/b))`` bytes a row, column c sits at bits ``b·(c // nb)`` of byte ``c mod nb``
 (4 bits: byte j holds columns j and j + nb). Unpacking then writes each field as one contiguous run of
-columns, computed on 32-bit words (:func:`unpack_rows`), instead of interleaving single bytes: about 5x faster
-for the GEMM that reads them.
+columns, computed on 32-bit words (:func:`unpack_rows`), instead of interleaving single bytes: fewer, contiguous
+passes for the GEMM that reads them.
 
 The runtime stores an activation ``x̂ = s (q − z)`` of a ``[qmin, qmax]`` grid as ``u = q − qmin`` with row
 scale 1 and row bias ``qmin − z`` (integers, exact in float16 for any grid of <= 8 bits), and multiplies by

@@ -131,8 +131,9 @@ def test_quantized_lightgcn_from_a_checkpoint_fine_tunes_as_the_documented_rows(
     patience 5), so it reaches that row's figure."""
     plain = TrainConfig(dataset="ml-100k", model="lightgcn", method=method, bits=bits, seeds=3,
                         quant={"pretrained": "fp32.ckpt"}).resolve("rec").to_dict()
+    opts = {"options": {"level_dtype": "fp8"}} if method == "gnaq" else {}  # GNAQ's recipe: FP8 levels
     row = TrainConfig(dataset="ml-100k", model="lightgcn", method=method, bits=bits, seeds=3, lr=5e-3, epochs=15,
-                      patience=5, quant={"pretrained": "fp32.ckpt"}).resolve("rec").to_dict()
+                      patience=5, quant={"pretrained": "fp32.ckpt", **opts}).resolve("rec").to_dict()
     assert plain.pop("recipes") and not row.pop("recipes")
     assert plain == row
     # From scratch (no checkpoint) the model's own recipe applies: a 15-epoch budget would be far too short.

@@ -11,8 +11,8 @@ from __future__ import annotations
 DATASETS: dict[str, tuple[str, ...]] = {
     "node": ("amazon-computers", "amazon-photo", "citeseer", "coauthor-cs", "coauthor-physics", "cora", "flickr",
              "ogbn-arxiv", "ogbn-products", "pubmed", "reddit", "sbm-100k", "sbm-1m", "synthetic-node"),
-    "graph": ("enzymes", "imdb-binary", "imdb-multi", "mutag", "nci1", "proteins", "ptc_mr", "reddit-binary",
-              "synthetic-graph"),
+    "graph": ("enzymes", "esol", "freesolv", "imdb-binary", "imdb-multi", "lipo", "mutag", "nci1", "proteins",
+              "ptc_mr", "reddit-binary", "synthetic-graph", "zinc"),
     "rec": ("gowalla", "lastfm", "ml-100k", "ml-1m-lightgcnpp", "synthetic-rec"),
 }
 MODELS: dict[str, tuple[str, ...]] = {"node": ("gat", "gcn", "gin", "graphconv", "sage"), "graph": ("gcn", "gin"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -245,8 +246,9 @@ def cmd_train(args) -> int:
     bits += "-mb" if cfg.fanout or (cfg.batch_size and _is_node(cfg)) else ""  # sampled mini-batches
     out = Path(args.out or f"runs/{cfg.dataset.lower()}-{cfg.model.lower()}-{cfg.method.lower()}{bits}.json")
     control = Control()
+    launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")  # a rank under torchrun
     try:
-        with stop_on_sigint(control):
+        with stop_on_sigint(control, launched=launched):
             results = run_experiment(cfg, root=args.root, out=out, save=args.save, resume=args.resume,
                                      overwrite=args.overwrite, progress=False if args.quiet else None,
                                      control=control)
@@ -254,6 +256,8 @@ def cmd_train(args) -> int:
         if e.results:
             print(format_table(e.results))
         raise
+    if launched and os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 reports and writes
     print(format_table(results))
     print(f"results: {out}" + (f"\ncheckpoint: {args.save}" if args.save else ""))
     return 0
@@ -305,12 +309,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     token = ROOT_OPTION.set("--root DIR")  # the missing-data advice names the flag, not the Python argument
+    launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")  # a rank under torchrun
     try:
+        if launched and args.command != "train":
+            from qgnn.errors import ConfigError
+
+            raise ConfigError(f"`qgnn {args.command}` runs in one process; only `qgnn train` runs under torchrun "
+                              "(docs/distributed.md)")
         return args.func(args)
     except QgnnError as e:
         runner = sys.modules.get("qgnn.train.runner")  # an Interrupted can only come from a loaded runner
         interrupted = runner is not None and isinstance(e, runner.Interrupted)
-        print(f"qgnn: {'interrupted' if interrupted else 'error'}: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if launched else "0"
+        if not (interrupted and rank != "0"):  # under torchrun: rank 0 reports the stop; errors name their rank
+            who = "qgnn" if rank == "0" else f"qgnn[rank {rank}]"
+            print(f"{who}: {'interrupted' if interrupted else 'error'}: {e}", file=sys.stderr)
         return 130 if interrupted else 2
     except KeyboardInterrupt:  # a second Ctrl-C (abort without saving), or one outside a training loop
         print("qgnn: interrupted: aborted by Ctrl-C (a resume state saved before it, if any, is kept)",

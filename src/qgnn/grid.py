@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -257,21 +258,31 @@ def run_cell(cell: Cell, path: str | Path, *, root=None, force: bool = False, co
 
 
 @contextlib.contextmanager
-def stop_on_sigint(control, what: str = "this epoch") -> Iterator[None]:
+def stop_on_sigint(control, what: str = "this epoch", launched: bool = False) -> Iterator[None]:
     """While inside: the first Ctrl-C asks ``control`` to stop at the next epoch boundary (the runner saves
-    its resume state and raises Interrupted); a second one aborts at once (KeyboardInterrupt)."""
+    its resume state and raises Interrupted); a second one aborts at once (KeyboardInterrupt).
+
+    ``launched`` (a rank under torchrun): SIGTERM asks to stop too, and a repeated signal does not abort. The
+    launcher forwards the terminal's Ctrl-C to every rank (which got it already) and then SIGTERM: both mean
+    "stop", and the ranks must reach the epoch boundary where they stop and save together."""
     def on_sigint(signum, frame):
         if control.stop_requested:
+            if launched:
+                return
             raise KeyboardInterrupt
         control.stop_requested = True
-        print(f"\nqgnn: stopping after {what} (Ctrl-C again to abort without saving)", file=sys.stderr)
+        again = "" if launched else " (Ctrl-C again to abort without saving)"
+        if not launched or os.environ.get("RANK", "0") == "0":  # under torchrun one line, rank 0's
+            print(f"\nqgnn: stopping after {what}{again}", file=sys.stderr)
 
+    signals = (signal.SIGINT, signal.SIGTERM) if launched else (signal.SIGINT,)
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {s: signal.signal(s, on_sigint) for s in signals}
     except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

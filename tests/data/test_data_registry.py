@@ -10,16 +10,17 @@ REAL = {"cora", "citeseer", "pubmed", "proteins", "mutag", "nci1", "imdb-binary"
         "reddit-binary", "enzymes", "ptc_mr", "gowalla", "lastfm", "ml-1m-lightgcnpp", "ml-100k"}
 LARGE = {"reddit", "flickr", "amazon-computers", "amazon-photo", "coauthor-cs", "coauthor-physics", "ogbn-arxiv",
          "ogbn-products"}
+MOLECULES = {"esol", "freesolv", "lipo", "zinc"}  # graph regression (qgnn.data.molecules)
 
 
 def test_dataset_names():
-    assert set(dataset_names()) == REAL | LARGE | {"sbm-100k", "sbm-1m", "synthetic-node", "synthetic-graph",
-                                                  "synthetic-rec"}
+    assert set(dataset_names()) == REAL | LARGE | MOLECULES | {"sbm-100k", "sbm-1m", "synthetic-node",
+                                                              "synthetic-graph", "synthetic-rec"}
     assert dataset_names("node") == ["amazon-computers", "amazon-photo", "citeseer", "coauthor-cs", "coauthor-physics",
                                      "cora", "flickr", "ogbn-arxiv", "ogbn-products", "pubmed", "reddit", "sbm-100k",
                                      "sbm-1m", "synthetic-node"]
     assert set(dataset_names("rec")) == {"gowalla", "lastfm", "ml-1m-lightgcnpp", "ml-100k", "synthetic-rec"}
-    assert len(dataset_names("graph")) == 9
+    assert len(dataset_names("graph")) == 9 + len(MOLECULES)
     with pytest.raises(ConfigError):
         dataset_names("edge")
 

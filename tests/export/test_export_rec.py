@@ -26,7 +26,9 @@ from qgnn.train.results import format_ratio
 
 # hidden 5: N · d = 650 codes, so 1- and 2-bit tables end in padding bits
 FAST = dict(dataset="synthetic-rec", model="lightgcn", batch_size=64, hidden=5, lr=0.02, seeds=1)
-CASES = [("gnaq", 1), ("gnaq", 2), ("gnaq", 4), ("qat", 1), ("qat", 2), ("qat", 4), ("lsq", 1), ("lsq", 2)]
+# "gnaq" takes its recipe's FP8 levels; "gnaq-fp32" pins float32 levels (the level_dtype option)
+CASES = [("gnaq", 1), ("gnaq", 2), ("gnaq", 4), ("gnaq-fp32", 2), ("qat", 1), ("qat", 2), ("qat", 4), ("lsq", 1),
+         ("lsq", 2)]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,10 @@ def checkpoint(runs, method, bits):
     d, done = runs
     if (method, bits) not in done:
         ckpt = d / f"{method}{bits}.ckpt"
-        cfg = TrainConfig(**FAST, epochs=1, method=method, bits=bits, quant={"pretrained": str(d / "fp32.ckpt")})
+        quant = {"pretrained": str(d / "fp32.ckpt")}
+        if method == "gnaq-fp32":
+            quant["options"] = {"level_dtype": "fp32"}
+        cfg = TrainConfig(**FAST, epochs=1, method=method.split("-")[0], bits=bits, quant=quant)
         run_experiment(cfg, save=ckpt, progress=False)
         out = d / f"{method}{bits}.qgnn.safetensors"
         export_checkpoint(ckpt, out)
@@ -79,8 +84,13 @@ def test_runtime_reproduces_the_fake_quant_model(runs, method, bits):
         ue, ie = fq()
     assert torch.equal(im.ego, ego)
     # the stored table really is b-bit: at most 2^b distinct values per node (GNAQ) or in the table (QAT / LSQ)
-    per = [torch.unique(row).numel() for row in im.ego] if method == "gnaq" else [torch.unique(im.ego).numel()]
+    gnaq = method.startswith("gnaq")
+    per = [torch.unique(row).numel() for row in im.ego] if gnaq else [torch.unique(im.ego).numel()]
     assert max(per) <= 2 ** bits
+    if gnaq:  # the levels are held as the file stores them: FP8 bytes unless float32 was asked for
+        want = torch.float32 if method == "gnaq-fp32" else torch.float8_e4m3fn
+        assert im.table.levels.dtype == want and fq.quant.level_dtype == ("fp32" if method == "gnaq-fp32" else "fp8")
+        assert im.table_bytes == packed_nbytes(fq.num_nodes * fq.hidden, bits) + fq.storage()["level_bytes"]
     ue2, ie2 = im()
     assert torch.equal(ue2, ue) and torch.equal(ie2, ie)
     users = torch.arange(ds.num_users)
@@ -99,7 +109,7 @@ def test_runtime_reproduces_the_fake_quant_model(runs, method, bits):
     assert all(set(x.tolist()) == set(y.tolist()) for x, y, t in zip(a, c, no_tie, strict=True) if t)
 
 
-@pytest.mark.parametrize("method,bits", [("gnaq", 1), ("gnaq", 2), ("qat", 2), ("qat", 4)])
+@pytest.mark.parametrize("method,bits", [("gnaq", 1), ("gnaq", 2), ("gnaq-fp32", 2), ("qat", 2), ("qat", 4)])
 def test_file_size_is_packed_codes_plus_levels_plus_header(runs, method, bits):
     ckpt, out = checkpoint(runs, method, bits)
     n_header, head = header(out)
@@ -107,10 +117,15 @@ def test_file_size_is_packed_codes_plus_levels_plus_header(runs, method, bits):
     m = desc["model"]
     n, d = m["num_users"] + m["num_items"], m["hidden"]
     codes = packed_nbytes(n * d, bits)
-    levels = 4 * n * 2 ** bits if method == "gnaq" else 0  # QAT's scale / zero-point are inline in the JSON
+    # levels: 1 byte each in FP8 (GNAQ's default), 4 in float32; QAT's scale / zero-point are inline in the JSON
+    level_size = {"gnaq": 1, "gnaq-fp32": 4}.get(method, 0)
+    levels = level_size * n * 2 ** bits
     assert out.stat().st_size == 8 + n_header + codes + levels
     assert {k: v["shape"] for k, v in head.items() if k != "__metadata__"} == (
-        {"table.codes": [codes], "table.levels": [n, 2 ** bits]} if method == "gnaq" else {"table.codes": [codes]})
+        {"table.codes": [codes], "table.levels": [n, 2 ** bits]} if level_size else {"table.codes": [codes]})
+    if level_size:
+        assert head["table.levels"]["dtype"] == ("F8_E4M3" if level_size == 1 else "F32")
+        assert m["table"]["level_dtype"] == ("float8_e4m3fn" if level_size == 1 else "float32")
     # far below the FP32 table (and the training checkpoint, which holds latent FP32 state too)
     assert codes + levels < 4 * n * d and out.stat().st_size < ckpt.stat().st_size
 
@@ -173,14 +188,32 @@ def test_truncated_and_corrupt_files_are_refused(runs, tmp_path):
     bad("version", "version", lambda d: d.update(version=2))
     bad("missing", "missing tensor", edit_tensors=lambda t: t.pop("table.levels"))
     bad("extra", "unexpected tensor", edit_tensors=lambda t: t.update(extra=torch.zeros(2)))
-    bad("dtype", "float32", edit_tensors=lambda t: t.update({"table.levels": t["table.levels"].double()}))
-    bad("nan", "NaN", edit_tensors=lambda t: t["table.levels"].__setitem__((0, 0), float("nan")))
+    bad("dtype", "float8_e4m3fn", edit_tensors=lambda t: t.update({"table.levels": t["table.levels"].float()}))
+    bad("nan", "NaN", edit_tensors=lambda t: t.update({"table.levels": with_nan(t["table.levels"])}))
+    bad("level_dtype", "level_dtype", lambda d: d["model"]["table"].update(level_dtype="float16"))
     bad("padding", "padding", edit_tensors=lambda t: t["table.codes"].__setitem__(-1, 0xFF))  # 1300 bits: 4 pad
     bad("graph", "sha256", lambda d: d["graph"].update(sha256="xyz"))
     _, qat = checkpoint(runs, "qat", 2)
     bad("scale", "positive", lambda d: d["model"]["table"].update(scale=[-1.0]), src=qat)
     bad("grid", "grid", lambda d: d["model"]["table"].update(qmin=-2), src=qat)
     bad("shape", "shape", lambda d: d["model"]["table"].update(shape=[3, 3]), src=qat)
+    _, g32 = checkpoint(runs, "gnaq-fp32", 2)
+    bad("nan32", "NaN", edit_tensors=lambda t: t.update({"table.levels": with_nan(t["table.levels"])}), src=g32)
+    bad("fp8-named-float32", "float32", lambda d: d["model"]["table"].update(level_dtype="float32"))
+
+
+def with_nan(levels):
+    x = levels.to(torch.float32).clone()
+    x[0, 0] = float("nan")
+    return x.to(levels.dtype)
+
+
+def test_a_file_written_before_fp8_levels_still_loads(runs, tmp_path):
+    """Files without ``level_dtype`` (float32 levels, the layout before FP8 levels) read and decode as before."""
+    _, out = checkpoint(runs, "gnaq-fp32", 2)
+    old = rewrite(out, tmp_path / "old.qgnn.safetensors", lambda d: d["model"]["table"].pop("level_dtype"))
+    a, b = load_int_model(out), load_int_model(old)
+    assert "level_dtype" not in b.desc["model"]["table"] and torch.equal(a.ego, b.ego)
 
 
 def test_another_training_graph_is_refused(runs, tmp_path):

@@ -40,8 +40,9 @@ def quantized(method, bits, ds, task, seed=0):
 
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(ds.num_users + ds.num_items, HIDDEN, generator=gen) * 0.1
-    if method == "gnaq":
-        m = GNAQLightGCN(ds.num_users, ds.num_items, hidden=HIDDEN, bits=bits)
+    if method.startswith("gnaq"):  # "gnaq-fp8": FP8 levels; "gnaq": the model's own default (float32)
+        m = GNAQLightGCN(ds.num_users, ds.num_items, hidden=HIDDEN, bits=bits,
+                         level_dtype="fp8" if method == "gnaq-fp8" else "fp32")
         m.set_graph(task.edge_index)
         m.init_from_pretrained(w)
     else:
@@ -74,7 +75,7 @@ def same_lists(a_ids, a_vals, b_ids, b_vals):
     return sum(same) / max(len(same), 1)
 
 
-METHODS = [(m, b) for m in ("gnaq", "qat", "lsq") for b in (8, 4, 2)]
+METHODS = [(m, b) for m in ("gnaq", "qat", "lsq") for b in (8, 4, 2)] + [("gnaq-fp8", 8), ("gnaq-fp8", 2)]
 
 
 @pytest.mark.parametrize("method,bits", METHODS)
@@ -85,14 +86,14 @@ def test_packed_table_is_held_and_ranks_like_the_fake_quant_model(tmp_path, data
     # held: the packed codes (b bits per entry) + levels or scale / zero-point; no float32 [N, d] table
     codes = im.table.codes
     assert codes.dtype == torch.uint8 and codes.numel() == n * d * bits // 8
-    extra = 4 * n * 2 ** bits if method == "gnaq" else 8
+    extra = {"gnaq": 4, "gnaq-fp8": 1}.get(method, 0) * n * 2 ** bits or 8  # levels: 4 / 1 bytes; QAT / LSQ: s, z
     assert im.table_bytes == codes.numel() + extra
     held = im.held_tensors()
     found = [v for obj in (im, im.table, im.adj) for v in vars(obj).values() if isinstance(v, torch.Tensor)]
     assert all(any(v is h for h in held.values()) for v in found if v is not im.edge_index)  # a complete list
     floats = {k for k, t in held.items() if t.is_floating_point()}
-    assert floats == {"table.levels" if method == "gnaq" else "table.scale", "graph.weight"}  # Â's values
-    if method == "gnaq":
+    assert floats == {"table.levels" if method.startswith("gnaq") else "table.scale", "graph.weight"}  # Â's values
+    if method.startswith("gnaq"):
         assert held["table.levels"].shape == (n, 2 ** bits)  # the per-node levels, not embeddings
     assert held["graph.weight"].dim() == 1 and held["table.codes"].dtype == torch.uint8
     assert 4 * n * d // codes.numel() == 32 // bits

@@ -112,7 +112,9 @@ def test_a_graph_search_resumes_at_the_same_validation_batch(tmp_path, monkeypat
     is not a whole number of passes."""
     from qgnn.train.tasks import GraphTask
 
-    monkeypatch.setattr(GraphTask.__init__, "__defaults__", (32, "cpu", 2))
+    defaults = dict(zip(("batch_size", "device", "eval_batch_size", "shard"), GraphTask.__init__.__defaults__,
+                        strict=True))
+    monkeypatch.setattr(GraphTask.__init__, "__defaults__", tuple({**defaults, "eval_batch_size": 2}.values()))
     cfg = TrainConfig(dataset="synthetic-graph", model="gin", seeds=1, folds=2, epochs=2)
     sc = SearchConfig(lam=0.5, search_epochs=3)
     reference = run_search(cfg, sc, progress=False)

@@ -182,7 +182,7 @@ def test_cli_rec_errors_and_options(tmp_path, capsys):
                  "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(out), "--pretrained",
                  str(tmp_path / "p.ckpt"), "--ste", "--static-intervals", "--method-opt", "candidates=4"]) == 0
     opts = json.loads(out.read_text())["config"]["quant"]["options"]
-    assert opts == {"estimator": "ste", "dynamic": False, "candidates": 4}
+    assert opts == {"estimator": "ste", "dynamic": False, "candidates": 4, "level_dtype": "fp8"}  # + GNAQ's recipe
 
 
 def test_fused_adam_matches_the_loop_implementation():

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from functools import partial
 
-from qgnn.data import ogbn, planetoid, pyg_large, recsys, sbm, synthetic, tu
+from qgnn.data import molecules, ogbn, planetoid, pyg_large, recsys, sbm, synthetic, tu
 from qgnn.errors import ConfigError, lookup
 
 
@@ -23,6 +23,8 @@ def _synthetic(fn: Callable) -> Callable:
 DATASETS: dict[str, tuple[str, Callable]] = {
     **{n: ("node", partial(planetoid.load_planetoid, n)) for n in planetoid.NAMES},
     **{n: ("graph", partial(tu.load_tu, n)) for n in tu.NAMES},
+    # graph regression (one float per molecule): task "graph", the dataset's `regression` flag picks the task
+    **{n: ("graph", partial(molecules.load_molecules, n)) for n in molecules.NAMES},
     **{n: ("rec", partial(recsys.load_recsys, n)) for n in recsys.NAMES},
     **{n: ("node", partial(sbm.load_sbm, n)) for n in sbm.NAMES},
     **{n: ("node", partial(pyg_large.load_pyg_large, n)) for n in pyg_large.NAMES},
@@ -31,7 +33,7 @@ DATASETS: dict[str, tuple[str, Callable]] = {
     "synthetic-graph": ("graph", _synthetic(synthetic.random_graph_dataset)),
     "synthetic-rec": ("rec", _synthetic(synthetic.random_rec_dataset)),
 }
-ALIASES = {alias: target for alias, target in recsys.ALIASES.items()}
+ALIASES = {**recsys.ALIASES, **molecules.ALIASES}
 # Node datasets whose features are dense and signed (embeddings, Gaussian): PyG's NormalizeFeatures (subtract
 # the global minimum, divide each row by its sum) shrinks their spread to ~1 / (F * |min|), which trains to chance
 # (GCN on sbm-100k: benchmarks/sbm.py, docs/notes/scale.md), so they are not row-normalised by default.

@@ -111,7 +111,10 @@ def cmd_eval(args) -> int:
             print(f"  {k:<12} {r[k]:.4f}")
     else:
         print(f"{r['file']} on {r['dataset']} ({r['split']}, {r['evaluated']} examples)")
-        print(f"  accuracy     {format_percent(r['accuracy'])}")
+        if "accuracy" in r:
+            print(f"  accuracy     {format_percent(r['accuracy'])}")
+        else:  # a regression model (qgnn.train.regression): errors in the target's units
+            print(f"  MAE          {r['mae']:.4f}\n  RMSE         {r['rmse']:.4f}")
     print(f"  latency      {r['latency_ms']:.2f} ms (median of {len(r['latency_runs_ms'])})")
     print(f"  peak memory  {r['peak_memory_bytes'] / 2**20:.2f} MiB (RSS growth during one pass)")
     print(f"  file size    {r['file_bytes']:,} bytes")

@@ -53,6 +53,14 @@ def _config(desc: dict, dataset: str | None):
 
 def eval_inputs(desc: dict, dataset: str | None = None, root=None, split: str = "test"):
     """The evaluation batches ``[(x, edge_index, batch or None, y, mask or None), ...]`` for ``desc``."""
+    cfg, inputs, _ = _eval_data(desc, dataset, root, split)
+    return cfg, inputs
+
+
+def _eval_data(desc: dict, dataset: str | None, root, split: str):
+    """(config, :func:`eval_inputs`' batches, target scale): a regression dataset's (mean, std) of the run's
+    training targets, which map the model's standardised outputs back to the target's units
+    (:mod:`qgnn.train.regression`); None for classification."""
     from torch_geometric.loader import DataLoader
 
     from qgnn.train.runner import load_for
@@ -67,15 +75,28 @@ def eval_inputs(desc: dict, dataset: str | None = None, root=None, split: str = 
     if desc["task"] == "node":
         d = ds.data
         mask = None if split == "all" else getattr(d, f"{split}_mask")
-        return cfg, [(d.x, d.edge_index, None, d.y, mask)]
-    if split == "all":
-        graphs = ds.dataset
-    else:
-        fold = ((desc.get("source") or {}).get("selected_run") or {}).get("fold") or 0
-        s = ds.folds(k=10, seed=cfg.fold_seed)[fold]
-        graphs = ds.dataset[getattr(s, split)]
+        return cfg, [(d.x, d.edge_index, None, d.y, mask)], None
+    fold = ((desc.get("source") or {}).get("selected_run") or {}).get("fold") or 0
+    s = ds.folds(k=10, seed=cfg.fold_seed)[fold]
+    graphs = ds.dataset if split == "all" else ds.dataset[getattr(s, split)]
+    scale = None
+    if getattr(ds, "regression", False):
+        from qgnn.data.molecules import target_stats
+
+        scale = target_stats(ds.targets[s.train])
     loader = DataLoader(graphs, batch_size=cfg.batch_size or 32)
-    return cfg, [(b.x, b.edge_index, b.batch, b.y, None) for b in loader]
+    return cfg, [(b.x, b.edge_index, b.batch, b.y, None) for b in loader], scale
+
+
+def _regression(outs, inputs, scale) -> tuple[float, float, int]:
+    """(MAE, RMSE, graphs) of standardised outputs against the targets, in the target's units."""
+    import torch
+
+    from qgnn.train.regression import regression_scores
+
+    pred = torch.cat([o.view(-1) for o in outs]) * scale[1] + scale[0]
+    y = torch.cat([t[3].view(-1) for t in inputs])
+    return (*regression_scores(pred, y), int(y.numel()))
 
 
 def _accuracy(outs, inputs) -> tuple[float, int]:
@@ -125,7 +146,10 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
         from .rec import evaluate_rec
 
         return evaluate_rec(path, model, dataset, root, split, repeats)
-    cfg, inputs = eval_inputs(model.desc, dataset, root, split)
+    cfg, inputs, scale = _eval_data(model.desc, dataset, root, split)
+    if scale is not None and fp32_reference:
+        raise ConfigError("--fp32-reference compares accuracies; it is not available for a regression model "
+                          "(evaluate it without the flag: MAE / RMSE)")
     if getattr(model, "packed", None) is not None and model.task == "node" and len(inputs) == 1:
         # a node model on one graph: the load step (graph plans, features encoded as codes) once, as a
         # deployment does; forwards run on it (the FP32 twin likewise builds its adj_t once)
@@ -138,14 +162,19 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
         def forward():
             return run_all(model, inputs)
     outs = forward()  # warm-up: builds and caches the graph plans (IntModel runs without grad)
-    acc, n = _accuracy(outs, inputs)
+    if scale is None:
+        acc, n = _accuracy(outs, inputs)
+        scores = {"accuracy": acc}
+    else:  # a regression model: MAE / RMSE in the target's units, no accuracy
+        mae, rmse, n = _regression(outs, inputs, scale)
+        scores = {"mae": mae, "rmse": rmse}
     ref = _Fp32Run(path, inputs, outs) if fp32_reference else None
     latency, times = median_latency(forward, repeats=repeats, warmup=0)
     if ref is not None:
         ref.time(repeats)  # before either peak (module docstring)
     peak = peak_memory(forward)
     paths = sorted(set(model.paths.values()))
-    r = {"file": str(path), "dataset": cfg.dataset, "split": split, "evaluated": n, "accuracy": acc,
+    r = {"file": str(path), "dataset": cfg.dataset, "split": split, "evaluated": n, **scores,
          "latency_ms": latency * 1e3, "latency_runs_ms": [t * 1e3 for t in times], "peak_memory_bytes": peak,
          "file_bytes": path.stat().st_size, "bits": model.desc.get("bits", {}), "paths": paths}
     if getattr(model, "packed", None) is not None:

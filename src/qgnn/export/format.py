@@ -37,7 +37,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "qgnn_export"
 MAX_HEADER = 16 << 20  # safetensors' own header limit is 100 MB; ours are a few KB
 
-_DTYPES = {"uint8": torch.uint8, "int32": torch.int32, "float32": torch.float32}
+_DTYPES = {"uint8": torch.uint8, "int32": torch.int32, "float32": torch.float32,
+           "float8_e4m3fn": torch.float8_e4m3fn}  # FP8: GNAQ's per-node levels (qgnn.export.rec_format)
 
 
 def grid_offset(desc: dict) -> int:
@@ -453,5 +454,5 @@ def _validate(desc: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
         if t.dtype != _DTYPES[dtype] or tuple(t.shape) != tuple(shape):
             raise CheckpointError(f"{path}: tensor {name} ({where}) must be {dtype} {list(shape)}, got "
                                   f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not bool(torch.isfinite(t.to(torch.float32)).all()):  # no FP8 isfinite
             raise CheckpointError(f"{path}: tensor {name} ({where}) holds NaN or infinite values")

@@ -1,9 +1,9 @@
 """Runtime of exported LightGCN recommendation models: the packed table -> final embeddings -> full ranking.
 
 What is held after load (:class:`RecIntModel`): the file's packed codes and levels / scale
-(:class:`~qgnn.export.rec_table.PackedTable`: ``N d b / 8`` bytes of codes, plus ``4 N 2^b`` of GNAQ levels or
-a scalar scale and zero-point), and after :meth:`RecIntModel.set_graph` the graph plan (the CSR of Â). No
-float32 [N, d] table is kept between passes.
+(:class:`~qgnn.export.rec_table.PackedTable`: ``N d b / 8`` bytes of codes, plus GNAQ's levels, ``N 2^b`` bytes
+in FP8 or ``4 N 2^b`` in float32, or a scalar scale and zero-point), and after :meth:`RecIntModel.set_graph`
+the graph plan (the CSR of Â). No float32 [N, d] table is kept between passes.
 
 What LightGCN's inference needs, and why part of it is float. The file stores the *ego* table Ê (layer 0),
 not final embeddings: the score is ŷ_ui = ⟨F_u, F_i⟩ with F = Σ_{k=0..L} Â^k Ê / (L + 1) and

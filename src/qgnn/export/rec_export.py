@@ -4,8 +4,9 @@ What is stored is exactly what the fake-quant model's eval-mode ``ego()`` evalua
 (layout: :mod:`qgnn.export.rec_format`, ``docs/format.md``):
 
 * GNAQ (:class:`~qgnn.methods.gnaq.GNAQLightGCN`): the codes of the eval forward, q = nearest levels of the
-  latent z = E⁰ + P Δ (``refresh_codes``), bit-packed at b bits, and the per-node levels [N, 2^b] as float32.
-  E⁰ and Δ (training state, two FP32 tables) are left out.
+  latent z = E⁰ + P Δ (``refresh_codes``), bit-packed at b bits, and the per-node levels [N, 2^b] in the
+  dtype the model uses them in: ``float8_e4m3fn`` (1 byte a level, ``level_dtype="fp8"``) or float32.
+  E⁰ and Δ (training state, two FP32 tables; with FP8 levels also their float32 training copy) are left out.
 * QAT / LSQ (:class:`~qgnn.methods.rec_baselines.QuantTableLightGCN`): the codes ``quant_int(E)`` of the
   per-tensor quantizer packed at b bits with its scale / zero-point inline in the JSON, written by the node /
   graph exporter's weight writer (the same checks: supported quantizer, tables reproduce the codes).
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from qgnn.errors import ConfigError
 
 from .packing import pack_bits
-from .rec_format import REC_ARCH, graph_fingerprint
+from .rec_format import LEVEL_FILE_DTYPES, REC_ARCH, graph_fingerprint
 
 __all__ = ["export_rec_model"]
 
@@ -41,9 +42,10 @@ def export_rec_model(model: nn.Module, config: dict | None = None) -> tuple[dict
     if isinstance(model, GNAQLightGCN):
         with torch.no_grad():
             codes = model.refresh_codes()  # the eval forward's codes (needs the graph for RAU's latent)
-            levels = model.quant.levels.detach().to(torch.float32).contiguous().cpu().clone()
+            levels = model.quant.export_levels().contiguous()  # FP8 or float32: what ego() gathers from
         tensors = {"table.codes": pack_bits(codes, model.bits), "table.levels": levels}
-        table = {"kind": "node_levels", "bits": model.bits, "codes": "table.codes", "levels": "table.levels"}
+        table = {"kind": "node_levels", "bits": model.bits, "codes": "table.codes", "levels": "table.levels",
+                 "level_dtype": LEVEL_FILE_DTYPES[model.quant.level_dtype]}
     elif isinstance(model, QuantTableLightGCN):
         w = _Writer()
         table, _ = w.weight(model.quant, model.embedding.weight, "table")

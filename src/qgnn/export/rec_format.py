@@ -12,7 +12,9 @@ with the table ``T`` one of
 
 * ``kind = "node_levels"`` (GNAQ, Li et al., CIKM 2025): ``codes`` names a uint8 tensor of
   ``ceil(N d b / 8)`` bytes, the level indices q_ij ∈ [0, 2^b) packed LSB first in row-major order
-  (:mod:`qgnn.export.packing`); ``levels`` names a float32 tensor [N, 2^b]; ê_ij = levels[i, q_ij];
+  (:mod:`qgnn.export.packing`); ``levels`` names a tensor [N, 2^b] of dtype ``level_dtype``:
+  ``"float8_e4m3fn"`` (1 byte a level, GNAQ's default) or ``"float32"`` (the default when the key is absent,
+  as in files written before FP8 levels); ê_ij = float32(levels[i, q_ij]);
 * ``kind = "uniform"`` (QAT / LSQ on the whole table): the weight-quantizer object of the node / graph
   layout with ``granularity = "tensor"`` and ``shape = [N, d]`` (grid, inline scale / zero-point, packed
   ``codes`` u = q − qmin, binary u = (q + 1) / 2); ê = (q − z) · s.
@@ -32,10 +34,12 @@ from torch import Tensor
 from .format import _fail, _int, weight_specs
 from .packing import packed_nbytes
 
-__all__ = ["REC_ARCH", "TABLE_KINDS", "rec_tensor_specs", "graph_fingerprint"]
+__all__ = ["LEVEL_FILE_DTYPES", "REC_ARCH", "TABLE_KINDS", "rec_tensor_specs", "graph_fingerprint"]
 
 REC_ARCH = "lightgcn"
 TABLE_KINDS = ("node_levels", "uniform")
+# GNAQ's level dtype (qgnn.quant.nodewise.LEVEL_DTYPES name) -> its name in the file (a safetensors dtype)
+LEVEL_FILE_DTYPES = {"fp8": "float8_e4m3fn", "fp32": "float32"}
 
 
 def graph_fingerprint(edge_index: Tensor, num_users: int, num_items: int) -> dict:
@@ -87,7 +91,10 @@ def rec_tensor_specs(desc: dict) -> dict[str, tuple[str, tuple[int, ...], str]]:
         if t["codes"] == t["levels"]:
             _fail("model.table: codes and levels must be different tensors")
         specs[t["codes"]] = ("uint8", (packed_nbytes(n * d, bits),), "model.table.codes")
-        specs[t["levels"]] = ("float32", (n, 1 << bits), "model.table.levels")
+        ldt = t.get("level_dtype", "float32")
+        if ldt not in LEVEL_FILE_DTYPES.values():
+            _fail(f"model.table: level_dtype must be one of {', '.join(LEVEL_FILE_DTYPES.values())}, got {ldt!r}")
+        specs[t["levels"]] = (ldt, (n, 1 << bits), "model.table.levels")
     elif kind == "uniform":
         if t.get("granularity") != "tensor":
             _fail(f"model.table: a uniform table is quantized per tensor, got {t.get('granularity')!r}")

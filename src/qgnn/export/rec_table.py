@@ -4,17 +4,19 @@ The ``model.table`` of a ``task = "rec"`` file (:mod:`qgnn.export.rec_format`) i
 
 * the codes stay one uint8 buffer of ``ceil(N d b / 8)`` bytes in the file's bit-packing layout
   (:mod:`qgnn.export.packing`: row-major, LSB first; one code per byte at 8 bits, two at 4, four at 2);
-* ``node_levels`` (GNAQ): the per-node level table L [N, 2^b] (float32), ê_ij = L[i, q_ij];
+* ``node_levels`` (GNAQ): the per-node level table L [N, 2^b] as stored (``float8_e4m3fn``, 1 byte a level, or
+  float32), ê_ij = float32(L[i, q_ij]);
 * ``uniform`` (QAT / LSQ, one grid for the whole table): the grid (qmin, qmax, binary) and the scalar
   scale s and zero-point z, ê = (q − z) · s (binary: q · s with q ∈ {−1, +1}).
 
-So the bytes held are the file's table bytes: ``N d b / 8`` for the codes, plus ``4 N 2^b`` for GNAQ's levels
-(8 for QAT / LSQ's scale and zero-point). A float32 copy of the table is never kept: :meth:`PackedTable.decode`
-builds one for a caller that needs it (LightGCN's propagation, which is float, see :mod:`qgnn.export.rec`) and
-gives it away.
+So the bytes held are the file's table bytes: ``N d b / 8`` for the codes, plus ``N 2^b`` (FP8) or ``4 N 2^b``
+(float32) for GNAQ's levels (8 for QAT / LSQ's scale and zero-point). A float32 copy of the table is never
+kept: :meth:`PackedTable.decode` builds one for a caller that needs it (LightGCN's propagation, which is float,
+see :mod:`qgnn.export.rec`) and gives it away.
 
 :meth:`PackedTable.decode` reproduces the fake-quant model's eval-mode ``ego()`` bit for bit: the same gather
-``torch.gather(L, 1, q)`` as ``NodeLevelQuantizer.dequantize``, and the same float32 operations
+``torch.gather(L, 1, q)`` as ``NodeLevelQuantizer.dequantize`` (FP8 levels are widened to float32 first, an
+exact conversion that gives the model's FP8-rounded levels), and the same float32 operations
 ``(float(q) − float(z)) · s`` as :func:`qgnn.quant.primitives.dequantize` (tests compare them).
 
 The file's codes are checked once at load (padding bits zero, codes within the grid, levels finite, scale
@@ -62,7 +64,7 @@ class PackedTable:
         self.scale = self.zero_point = None
         self.binary = False
         if self.kind == "node_levels":
-            self.levels = tensors[table["levels"]].to(torch.float32).contiguous()
+            self.levels = tensors[table["levels"]].contiguous()  # kept in the file's dtype (FP8: 1 byte a level)
             self.qmin, self.qmax = 0, (1 << self.bits) - 1
         else:
             self.qmin, self.qmax, self.binary = int(table["qmin"]), int(table["qmax"]), bool(table["binary"])
@@ -92,7 +94,7 @@ class PackedTable:
     @property
     def nbytes(self) -> int:
         """Bytes held: packed codes + levels (GNAQ) or the scalar scale and zero-point (uniform)."""
-        extra = self.levels.numel() * 4 if self.levels is not None else 8
+        extra = self.levels.numel() * self.levels.element_size() if self.levels is not None else 8
         return self.codes.numel() * self.codes.element_size() + extra
 
     def tensors(self) -> dict[str, Tensor]:
@@ -111,7 +113,8 @@ class PackedTable:
             # in row blocks: the int64 indices gather needs are then a block's, not a second [N, d] table
             out = torch.empty(self.num_nodes, self.hidden, dtype=torch.float32)
             for s in range(0, self.num_nodes, _BLOCK):
-                torch.gather(self.levels[s:s + _BLOCK], 1, u[s:s + _BLOCK].long(), out=out[s:s + _BLOCK])
+                lv = self.levels[s:s + _BLOCK].to(torch.float32)  # exact for FP8; gather has no FP8 kernel
+                torch.gather(lv, 1, u[s:s + _BLOCK].long(), out=out[s:s + _BLOCK])
             return out
         if self.binary:
             return (u.to(torch.int16) * 2 - 1).to(torch.float32) * self.scale

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from qgnn.errors import ConfigError
 
@@ -37,7 +38,10 @@ def node_ids(model: nn.Module, ids: Tensor | None) -> Iterator[nn.Module]:
     None: row i is node i. Restores the previous ids on exit (contexts nest)."""
     if ids is not None and (not isinstance(ids, Tensor) or ids.dim() != 1 or ids.is_floating_point()):
         raise ConfigError("node_ids takes a 1-d integer tensor of global node ids (PyG's batch.n_id)")
-    mods = [model, *(m for m in model.modules() if m is not model and hasattr(m, "SLOTS"))]
+    # the model itself carries them too (the method hooks read them there); a DDP wrapper passes on to the model
+    # it wraps (torchrun: the forward hooks are the inner model's)
+    inner = model.module if isinstance(model, DistributedDataParallel) else None
+    mods = [model, *(m for m in model.modules() if m is not model and (hasattr(m, "SLOTS") or m is inner))]
     saved = [m.__dict__.get(_ATTR) for m in mods]
     for m in mods:
         m.__dict__[_ATTR] = ids

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from qgnn.errors import ConfigError
 
+from . import sync
 from .granularity import Layout, parse_granularity
 from .primitives import MAX_BITS, MIN_BITS, SCALE_EPS, clamp_ste, code_dtype, validate_bits
 from .quantizers import Quantizer
@@ -463,7 +464,7 @@ class A2QQuantizer(Quantizer):
         p = self.layout.check(x, index)
         x = x.detach()
         if self.auto_signed:
-            self.signed = bool((x < 0).any())
+            self.signed = sync.any_true(bool((x < 0).any()))  # distributed: every rank the same grid
         self.signed_flag.fill_(self.signed)
         lo, hi = self._b_range()
         b0 = min(max(float(self.bits), lo), hi)
@@ -485,6 +486,9 @@ class A2QQuantizer(Quantizer):
             f = mag.reshape(x.shape[0], -1).amax(dim=1).sort().values
             pos = torch.linspace(0, f.numel() - 1, p, device=x.device).round().long()
             amax = f[pos]
+        # A distributed run starts every rank from the ranges of all ranks' batches (qgnn.quant.sync): the max
+        # of the maxima, the mean of the groups' quantiles.
+        amax = sync.nanmean(amax)[0] if g not in ("tensor", "channel", "node") else sync.maximum(amax)
         # Entries with nothing to go by (all-zero rows, nodes absent from the batch) start from the mean
         # range of the others (1 if there are none): their step is multiplicative (s0 · exp(step_log)),
         # and one floored at epsilon could not grow to a useful size in any reasonable number of steps.

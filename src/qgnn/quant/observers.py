@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from qgnn.errors import ConfigError, lookup
 
+from . import sync
 from .granularity import Layout, fill_unseen
 
 __all__ = [
@@ -84,6 +85,9 @@ class Observer(nn.Module):
     def update(self, x: Tensor, index: Tensor | None = None) -> None:
         """Fold ``x`` into the running range regardless of the mode (used for calibration)."""
         if x.numel() == 0:  # 0 rows: nothing to learn, and amin of nothing would raise
+            if sync.active() and self.min_val.numel():  # the other ranks reduce: join with what they saw
+                self._join(*self.empty_range())
+                self._observed = bool(torch.isfinite(self.min_val).any())
             return
         p = self.layout.check(x, index)
         if self.min_val.numel() != p:  # first batch of a per-channel observer: size the buffers
@@ -92,6 +96,11 @@ class Observer(nn.Module):
                 self.min_val = torch.full((p,), math.inf, device=x.device)
                 self.max_val = torch.full((p,), -math.inf, device=x.device)
         bmin, bmax = self.batch_range(x.detach(), index)
+        if sync.active():  # a distributed run: the range of the union of every rank's batch (qgnn.quant.sync)
+            bmin, bmax = self.reduce(bmin, bmax)
+        self._join(bmin, bmax)
+
+    def _join(self, bmin: Tensor, bmax: Tensor) -> None:
         new_min, new_max = self.merge(bmin.to(self.min_val.dtype), bmax.to(self.max_val.dtype))
         self.min_val.copy_(new_min)
         self.max_val.copy_(new_max)
@@ -121,6 +130,15 @@ class Observer(nn.Module):
 
     def merge(self, bmin: Tensor, bmax: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def reduce(self, bmin: Tensor, bmax: Tensor) -> tuple[Tensor, Tensor]:
+        """This batch's range over every rank of a distributed run: min of the minima, max of the maxima."""
+        return sync.min_max(bmin, bmax)
+
+    def empty_range(self) -> tuple[Tensor, Tensor]:
+        """A distributed run, this rank's batch empty: the batch range of the others (the same collectives as a
+        non-empty batch, with neutral sentinels for this rank's part)."""
+        return self.reduce(torch.full_like(self.min_val, math.inf), torch.full_like(self.max_val, -math.inf))
 
     # ------------------------------------------------------------------ state dict
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -208,21 +226,37 @@ def _order_stats(m: Tensor, dim: int, q: float) -> Tensor:
 
 
 def sample_quantiles(
-    m: Tensor, pdim: int, p: float, sample_size: int, generator: torch.Generator | None = None
+    m: Tensor, pdim: int, p: float, sample_size: int, generator: torch.Generator | None = None,
+    union: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(1-p)``- and ``p``-quantiles of each slice of the 2-d ``m`` (slices indexed along ``pdim``).
 
     Each slice contributes at most ``max(sample_size // P, 64)`` elements, drawn uniformly with
     replacement (the same random positions in every slice, one cheap ``index_select``); a slice that
     short is used whole, so the result is then exact. Returns two tensors of shape ``[P]``.
+
+    ``union`` (a distributed run, :mod:`qgnn.quant.sync`): every rank draws exactly that many (a short slice
+    too, with replacement), the ranks' samples are gathered, and the quantiles are those of the union sample:
+    a uniform sample of the union of the ranks' batches when they are of equal size, so every rank gets the
+    estimate one process would make on the whole batch (averaging the ranks' own quantiles would not be).
     """
     n_slices, length = m.shape[pdim], m.shape[1 - pdim]
     per_slice = max(sample_size // max(n_slices, 1), 64)
-    if length > per_slice:
+    if length > per_slice or (union and length > 0):
         idx = torch.randint(length, (per_slice,), generator=generator, device="cpu").to(m.device)
         m = m.index_select(1 - pdim, idx)
     if not m.is_floating_point() or m.dtype in (torch.float16, torch.bfloat16):
         m = m.float()
+    if union:  # gathered as [P, samples] on every rank, whatever the local layout
+        m = m if pdim == 0 else m.t()
+        if length == 0:  # nothing here: contribute NaN samples, dropped below
+            m = m.new_full((n_slices, per_slice), math.nan)
+        m = sync.gather(m.contiguous(), dim=1)
+        m = m[:, ~torch.isnan(m).all(dim=0)]
+        if m.shape[1] == 0:
+            inf = m.new_full((n_slices,), math.inf)
+            return inf, -inf
+        return _order_stats(m, 1, 1.0 - p), _order_stats(m, 1, p)
     return _order_stats(m, 1 - pdim, 1.0 - p), _order_stats(m, 1 - pdim, p)
 
 
@@ -254,13 +288,29 @@ class PercentileObserver(EMAObserver):
 
     def batch_range(self, x, index):
         m, pdim = self.layout.matrix(x)
-        lo, hi = sample_quantiles(m, pdim, self.p, self.sample_size, self._generator)
+        # a distributed run: quantiles of the ranks' gathered samples (per tensor / channel; per node each rank
+        # holds different nodes, and reduce() joins them)
+        union = sync.active() and self.layout.granularity != "node"
+        lo, hi = sample_quantiles(m, pdim, self.p, self.sample_size, self._generator, union=union)
         if self.layout.granularity == "node":
             return (
                 self.layout.scatter_rows(lo, index, "amin", math.inf),
                 self.layout.scatter_rows(hi, index, "amax", -math.inf),
             )
         return lo, hi
+
+    def empty_range(self):
+        if self.layout.granularity == "node":
+            return super().empty_range()
+        p = self.min_val.numel()  # join the gather of the ranks' samples with nothing of this rank's
+        return sample_quantiles(self.min_val.new_zeros((p, 0)), 0, self.p, self.sample_size, self._generator,
+                                union=True)
+
+    def reduce(self, bmin, bmax):
+        if self.layout.granularity != "node":
+            return bmin, bmax  # already the union sample's (batch_range)
+        # per node: a node's rows may sit on several ranks; the mean of the ranks' estimates where they saw it
+        return sync.nanmean(bmin, bmax)
 
     def describe(self) -> str:
         return f"percentile({self.p:g}, n={self.sample_size}, ema={self.momentum:g})"

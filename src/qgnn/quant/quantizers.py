@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from qgnn.errors import ConfigError, lookup
 
+from . import sync
 from .granularity import Layout, fill_nan, fill_unseen
 from .observers import Observer, make_observer
 from .primitives import (
@@ -251,9 +252,11 @@ class UniformQuantizer(Quantizer):
         scatter of the kept rows)."""
         if not self.enabled or x.numel() == 0 or self.layout.granularity not in ("tensor", "channel"):
             return x.index_copy(0, keep, self(x.index_select(0, keep)))
-        if keep.numel() == 0:
-            return x
         obs = self.observer
+        if keep.numel() == 0:
+            if obs.training and sync.active():  # the other ranks reduce their kept rows' range: take part
+                obs.update(x[:0], None)
+            return x
         if obs.training or not obs.observed:
             with torch.no_grad():
                 obs.update(x.detach().index_select(0, keep), None)
@@ -358,11 +361,12 @@ class LSQQuantizer(Quantizer):
         p = self.layout.check(x, index)
         x = x.detach()
         if self.init == "lsq":
-            mean_abs = fill_nan(self.layout.mean(x.abs(), index))
+            # distributed runs: the mean over the ranks' batches (qgnn.quant.sync), so every rank starts alike
+            mean_abs = fill_nan(sync.nanmean(self.layout.mean(x.abs(), index))[0])
             factor = 1.0 if self.binary else 2.0 / math.sqrt(self.qmax)
             step, zp = (mean_abs * factor).clamp(min=SCALE_EPS), None
         else:
-            mn, mx = fill_unseen(*self.layout.minmax(x, index))
+            mn, mx = fill_unseen(*sync.min_max(*self.layout.minmax(x, index)))
             step, zp = calc_qparams(mn, mx, self.bits, symmetric=self.symmetric, signed=self.signed)
             zp = None if self.symmetric else zp
         if self.layout.granularity == "channel":

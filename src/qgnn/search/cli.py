@@ -167,7 +167,8 @@ def cmd_search(args) -> int:
             print(format_table(e.results))
         raise
     print(format_table(results))
-    print(format_rows([_row(results)]))
+    if "test_acc" in results["metrics"]:  # the accuracy / cost row (a regression search's scores are in the table)
+        print(format_rows([_row(results)]))
     print("assignment of the selected run: " + json.dumps(results["runs"][results["selected_run"]]["assignment"]))
     print(f"results: {out}" + (f"\ncheckpoint: {args.save}" if args.save else ""))
     return 0

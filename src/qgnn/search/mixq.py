@@ -62,6 +62,7 @@ from qgnn.train.minibatch import MiniBatchNodeTask
 from qgnn.train.results import summarize, summarize_runs
 from qgnn.train.runner import STATE_FORMAT, Control, Interrupted, Runner, _normalised, _run_list, task_generators
 from qgnn.train.seeding import load_rng_state, rng_state, set_seed
+from qgnn.train.task import better, selection_key, summary_keys
 from qgnn.train.tasks import GraphTask, NodeTask, penalty, penalty_modules
 
 __all__ = ["SearchConfig", "run_search", "search_assignment", "state_epochs"]
@@ -169,17 +170,18 @@ def _weights_then_alpha(loss, opt_w, opt_a, alphas, pens, split: str, val_loss) 
 def _graph_step(task: GraphTask, model, opt_w, opt_a, alphas, pens, split: str, val_iter) -> float:
     model.train()
     total, count = 0.0, 0
+    loss_fn = getattr(task, "loss", F.cross_entropy)  # a regression task's own loss (qgnn.train.regression)
     for batch in task.train_loader:
         if batch.num_graphs < 2:
             continue  # BatchNorm cannot normalise one graph's pooled row
         opt_w.zero_grad(set_to_none=True)
         opt_a.zero_grad(set_to_none=True)
         out, y = task._forward(model, batch)
-        loss = F.cross_entropy(out, y)
+        loss = loss_fn(out, y)
 
         def val_loss():
             out_v, y_v = task._forward(model, next(val_iter))
-            return F.cross_entropy(out_v, y_v)
+            return loss_fn(out_v, y_v)
 
         _weights_then_alpha(loss, opt_w, opt_a, alphas, pens, split, val_loss)
         total += loss.item() * batch.num_graphs
@@ -316,7 +318,7 @@ def search_assignment(runner: Runner, seed: int, fold: int | None, sc: SearchCon
     expected = {f"{n}": round(float(m.bit_width), 3) for n, m in model.named_modules()
                 if isinstance(m, RelaxedQuantizer)}
     # Validation accuracy of the searched model itself (relaxed widths; arg-max with gumbel sampling).
-    search_val_acc = task.evaluate(model)["val_acc"]
+    search_val_acc = task.evaluate(model)[f"val_{task.metric}"]  # a regression task: its val_mae
     return BitAssignment.from_model(model), seconds / c.epochs, expected, search_val_acc
 
 
@@ -467,8 +469,9 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
                            "bitops_reduction_linear": cost["bitops_reduction_linear"],
                            "avg_bits": cost["avg_bits"], "cost": cost})
             runs.append(result)
-            if best is None or (result["val_acc"], -result["val_loss"]) > (best["val"], -best["val_loss"]):
-                best = {"index": r, "val": result["val_acc"], "val_loss": result["val_loss"], "state": model_state}
+            key = selection_key(trainer.task_class, result)  # the task's rule (regression: lowest val MAE)
+            if best is None or better(key, (best["val"], best["val_loss"])):
+                best = {"index": r, "val": key[0], "val_loss": key[1], "state": model_state}
             save_state(None)
     finally:
         if own_bar:
@@ -477,7 +480,7 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     best_cfg = dataclasses.replace(
         base_final, quant={"overrides": BitAssignment(runs[best["index"]]["assignment"]).to_overrides()})
     trainer.cfg = best_cfg
-    keys = [k for k in ("test_acc", "val_acc", "train_acc", "val_loss", "best_epoch") if k in runs[0]]
+    keys = [k for k in summary_keys(trainer.task_class) if k in runs[0]]
     results = {
         "config": best_cfg.to_dict(),
         "search": {**sc.to_dict(), "search_epochs": searched,

@@ -97,13 +97,14 @@ class TrainConfig(ConfigBase):
     def resolve(self, task: str) -> TrainConfig:
         """Fill unset fields from the model's recipe for `task`; validate ranges."""
         from qgnn.models import default_hparams
-        from qgnn.recipes import apply_method_recipe, apply_prompt_recipe, apply_train_recipe
+        from qgnn.recipes import apply_dataset_recipe, apply_method_recipe, apply_prompt_recipe, apply_train_recipe
 
         model_kw, train_kw = default_hparams(self.model, task)
         c = dataclasses.replace(self, task=task, model_kwargs=dict(self.model_kwargs), quant=dict(self.quant))
         # A method's own training defaults (qgnn.recipes: e.g. fine-tuning a pretrained LightGCN) come before
         # the model's published recipe.
         train_recipe = apply_train_recipe(c)
+        data_recipe = apply_dataset_recipe(c)  # e.g. molecules: regression defaults, not the TU recipe
         for k, v in train_kw.items():
             if getattr(c, k, None) is None:
                 setattr(c, k, v)
@@ -112,7 +113,7 @@ class TrainConfig(ConfigBase):
                 setattr(c, k, model_kw.get(k))
         # Validated method / prompt defaults (qgnn.recipes) fill what the user left unset; their names are
         # recorded, so the results JSON says which recipe ran.
-        applied = [train_recipe] if train_recipe else []
+        applied = [r for r in (train_recipe, data_recipe) if r]
         c.bits, c.quant, name = apply_method_recipe(c.method, task, c.model, c.bits, c.quant)
         applied += [name] if name else []
         prompt, name = apply_prompt_recipe(dict(self.prompt), c.method, task, c.model)

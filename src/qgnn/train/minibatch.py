@@ -169,7 +169,7 @@ class MiniBatchNodeTask:
     metric = "acc"
 
     def __init__(self, data, fanouts: Sequence[int], batch_size: int, device: torch.device | str = "cpu",
-                 progress: bool | None = False):
+                 progress: bool | None = False, shard=None):
         self.device = torch.device(device)
         # a bar over the batches of an epoch and the layers of an evaluation (an epoch of a million-node graph
         # takes minutes); None: shown on a terminal, as the runner's own bar
@@ -180,8 +180,16 @@ class MiniBatchNodeTask:
         self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
         self.fanouts, self.batch_size = list(fanouts), int(batch_size)
         train = data.train_mask.nonzero().view(-1)
-        self.loader = make_neighbor_loader(data, train, list(fanouts), batch_size, shuffle=True,
-                                           generator=self.generator)
+        self.shuffle = None
+        if shard is None:
+            self.loader = make_neighbor_loader(data, train, list(fanouts), batch_size, shuffle=True,
+                                               generator=self.generator)
+        else:  # torchrun: this rank's share of each epoch's shuffled seeds (qgnn.train.distributed.ShardSampler),
+            # shuffled by a generator seeded alike on every rank; the sampling draws from the rank's own
+            self.shuffle = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+            self.loader = make_neighbor_loader(data, train, list(fanouts), shard.batch_size(batch_size),
+                                               shuffle=False, generator=self.generator,
+                                               sampler=shard.sampler(train.numel(), self.shuffle))
         self._gcn_norm: GlobalGCNNorm | None = None
         self._attached: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
@@ -198,7 +206,7 @@ class MiniBatchNodeTask:
 
     def generators(self) -> dict[str, torch.Generator]:
         """The generators this task draws from, by name, for the resume state (qgnn.train.seeding)."""
-        return {"minibatch": self.generator}
+        return {"minibatch": self.generator, **({"shard": self.shuffle} if self.shuffle is not None else {})}
 
     def gcn_norm(self) -> GlobalGCNNorm:
         """The whole graph's GCN normalisation, computed on first use (models without GCN layers never need it)."""
@@ -234,9 +242,21 @@ class MiniBatchNodeTask:
                 # a keyword: a third positional argument of a model's forward is a graph batch vector
                 return model(batch.x, edge_index, edge_weight=edge_weight)
 
+    @torch.no_grad()
+    def warm_up(self, model: nn.Module) -> None:
+        """One eval-mode forward on a batch of training seeds drawn from a generator of its own (seeded 0, the
+        same batch on every rank; the task's streams untouched), so that quantizers sized by their first batch
+        take their shapes before DDP wraps the model (:mod:`qgnn.train.task`)."""
+        self.prepare(model)
+        model.eval()
+        train = self.data.train_mask.nonzero().view(-1)
+        loader = make_neighbor_loader(self.data, train, self.fanouts, self.batch_size, shuffle=True,
+                                      generator=torch.Generator().manual_seed(0))
+        self.batch_forward(model, next(iter(loader)).to(self.device))
+
     def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, penalties: list[nn.Module]) -> float:
         """One pass over the training nodes, one optimizer step per batch; the seed-weighted mean loss."""
-        self.prepare(model)
+        self.prepare(getattr(model, "module", model))  # under DDP: the model it wraps
         model.train()
         total, seeds = 0.0, 0
         for batch in self._bar(self.loader, "batches", getattr(self.loader, "__len__", lambda: None)()):

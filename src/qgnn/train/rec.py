@@ -110,17 +110,22 @@ class RecTask:
         offs = torch.minimum((torch.rand(n, generator=gen, dtype=torch.float64) * cnt).long(), cnt - 1)
         return users, idx.items[idx.ptr[users] + offs]
 
-    def train_epoch(self, model, opt, gen: torch.Generator, weight_decay: float, penalties=()) -> float:
+    def train_epoch(self, model, opt, gen: torch.Generator, weight_decay: float, penalties=(), shard=None) -> float:
         """One epoch of BPR batches drawn from ``gen`` (module docstring); ``penalties``: modules whose
-        ``penalty()`` joins every batch's loss (:func:`~qgnn.train.tasks.penalty_modules`). The mean loss."""
+        ``penalty()`` joins every batch's loss (:func:`~qgnn.train.tasks.penalty_modules`). The mean loss.
+        ``shard`` (under torchrun, :class:`qgnn.train.distributed.Shard`): every rank draws the same epoch from
+        ``gen`` and trains on its share of the triples, in batches of its share of ``batch_size``."""
         model.train()
         users, pos, neg = self.sample(gen, getattr(model, "num_negatives", 1))
+        bs = self.batch_size
+        if shard is not None:
+            users, pos, neg = shard.rows(users, pos, neg)
+            bs = shard.batch_size(bs)
         nu = self.ds.num_users
         total, n = 0.0, 0
         dev = self.device
-        for s in range(0, users.numel(), self.batch_size):
-            u, p, j = users[s: s + self.batch_size].to(dev), pos[s: s + self.batch_size].to(dev), \
-                neg[s: s + self.batch_size].to(dev)
+        for s in range(0, users.numel(), bs):
+            u, p, j = users[s: s + bs].to(dev), pos[s: s + bs].to(dev), neg[s: s + bs].to(dev)
             opt.zero_grad(set_to_none=True)
             b, extra = u.numel(), model.extra_nodes(u)
             nodes = [u, nu + p, nu + j.flatten()] + ([extra.flatten()] if extra is not None else [])
@@ -207,7 +212,13 @@ def load_pretrained(path: str | Path, model, ds) -> dict:
 
 
 def rec_cost(model) -> dict:
-    """The ``cost`` entry: bytes of the stored embedding table (what LightGCN's inference needs)."""
+    """The ``cost`` entry: bytes of the stored embedding table (what LightGCN's inference needs).
+
+    ``model_bytes`` = ``code_bytes`` + ``level_bytes`` from the model's ``storage()``: for an [N, d] table at b
+    bits, ceil(N d b / 8) bytes of packed codes plus GNAQ's N · 2^b levels at 1 byte each (FP8) or 4
+    (float32), or 8 bytes (QAT / LSQ: one scale and zero-point); FP32 LightGCN: 4 N d. ``compression`` =
+    4 N d / model_bytes, so 2-bit GNAQ at d = 64 is 256 / (16 + 4) = 12.8x with FP8 levels and 256 / (16 + 16)
+    = 8x with float32 levels; ``avg_bits`` = 8 · model_bytes / (N d) (2.5 and 4 bits there)."""
     if hasattr(model, "storage"):
         st = model.storage()
     else:
@@ -298,8 +309,13 @@ class RecTrainTask:
     timing = "split"
     summary_keys = (*METRIC_KEYS, *(f"val_{k}" for k in METRIC_KEYS), "best_epoch", "epochs_run")
 
-    def __init__(self, data: RecTask, seed: int, weight_decay: float, test_curve: bool = False):
+    # under torchrun its step calls LightGCN's train_forward, not forward: gradients are averaged before each
+    # optimizer step instead of by a DDP wrapper (qgnn.train.distributed.Dist.average_gradients)
+    trains_through_forward = False
+
+    def __init__(self, data: RecTask, seed: int, weight_decay: float, test_curve: bool = False, shard=None):
         self.data, self.weight_decay, self.test_curve = data, weight_decay, test_curve
+        self.shard = shard  # this rank's share of each epoch's triples (qgnn.train.distributed)
         self.gen = torch.Generator().manual_seed(seed)
         self.has_validation = data.val_idx.codes.numel() > 0
         self.train_loss = math.nan  # of the last epoch trained
@@ -310,7 +326,7 @@ class RecTrainTask:
         return scores.get("val_recall@20", 0.0), (-scores["val_ndcg@20"] if "val_ndcg@20" in scores else 0.0)
 
     def train_epoch(self, model, opt, penalties) -> float:
-        self.train_loss = self.data.train_epoch(model, opt, self.gen, self.weight_decay, penalties)
+        self.train_loss = self.data.train_epoch(model, opt, self.gen, self.weight_decay, penalties, self.shard)
         return self.train_loss
 
     def evaluate(self, model) -> dict[str, float]:

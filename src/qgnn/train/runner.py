@@ -28,6 +28,12 @@ finished runs, the best so far (``{"index", "val", "val_loss", "state"}``) and t
 (the recommendation task's ``gen``). `resume=True` continues from it and gives the same result as an
 uninterrupted run; states written before the one runner (a recommendation state's ``best`` with ``val2``, no
 ``scheduler``) load too.
+
+Under torchrun (``dist``, :mod:`qgnn.train.distributed`) the same loop runs on every rank: each task takes its
+rank's share of the data (``shard``), training steps go through DDP with quantizer statistics reduced over the
+ranks, rank 0 alone evaluates (its scores and buffers broadcast) and writes, the stop / save decision at an epoch
+boundary is agreed by all ranks, the resume state carries every rank's random streams (``rng_ranks``) and its
+``world_size``, and each run ends with a check that all ranks hold the same parameters and buffers.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from qgnn.train.task import (
     task_generators,
     task_state,
     timing_of,
+    warm_up,
 )
 from qgnn.train.tasks import GraphTask, NodeTask, penalty_modules
 
@@ -184,7 +191,12 @@ class Runner:
     """
 
     def __init__(self, cfg: TrainConfig, root=None, state_path: str | Path | None = None,
-                 progress: bool | None = None, save_every: float = 60.0, control: Control | None = None):
+                 progress: bool | None = None, save_every: float = 60.0, control: Control | None = None,
+                 dist=None):
+        # dist: this rank's qgnn.train.distributed.Dist under torchrun (None: one process)
+        self.dist = dist
+        if dist is not None and not dist.main:
+            progress = False  # one bar, rank 0's
         kind = _dataset_task(cfg.dataset)
         if kind == "rec":
             from qgnn.train.rec import resolve_config
@@ -193,7 +205,14 @@ class Runner:
         else:
             # Resolve first: the loader options (normalize_features) come from the resolved recipe.
             self.cfg = cfg.resolve(kind)
-        self.ds = load_for(self.cfg, root)
+        if dist is not None and kind == "node":  # the machine holds the graph once (Dist.load_shared_graph)
+            self.ds = dist.load_shared_graph(lambda: load_for(self.cfg, root))
+        else:
+            if dist is not None and not dist.local_main:
+                dist.barrier()  # the machine's first rank loads first: it writes the processed caches the rest read
+            self.ds = load_for(self.cfg, root)
+            if dist is not None and dist.local_main:
+                dist.barrier()
         if (self.ds.task == "graph" and getattr(self.ds, "node_features", None) == "constant"
                 and "readout_norm" not in self.cfg.model_kwargs):
             # Constant node features + sum pooling: pool(h⁰) is the node count (up to thousands on
@@ -204,7 +223,7 @@ class Runner:
         self.progress = progress
         self.save_every = save_every
         self.control = control or Control()
-        self.device = torch.device(self.cfg.device)
+        self.device = dist.device if dist is not None else torch.device(self.cfg.device)
         self.splits = self.ds.folds(k=10, seed=self.cfg.fold_seed) if self.ds.task == "graph" else None
         self.rec_task = None  # recommendation: the sampling / ranking task every run shares (qgnn.train.rec)
         if kind == "rec":
@@ -243,22 +262,28 @@ class Runner:
             from qgnn.train.minibatch import MiniBatchNodeTask
 
             return MiniBatchNodeTask
+        if getattr(self.ds, "regression", False):  # molecules: one float per graph (qgnn.train.regression)
+            from qgnn.train.regression import RegressionTask
+
+            return RegressionTask
         return NodeTask if self.ds.task == "node" else GraphTask
 
     def task_for(self, fold: int | None):
         """The task of one run (a :class:`~qgnn.train.task.Task`); ``fold``: the graph task's split. Built right
         after ``set_seed(seed)`` (and the model): a task seeded per run takes the seed from there."""
         cls = self.task_class
+        shard = {"shard": self.dist.shard} if self.dist is not None else {}  # this rank's share of the data
         if self.rec_task is not None:
             # the run's seed, which set_seed has just given torch: the sampling stream of run r is that of
-            # seed + r whatever the model drew while being built
+            # seed + r whatever the model drew while being built (the same on every rank: each takes its share)
             return cls(self.rec_task, torch.initial_seed(), self.cfg.weight_decay,
-                       test_curve=bool(self.cfg.quant.get("test_curve", False)))
+                       test_curve=bool(self.cfg.quant.get("test_curve", False)), **shard)
         if self.ds.task == "node" and self.cfg.minibatch:
-            return cls(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device, progress=self.progress)
+            return cls(self.ds.data, self.cfg.fanout, self.cfg.batch_size, self.device, progress=self.progress,
+                       **shard)
         if self.ds.task == "node":
-            return cls(self.ds.data, self.device)
-        return cls(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device)
+            return cls(self.ds.data, self.device, **shard)
+        return cls(self.ds.dataset, self.splits[fold], self.cfg.batch_size, self.device, **shard)
 
     def _optim(self, model):
         """(optimizer, scheduler or None) for ``model``."""
@@ -288,6 +313,28 @@ class Runner:
 
     # -- resume state --------------------------------------------------------------------------
     def _load_state(self) -> dict | None:
+        world = self.dist.world_size if self.dist is not None else 1
+        if self.dist is None:
+            state = self._read_state()
+        else:
+            state = self._shared_state()
+        if state is not None and state.get("world_size", 1) != world:
+            raise CheckpointError(f"{self.state_path} was saved by {state.get('world_size', 1)} process(es); "
+                                  f"resume with as many (torchrun --nproc_per_node {state.get('world_size', 1)})")
+        return state
+
+    def _shared_state(self) -> dict | None:
+        # rank 0 reads the state it wrote, every rank resumes from it (no shared file system needed)
+        try:
+            got = ("ok", self._read_state()) if self.dist.main else None
+        except CheckpointError as e:
+            got = ("error", str(e))
+        got = self.dist.broadcast(got)
+        if got[0] == "error":
+            raise CheckpointError(got[1])
+        return got[1]
+
+    def _read_state(self) -> dict | None:
         if not self.state_path or not self.state_path.exists():
             return None
         state = load_state(self.state_path)
@@ -300,11 +347,12 @@ class Runner:
 
     def _save_state(self, runs_done, best, current) -> None:
         # a failed save warns once and training goes on (qgnn.train.outputs.save_state_or_warn)
-        if self.state_path:
+        if self.state_path and (self.dist is None or self.dist.main):  # one writer: rank 0
             from qgnn.train.outputs import save_state_or_warn
 
+            extra = {"world_size": self.dist.world_size} if self.dist is not None else {}
             save_state_or_warn(self, {"format": STATE_FORMAT, "config": self.cfg.to_dict(),
-                                      "runs": runs_done, "best": best, "current": current})
+                                      "runs": runs_done, "best": best, "current": current, **extra})
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
@@ -340,6 +388,9 @@ class Runner:
         set_seed(seed)
         model = self.build()
         task = self.task_for(fold)
+        dist = self.dist
+        if dist is not None:  # rank > 0: streams of its own (a resumed run loads its own below)
+            dist.split_streams(seed, {k: g for k, g in task_generators(task).items() if not k.startswith("shard")})
         opt, sched = self._optim(model)
         pens = penalty_modules(model)
         tracker = BestTracker(self.cfg.patience)
@@ -356,17 +407,32 @@ class Runner:
             load_task_state(task, current)
             # every stream, the model's and the task's own generators included (qgnn.train.seeding): torch's
             # CPU state alone left Degree-Quant's percentile sampling to restart from its seed
-            load_rng_state(current["rng"], model, task_generators(task))
+            rng = current["rng_ranks"][dist.rank] if dist is not None else current["rng"]
+            load_rng_state(rng, model, task_generators(task))
             start_epoch, clock = current["epoch"], _Clock.from_state(current)
             if history is not None:
                 history = list(current.get("history", []))
             bar.update(start_epoch)
         prepare_task(task, model)
+        train_model = model
+        if dist is not None:  # DDP for the training steps; evaluation and saving use the model itself
+            if not getattr(task, "trains_through_forward", True):  # no forward for DDP to hook: average here
+                opt.register_step_pre_hook(lambda *_: dist.average_gradients(model))
+            else:
+                if any(p.numel() == 0 for p in model.parameters()):
+                    with dist.training():  # DDP needs every parameter's shape: size the lazy ones first
+                        warm_up(task, model)
+                train_model = dist.wrap(model)
+            opt.register_step_post_hook(lambda *_: dist.average_buffers(model))
         last_save = time.monotonic()
         epochs_run = start_epoch
         for epoch in range(start_epoch, self.cfg.epochs):
             t0, cpu = time.perf_counter(), time.process_time()
-            loss = task.train_epoch(model, opt, pens)
+            if dist is not None:
+                with dist.training():
+                    loss = task.train_epoch(train_model, opt, pens)
+            else:
+                loss = task.train_epoch(model, opt, pens)
             clock.train_cpu += time.process_time() - cpu
             clock.train += time.perf_counter() - t0
             self._evaluate(task, model, epoch, tracker, clock, history)
@@ -378,19 +444,34 @@ class Runner:
             for cb in self.control.on_epoch_end:
                 cb(r, epoch)
             stop = self.control.stop_requested
-            if self.state_path and (stop or time.monotonic() - last_save > self.save_every):
+            save = bool(self.state_path) and time.monotonic() - last_save > self.save_every
+            if dist is not None:  # the ranks agree: a stop on any rank stops all, at this same epoch
+                stop, save = dist.any(stop, save)
+            if self.state_path and (stop or save):
+                rng = rng_state(model, task_generators(task))
                 cur = {"index": r, "epoch": epochs_run, **clock.state_dict(timing), "model": model.state_dict(),
                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                       "tracker": tracker.state_dict(), "rng": rng_state(model, task_generators(task)),
+                       "tracker": tracker.state_dict(), "rng": rng,
                        **({"history": history} if history is not None else {}), **task_state(task)}
+                if dist is not None:  # every rank's streams, so each resumes its own
+                    cur["rng_ranks"] = dist.gather(rng)
                 self._save_state(runs_done, best, cur)
                 last_save = time.monotonic()
             if stop:
+                if dist is not None:
+                    dist.barrier()  # nobody leaves (and has the launcher stop the rest) before rank 0 has saved
                 where = f"; resume with --resume (state in {self.state_path})" if self.state_path else ""
                 raise Interrupted(f"stopped at run {r + 1}, epoch {epochs_run}{where}")
             if tracker.should_stop:
                 bar.update(self.cfg.epochs - epochs_run)
                 break
+        if dist is not None:
+            bad = dist.mismatched(model)
+            if bad:
+                from qgnn.train.distributed import DistError
+
+                raise DistError(f"after run {r + 1} the ranks hold different values of {', '.join(bad[:5])}"
+                                + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
         result = {"seed": seed, **({} if self.rec_task is not None else {"fold": fold}),  # rec runs: no folds
                   "best_epoch": tracker.best_epoch, "epochs_run": epochs_run, **clock.record(timing, epochs_run),
                   **tracker.best_scores, **({"history": history} if history is not None else {})}
@@ -404,25 +485,34 @@ class Runner:
         if has_validation(task):
             if not due:
                 return
-            scores = task.evaluate(model)
+            scores = self._once(task.evaluate, model)
             t1 = time.perf_counter()
             clock.eval += t1 - t0
             key = selection_key(task, scores)
             test = getattr(task, "evaluate_test", None)
             if callable(test) and better(key, (tracker.best_val, tracker.best_val_loss)):
-                scores = {**scores, **test(model)}  # only for an epoch that may be selected
+                scores = {**scores, **self._once(test, model)}  # only for an epoch that may be selected
                 clock.test += time.perf_counter() - t1
             tracker.update(epoch, *key, scores, model)
         else:  # no validation split: nothing to select; the run is its last epoch
             last = epoch + 1 == self.cfg.epochs
             if not (last or (due and getattr(task, "test_curve", False))):
                 return
-            scores = task.evaluate(model)  # the test scores
+            scores = self._once(task.evaluate, model)  # the test scores
             clock.test += time.perf_counter() - t0
             if last:
                 tracker.update(epoch, *selection_key(task, scores), scores, model)
         if history is not None:
             history.append(curve_entry(task, epoch, scores))
+
+    def _once(self, evaluate, model) -> dict:
+        """``evaluate(model)``: in one process, or under torchrun on rank 0 alone (the whole split, as one
+        process computes it), its scores sent to every rank so that all select and stop alike."""
+        if self.dist is None:
+            return evaluate(model)
+        scores = self.dist.broadcast(evaluate(model) if self.dist.main else None)
+        self.dist.broadcast_buffers(model)  # what the evaluation wrote into the model (GNAQ's codes)
+        return scores
 
     def _results(self, runs, best, total) -> dict:
         from qgnn.env import environment
@@ -441,7 +531,7 @@ class Runner:
             "runs": runs,
             "selected_run": best["index"],
             **({"prompt": {**self.cfg.prompt, **prompt_report(self.build())}} if self.cfg.prompt else {}),
-            "env": environment(),
+            "env": {**environment(), "world_size": self.dist.world_size if self.dist is not None else 1},
             "_best_state": best["state"],  # popped by save(); not part of the JSON
         }
 
@@ -535,18 +625,26 @@ def run_experiment(cfg: TrainConfig, *, root=None, out: str | Path | None = None
     """
     from qgnn.env import check_device
     from qgnn.train.checkpoint import write_json
+    from qgnn.train.distributed import from_environ, start
     from qgnn.train.outputs import check_file_target, check_stale_state, state_path_for, write_outputs
 
-    for flag, target in (("--out", out), ("--save", save)):
-        if target:
-            check_file_target(target, flag)
+    launch = from_environ()  # under torchrun: this rank joins the others (qgnn.train.distributed)
+    main = launch is None or launch.rank == 0
+    if main:  # rank 0 alone writes; the checks are its own
+        for flag, target in (("--out", out), ("--save", save)):
+            if target:
+                check_file_target(target, flag)
     state_path = state_path_for(out, save)
-    check_stale_state(state_path, resume, overwrite)
+    if main:
+        check_stale_state(state_path, resume, overwrite)
     check_device(cfg.device)
+    dist = start(launch, cfg.device) if launch is not None else None
     runner = Runner(cfg, root=root, state_path=state_path, progress=progress, control=control,
-                    save_every=save_every)
+                    save_every=save_every, dist=dist)
     results = runner.run(resume=resume)
     best_state = results.pop("_best_state")
+    if not main:
+        return results
     meta = runner.checkpoint_meta(results)
 
     def write_checkpoint(path: Path) -> None:

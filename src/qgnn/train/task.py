@@ -60,7 +60,8 @@ import torch
 from torch import nn
 
 __all__ = ["Task", "TIMINGS", "better", "curve_entry", "has_validation", "keeps_curve", "load_task_state",
-           "prepare_task", "selection_key", "summary_keys", "task_generators", "task_state", "timing_of"]
+           "prepare_task", "selection_key", "summary_keys", "task_generators", "task_state", "timing_of",
+           "warm_up"]
 
 TIMINGS = ("epoch", "split")
 
@@ -95,6 +96,21 @@ def prepare_task(task: Any, model: nn.Module) -> None:
     hook = getattr(task, "prepare", None)
     if callable(hook):
         hook(model)
+
+
+def warm_up(task: Any, model: nn.Module) -> None:
+    """``task.warm_up(model)``: one forward in eval mode on a training batch, so that quantizers sized by their
+    first batch (LSQ's, A2Q's) have their shapes before DDP wraps the model (PyTorch's advice for lazily sized
+    parameters; :mod:`qgnn.train.distributed`). A task without it cannot train such a model under torchrun."""
+    hook = getattr(task, "warm_up", None)
+    if not callable(hook):
+        from qgnn.train.distributed import DistError
+
+        raise DistError(f"{type(task).__name__} cannot size the model's lazily sized quantizers before DDP wraps it "
+                        "(no warm_up); run this method without torchrun")
+    was = model.training
+    hook(model)
+    model.train(was)
 
 
 def selection_key(task: Any, scores: dict) -> tuple[float, float]:

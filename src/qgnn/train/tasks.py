@@ -62,18 +62,39 @@ class NodeTask:
 
     metric = "acc"
 
-    def __init__(self, data, device: torch.device | str = "cpu"):
+    def __init__(self, data, device: torch.device | str = "cpu", shard=None):
         self.data = data.to(device)
+        # under torchrun (shard: qgnn.train.distributed.Shard) a fixed share of the training nodes, its loss
+        # weighted so that the gradient DDP averages is the single-process one
+        self.train_idx, self.loss_weight = None, 1.0
+        if shard is not None:
+            train = self.data.train_mask.nonzero().view(-1)
+            self.train_idx = shard.split(train)
+            self.loss_weight = shard.world / max(train.numel(), 1)
 
     def generators(self) -> dict[str, torch.Generator]:
         return {}  # full batch: nothing drawn of its own (dropout draws from torch's generator)
+
+    def _loss(self, out: torch.Tensor) -> torch.Tensor:
+        d = self.data
+        if self.train_idx is None:
+            return F.cross_entropy(out[d.train_mask], d.y[d.train_mask])
+        idx = self.train_idx
+        return F.cross_entropy(out[idx], d.y[idx], reduction="sum") * self.loss_weight
+
+    @torch.no_grad()
+    def warm_up(self, model: nn.Module) -> None:
+        """One forward in eval mode (no statistic is updated), so that quantizers sized and initialised by their
+        first batch (LSQ's, A2Q's) take their shapes before DDP wraps the model (:mod:`qgnn.train.task`)."""
+        model.eval()
+        model(self.data.x, self.data.edge_index)
 
     def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, penalties: list[nn.Module]) -> float:
         model.train()
         opt.zero_grad(set_to_none=True)
         d = self.data
         out = model(d.x, d.edge_index)
-        loss = F.cross_entropy(out[d.train_mask], d.y[d.train_mask]) + penalty(penalties)
+        loss = self._loss(out) + penalty(penalties)
         loss.backward()
         opt.step()
         return loss.item()
@@ -91,29 +112,51 @@ class GraphTask:
     metric = "acc"
 
     def __init__(self, dataset, split, batch_size: int = 32, device: torch.device | str = "cpu",
-                 eval_batch_size: int = 256):
+                 eval_batch_size: int = 256, shard=None):
         self.device = torch.device(device)
-        self.train_loader = DataLoader(dataset[split.train], batch_size=batch_size, shuffle=True)
+        self.shuffle = None  # under torchrun: the generator every rank shuffles with alike (seeded alike)
+        if shard is None:
+            self.train_loader = DataLoader(dataset[split.train], batch_size=batch_size, shuffle=True)
+        else:  # this rank's share of each epoch's shuffled graphs (qgnn.train.distributed.ShardSampler)
+            self.shuffle = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+            train = dataset[split.train]
+            self.train_loader = DataLoader(train, batch_size=shard.batch_size(batch_size),
+                                           sampler=shard.sampler(len(train), self.shuffle))
+        self._first = dataset[split.train[:batch_size]]  # warm_up's batch
         # Evaluation batches are larger: no gradients, fewer Python iterations.
         self.val_loader = DataLoader(dataset[split.val], batch_size=eval_batch_size)
         self.test_loader = DataLoader(dataset[split.test], batch_size=eval_batch_size)
 
     def generators(self) -> dict[str, torch.Generator]:
-        return {}  # the training loader shuffles with torch's generator, saved with the rest of the RNG state
+        # one process: the training loader shuffles with torch's generator, saved with the rest of the RNG state
+        return {"shard": self.shuffle} if self.shuffle is not None else {}
+
+    @torch.no_grad()
+    def warm_up(self, model: nn.Module) -> None:
+        """One eval-mode forward on the first training graphs (as :meth:`NodeTask.warm_up`)."""
+        from torch_geometric.data import Batch
+
+        model.eval()
+        self._forward(model, Batch.from_data_list(list(self._first)))
 
     def _forward(self, model, batch):
         batch = batch.to(self.device)
         return model(batch.x, batch.edge_index, batch.batch), batch.y
 
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (a regression task has its own: qgnn.train.regression)."""
+        return F.cross_entropy(out, y)
+
     def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, penalties: list[nn.Module]) -> float:
         model.train()
         total, count = 0.0, 0
+        has_bn = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
         for batch in self.train_loader:
-            if batch.num_graphs < 2 and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+            if batch.num_graphs < 2 and has_bn:
                 continue  # BatchNorm cannot normalise a batch of one graph's pooled row
             opt.zero_grad(set_to_none=True)
             out, y = self._forward(model, batch)
-            loss = F.cross_entropy(out, y) + penalty(penalties)
+            loss = self.loss(out, y) + penalty(penalties)
             loss.backward()
             opt.step()
             total += loss.item() * batch.num_graphs

@@ -1,0 +1,201 @@
+"""Graph regression on molecules (issue 27, item 1): MoleculeNet ESOL, FreeSolv, Lipophilicity with GIN / GCN.
+
+Every experiment is a cell of the benchmark harness (benchmarks/_harness.py): it runs through
+`qgnn.train.run_experiment` exactly as `qgnn train --dataset esol --model gin --method qat --bits 8` does (the
+molecule recipe of qgnn.recipes: 5 seeded random 80 / 10 / 10 splits, 100 epochs, L1 on standardised targets,
+selection on validation MAE), or, for the MixQ-GNN cell, through `run_search` as `qgnn search` does (the search
+recipe, λ 50, then Degree-Quant training of the found widths; the search phase is shortened to
+``--search-epochs``, 30 by default, and says so). Results: benchmarks/results/molecules/<dataset>-<model>-<method>.json;
+the `molecules` section of docs/results.md is rebuilt from them (``--render``).
+
+Methods: fp32, qat 8, dq 8, dq 4 and the search (its recipe, λ 50, and λ 5: ``search-lam5``). Quantized cells keep
+the readout heads' pooled input in float (the molecule recipe; why: the docs section). Targets (issue 27): FP32 GIN
+inside the range MoleculeNet reports for graph networks on the random split; INT8 (qat, dq) within 5 % of FP32's RMSE;
+INT4 dq within 15 %; the search at >= 4x linear reduction within 10 %.
+
+    OMP_NUM_THREADS=1 python benchmarks/molecules.py --only esol-gin
+    OMP_NUM_THREADS=1 python benchmarks/molecules.py --only esol-gin freesolv-gin --methods fp32 qat8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness  # noqa: E402
+
+DATASETS = ("esol", "freesolv", "lipo")
+MODELS = ("gin", "gcn")
+EXPERIMENTS = [f"{d}-{m}" for m in MODELS for d in DATASETS]
+METHODS = {"fp32": ("fp32", None), "qat8": ("qat", 8), "dq8": ("dq", 8), "dq4": ("dq", 4), "search": ("search", None),
+           "search-lam5": ("search", None), "search-w48": ("search", None)}
+# SearchConfig settings of the search cells ({}: the search recipe's, λ 50 and weights {2, 4, 8}, tuned on Cora's
+# cross-entropy). On the standardised L1 loss λ 50 drives nearly every weight to 2 bits and activation to 4 (about
+# 10x linear reduction, beyond INT4's 8x); λ 5 still keeps most weights at 2 bits; weights {4, 8} bound the search
+# between INT8 (4x linear) and INT4 (8x). Each is a cell of its own, compared on validation like the rest.
+SEARCH_SETTINGS = {"search": {}, "search-lam5": {"lam": 5.0}, "search-w48": {"lam": 5.0, "weight_candidates": (4, 8)}}
+# Test RMSE on MoleculeNet's random split (Wu et al., "MoleculeNet: a benchmark for molecular machine learning",
+# Chem. Sci. 2018, Table 3 / Fig. 9, physical chemistry): graph convolutions (GC) and MPNN, mean over random splits.
+PUBLISHED = {"esol": {"GC": 0.97, "MPNN": 0.58}, "freesolv": {"GC": 1.40, "MPNN": 1.15},
+             "lipo": {"GC": 0.655, "MPNN": 0.719}}
+# relative to FP32's test RMSE
+TOLERANCE = {"qat8": 0.05, "dq8": 0.05, "dq4": 0.15, **{m: 0.10 for m in SEARCH_SETTINGS}}
+MIN_LINEAR_REDUCTION = 4.0
+
+
+def name_of(exp: str, method: str) -> str:
+    return f"molecules/{exp}-{method}"
+
+
+def cells(exps, methods, search_epochs: int, root_kw: dict):
+    from qgnn.search.mixq import SearchConfig
+    from qgnn.train import TrainConfig
+
+    out = []
+    for exp in exps:
+        ds, model = exp.split("-")
+        for m in methods:
+            method, bits = METHODS[m]
+            if method == "search":
+                cfg = TrainConfig(dataset=ds, model=model, **root_kw)
+                out.append(_harness.Cell(name_of(exp, m), cfg,
+                                         SearchConfig(search_epochs=search_epochs, **SEARCH_SETTINGS[m])))
+            else:
+                cfg = TrainConfig(dataset=ds, model=model, method=method, bits=bits, **root_kw)
+                out.append(_harness.Cell(name_of(exp, m), cfg))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", default=None, choices=EXPERIMENTS)
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--search-epochs", type=int, default=30, help="epochs of the MixQ search phase")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--root", default=None)
+    _harness.add_arguments(p)
+    args = p.parse_args(argv)
+    if not args.render:
+        todo = cells(args.only or EXPERIMENTS, args.methods, args.search_epochs, {"device": args.device})
+
+        def after(cell, res, cached):
+            m = res["metrics"]
+            print(cell.name, f"test RMSE {m['test_rmse']['mean']:.3f} ± {m['test_rmse']['std']:.3f}",
+                  f"MAE {m['test_mae']['mean']:.3f}", flush=True)
+
+        _harness.run(todo, root=args.root, force=args.force, dry_run=args.dry_run, after=after)
+    render()
+    return 0
+
+
+def _verdict(m: str, rel: float, lin: float | None) -> str:
+    ok = rel <= TOLERANCE[m] and (m not in SEARCH_SETTINGS or (lin is not None and lin >= MIN_LINEAR_REDUCTION))
+    return "met" if ok else "not met"
+
+
+def render() -> None:
+    head = ["dataset / model", "method", "runs", "test RMSE", "test MAE", "val MAE", "RMSE vs FP32",
+            "BitOPs red. (linear)", "avg bits", "s / epoch", "target"]
+    rows, cmds, missing = [], set(), []
+    for exp in EXPERIMENTS:
+        fp = _harness.load(name_of(exp, "fp32"))
+        ds = exp.split("-")[0]
+        for m in METHODS:
+            r = _harness.load(name_of(exp, m))
+            if r is None:
+                missing.append(f"{exp} {m}")
+                continue
+            met, cost = r["metrics"], r["cost"]
+            rmse = met["test_rmse"]["mean"]
+            rel = (rmse / fp["metrics"]["test_rmse"]["mean"] - 1) if fp else None
+            lin = cost.get("bitops_reduction_linear")
+            if m in SEARCH_SETTINGS:
+                red = r["cost_runs"]["bitops_reduction"]["mean"]
+                lin = r["cost_runs"]["bitops_reduction_linear"]["mean"]
+                bits = r["cost_runs"]["avg_bits"]["mean"]
+                w = r["search"].get("weight_candidates") or r["search"]["candidates"]
+                label = (f"MixQ search (λ {r['search']['lam']:g}, weights {{{', '.join(map(str, w))}}}, "
+                         f"{r['search']['search_epochs']} ep) + dq")
+            else:
+                red, bits = cost.get("bitops_reduction"), cost.get("avg_bits")
+                c = r["config"]
+                label = "fp32" if c["method"] == "fp32" else f"{c['method']} {c['bits']}"
+            if m == "fp32":
+                lo, hi = sorted(PUBLISHED[ds].values())
+                target = (f"in [{lo}, {hi}]: " + ("met" if lo <= rmse <= hi else "below the range (better)"
+                                                   if rmse < lo else "not met")) if exp.endswith("gin") else ""
+            else:
+                target = (f"<= +{TOLERANCE[m]:.0%}" + (f", >= {MIN_LINEAR_REDUCTION:g}x linear" if m in SEARCH_SETTINGS
+                                                        else "") + (f": {_verdict(m, rel, lin)}" if rel is not None
+                                                                    else ""))
+            red_txt = f"{red:.1f}x ({lin:.1f}x)" if red is not None and lin is not None else "1x"
+            rows.append(
+                f"| {exp} | {label} | {len(r['runs'])} | {rmse:.3f} ± {met['test_rmse']['std']:.3f} | "
+                f"{met['test_mae']['mean']:.3f} ± {met['test_mae']['std']:.3f} | {met['val_mae']['mean']:.3f} | "
+                f"{'' if rel is None else f'{rel:+.1%}'} | {red_txt} | {bits if bits is None else f'{bits:.2f}'} | "
+                f"{r['timing']['seconds_per_epoch']:.3f} | {target} |")
+            cmds.add(r.get("command", ""))
+    pub = "; ".join(f"{d}: GC {v['GC']}, MPNN {v['MPNN']}" for d, v in PUBLISHED.items())
+    _harness.publish(
+        "molecules",
+        "## 8. Graph regression on molecules (MoleculeNet)\n\n"
+        "ESOL (log solubility, log mol/L), FreeSolv (hydration free energy, kcal/mol) and Lipophilicity (logD) from "
+        "the staged MoleculeNet CSVs (data README section 6), through PyG's `MoleculeNet` loader; one-hot atom "
+        "features (PyG's 9 columns, 177 features: an OGB AtomEncoder as the first linear map), no bond features. "
+        "Protocol (the molecule recipe, `qgnn.recipes`): 5 seeded random 80 / 10 / 10 splits (MoleculeNet's "
+        "recommended split for these sets; split i = `default_rng([0, i])`), targets standardised on each "
+        "split's training molecules, L1 loss, Adam lr 1e-3, batch 64, 100 epochs, dropout 0, the epoch with the "
+        "lowest validation MAE; errors in the targets' units, mean ± population std over the 5 splits. Quantized "
+        "rows keep the readout heads' input (each layer's sum-pooled node features) in float, their weights "
+        "quantized: see *Why the pooled readout input stays float* below. The "
+        "search rows: `qgnn search`'s recipe (activations {4, 8}, weights {2, 4, 8}, λ 50), then λ 5 "
+        "(`--lambda 5`), then λ 5 with weights {4, 8} (`--weight-candidates 4 8`), each with a search phase of "
+        "30 epochs, then Degree-Quant training of the found widths. BitOPs "
+        "and average bits: the selected run "
+        "(search: mean over runs), per molecule (docs/cost.md). Seconds per epoch: one CPU thread, shared machine.\n\n"
+        f"Published (MoleculeNet, Wu et al. 2018, test RMSE on the random split, from the paper's figures): {pub}. "
+        "The GIN FP32 target is the range between those two graph networks. Those models use bond features "
+        "(MPNN) and were tuned per dataset; ours is GIN / GCN without bond features at one recipe. "
+        "ZINC (`--dataset zinc`, PyG's `ZINC(subset=True)`) is supported for users with network, but no ZINC "
+        "figure was run here: only its validation and test molecules could be staged.\n\n"
+        + _harness.table(head, rows) + _harness.commands(cmds)
+        + "\n\n**Why the pooled readout input stays float** (the molecule recipe, `qgnn.recipes`, for every "
+        "quantized method). GIN's readout sums each layer's node features over the molecule, so the heads' input "
+        "grows with the molecule's size (ESOL: 1 to 55 heavy atoms). With it quantized per tensor, as every other "
+        "activation, its range (QAT: EMA of batch maxima; Degree-Quant: the 0.999 percentile) sits near a typical "
+        "batch's largest molecule: larger molecules are clipped in training and at test, "
+        "and the model fits the training molecules worse. QAT 8 with the readout input quantized (the first "
+        "version of this recipe; `benchmarks/results/molecules/esol-gin-qat8-readout-quantized.json`, same 5 "
+        "splits): train MAE 0.702 against FP32's 0.578, validation RMSE 0.989 against 0.922 (+7.3 %), test RMSE "
+        "1.150 ± 0.245 (+20 %, one split at 1.61). With it float (the qat 8 row): train MAE 0.585, validation RMSE "
+        "0.947 (+2.7 %); the recipe was chosen on those validation figures. The heads are about 500 "
+        "multiply-accumulates per molecule against about 640k in the convolutions, so BitOPs barely move (15.96x to "
+        "15.92x for QAT 8); the cost report counts the float inputs at 32 bits (average bits 8.74 instead of 8.00). "
+        "A user's own `quant.overrides` replace the recipe's."
+        + "\n\n**The search on regression.** The search recipe (λ 50, weights {2, 4, 8}; chosen on Cora's "
+        "cross-entropy, docs/notes/mixq.md) puts most GIN MLP weights at 2 bits (ternary codes) on ESOL, and "
+        "the Degree-Quant training of those widths underfits (train MAE 0.970 against dq 4's 0.743; validation MAE "
+        "0.940 against 0.737). λ 5 keeps most weights at 2 bits and does not help (validation MAE 0.955). Leaving 2 "
+        "bits out of the weight candidates (`--weight-candidates 4 8 --lambda 5`), the search lands between INT8 "
+        "and INT4 (6.9x linear): its validation MAE / RMSE, 0.713 / 0.959, are better than dq 4's 0.737 / 1.010, "
+        "and its test RMSE is +10.4 % against FP32, just outside the 10 % target. The library's search recipe "
+        "is unchanged (one recipe for every task today, `qgnn.recipes.SEARCH`); a per-task search recipe for "
+        "regression is left open."
+        + "\n\n**FreeSolv** (642 molecules: about 64 per validation / test split, split std of the test RMSE "
+        "0.2-0.36). On validation QAT 8 is level with FP32 (RMSE 1.395 against 1.424, MAE 1.005 against 0.993) "
+        "but its test RMSE is +12.8 %; dq 8 +5.8 % on test. dq 4 underfits at this recipe's budget (100 epochs "
+        "of about 8 steps: train MAE 1.096 against FP32's 0.782) and is +32.8 %. These rows ran once, after the ESOL "
+        "fix, with nothing tuned on FreeSolv; Lipophilicity and the GCN rows were not run in this session."
+        + (f"\n\nNot run yet (CPU time on the shared machine): {', '.join(missing)}; `OMP_NUM_THREADS=1 python "
+           "benchmarks/molecules.py` runs them (finished cells are reused)." if missing else "")
+        + "\n\nThe plain commands give these rows (the recipe carries the protocol and the float readout input): "
+        "`qgnn train --dataset esol --model gin` (FP32), `qgnn train --dataset esol --model gin --method qat --bits "
+        "8`, `... --method dq --bits 4`, `qgnn search --dataset esol --model gin --search-epochs 30` (add "
+        "`--lambda 5` and `--weight-candidates 4 8` for the other search rows). `qgnn eval` of an exported "
+        "regression model reports MAE and RMSE in the target's units.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

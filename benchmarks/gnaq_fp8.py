@@ -159,6 +159,9 @@ def render() -> None:
                         f"{c.get('level_bytes', 0)} | {r['timing']['train_seconds_per_epoch']:.2f} |")
             cmds.add(r.get("command", ""))
         checks += _checks(label, found)
+        missing = [k for k, *_ in ROWS if k not in found]
+        if missing:
+            checks.append(f"- {label}: not run (stopped for time): {', '.join(missing)}.")
         lv = _harness.load(f"{SECTION}/{slug}-levels")
         if lv:
             b = lv["by_bits"]

@@ -231,7 +231,7 @@ def render() -> None:
         r = next(r for *_, r in speed if r)
         lines += ["", f"Median of epochs 1-{r['config']['epochs'] - 2} of a {r['config']['epochs']}-epoch run "
                   "(epoch 0 carries the start-up, the last the only evaluation). The machine "
-                  "has 2 cores shared by both ranks and everything else on it (other work ran at lower priority): "
+                  "has 2 cores, one per rank here, shared with whatever else runs on it: "
                   "the efficiency is this machine's, not a property of the code, and moves with its load. "
                   "Dq's statistics are its percentile samples, gathered. Statistics per step include the first "
                   "epoch's initialisations. "

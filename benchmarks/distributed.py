@@ -15,6 +15,8 @@ Parts (results in benchmarks/results/distributed-*.json, rendered into docs/resu
   one and the scaling efficiency (speedup / 2). Communication per step: DDP's gradient all-reduce (the trainable
   elements x 4 bytes) and the quantizer-statistic reductions counted by :mod:`qgnn.quant.sync`. This machine has 2
   shared cores: the two ranks share them with nothing else only when no other work runs.
+* ``batch``: dq 4 at batch 512 (one process) and 2,048 (one and two), 2 seeds: beside ``acc``'s 1,024, where two
+  processes land against one at the per-rank and at the global batch size.
 * ``memory``: ``sbm-1m`` (1M nodes, 10M edges), qat 8, one epoch on two ranks, with the graph shared by the
   machine's ranks (the default) and with ``QGNN_SHARE_GRAPH=0`` (a private copy per rank): the peak over the run of
   the two ranks' summed PSS (proportional set size: a page mapped by both counts half to each) and RSS, sampled
@@ -23,6 +25,7 @@ Parts (results in benchmarks/results/distributed-*.json, rendered into docs/resu
     OMP_NUM_THREADS=1 python benchmarks/distributed.py --part acc      # ~30 minutes on 2 cores
     OMP_NUM_THREADS=1 python benchmarks/distributed.py --part speed    # ~5 minutes
     OMP_NUM_THREADS=1 python benchmarks/distributed.py --part memory   # ~10 minutes
+    OMP_NUM_THREADS=1 python benchmarks/distributed.py --part batch    # ~8 minutes
     python benchmarks/distributed.py --render
 """
 
@@ -161,6 +164,22 @@ class _PeakMemory:
         self.pss, self.rss = max(self.pss, pss), max(self.rss, rss)
 
 
+BATCH_RUNS = [(512, 1), (2048, 1), (2048, 2)]  # (--batch-size, processes) beside acc's 1,024 on 1 and 2
+
+
+def part_batch() -> None:
+    """dq 4 at other batch sizes, one process and two (2 seeds, as acc's setting otherwise): where two processes
+    land against one at the per-rank and at the global batch size."""
+    out = {"command": command_line(), "runs": []}
+    for batch, world in BATCH_RUNS:
+        cfg = {**BASE, "method": "dq", "bits": 4, "epochs": 10, "seeds": 2, "patience": 10, "batch_size": batch}
+        with tempfile.TemporaryDirectory() as tmp:
+            res = json.loads((_launch([cfg], world, Path(tmp)) / "0" / "results.json").read_text())
+        out["runs"].append({"config": cfg, "world": world, "test_acc": res["metrics"]["test_acc"]})
+        print(f"dq4 batch {batch}, {world} process(es): {res['metrics']['test_acc']}", flush=True)
+    write_json("distributed-batch-dq4", out)
+
+
 def part_memory() -> None:
     cfg = {**BASE, "dataset": "sbm-1m", "method": "qat", "bits": 8, "epochs": 1, "seeds": 1}
     out = {"config": cfg, "command": command_line()}
@@ -187,37 +206,39 @@ def _train_nodes() -> int | None:
         return None
 
 
+def _found(part: str) -> list[tuple[str, dict]]:
+    """(label, results) of every method whose ``distributed-<part>-<label>.json`` exists."""
+    rows = [(_label(m, b), _load(f"distributed-{part}-{_label(m, b)}")) for m, b in METHODS]
+    return [(label, r) for label, r in rows if r]
+
+
 def render() -> None:
     lines = ["Two processes with `torchrun --nproc_per_node 2` against one, on `sbm-100k` (GCN, hidden 256, fanout "
              "[10, 5], 1,024 seeds per optimizer step over all ranks, lr 0.01), through the one runner "
              "([distributed.md](distributed.md)). Each rank writes the state it holds; the files are compared.", ""]
-    acc = [(m, b, _load(f"distributed-acc-{_label(m, b)}")) for m, b in METHODS]
-    if any(r for *_, r in acc):
+    acc = _found("acc")
+    if acc:
         lines += ["| method | 1 process: test acc (%) | 2 processes | within the 1-process spread (mean ± 2 std) "
                   "| ranks identical |", "|---|---|---|---|---|"]
-        for m, b, r in acc:
-            if not r:
-                continue
+        for label, r in acc:
             one, two = r["world1"], r["world2"]
             # mean ± std as every results table gives them (qgnn.train.results: the runs' population std)
             mu1, sd1 = one["metrics"]["test_acc"]["mean"], one["metrics"]["test_acc"]["std"]
             mu2, sd2 = two["metrics"]["test_acc"]["mean"], two["metrics"]["test_acc"]["std"]
             within = abs(mu2 - mu1) <= 2 * sd1
-            lines.append(f"| {_label(m, b)} | {100 * mu1:.2f} ± {100 * sd1:.2f} | {100 * mu2:.2f} ± {100 * sd2:.2f} "
+            lines.append(f"| {label} | {100 * mu1:.2f} ± {100 * sd1:.2f} | {100 * mu2:.2f} ± {100 * sd2:.2f} "
                          f"| {'yes' if within else 'no'} ({100 * (mu2 - mu1):+.2f}) "
                          f"| {'yes' if two['ranks_identical'] else 'NO'} |")
-        cfg = next(r for *_, r in acc if r)["config"]
-        lines += ["", f"{SEEDS} seeds, {cfg['epochs']} epochs, selection on validation. Command: "
-                  f"`{next(r for *_, r in acc if r)['command']}`. A row outside the spread is a target not met: "
+        first = acc[0][1]
+        lines += ["", f"{SEEDS} seeds, {first['config']['epochs']} epochs, selection on validation. Command: "
+                  f"`{first['command']}`. A row outside the spread is a target not met: "
                   "the ranks hold the same model, so the difference lies in how two ranks train it (open in "
                   "issue 26).", ""]
-    speed = [(m, b, _load(f"distributed-speed-{_label(m, b)}")) for m, b in METHODS]
-    if any(r for *_, r in speed):
+    speed = _found("speed")
+    if speed:
         lines += ["| method | 1 process: s / epoch | 2 processes: s / epoch | speedup | scaling efficiency "
                   "| all-reduce per step: gradients | quantizer statistics |", "|---|---|---|---|---|---|---|"]
-        for m, b, r in speed:
-            if not r:
-                continue
+        for label, r in speed:
             one, two = r["world1"], r["world2"]
             speedup = one["median_epoch_s"] / two["median_epoch_s"]
             steps = -(-(r.get("train_nodes") or 0) // r["config"]["batch_size"]) or None
@@ -225,10 +246,10 @@ def render() -> None:
             stat = (f"{calls / (steps * r['config']['epochs']):.0f} reductions, "
                     f"{two['sync']['bytes'] / (steps * r['config']['epochs']) / 1024:.1f} KiB"
                     if steps else f"{calls} reductions in the run")
-            lines.append(f"| {_label(m, b)} | {one['median_epoch_s']:.2f} | {two['median_epoch_s']:.2f} | "
+            lines.append(f"| {label} | {one['median_epoch_s']:.2f} | {two['median_epoch_s']:.2f} | "
                          f"{speedup:.2f}x | {100 * speedup / 2:.0f} % | {two['grad_elements'] * 4 / 2**20:.2f} MiB "
                          f"| {stat} |")
-        r = next(r for *_, r in speed if r)
+        r = speed[0][1]
         lines += ["", f"Median of epochs 1-{r['config']['epochs'] - 2} of a {r['config']['epochs']}-epoch run "
                   "(epoch 0 carries the start-up, the last the only evaluation). The machine "
                   "has 2 cores, one per rank here, shared with whatever else runs on it: "
@@ -236,6 +257,18 @@ def render() -> None:
                   "Dq's statistics are its percentile samples, gathered. Statistics per step include the first "
                   "epoch's initialisations. "
                   f"Command: `{r['command']}`."]
+    batch = _load("distributed-batch-dq4")
+    acc = dict(_found("acc")).get("dq4")
+    if batch and acc:
+        cells = [(b["config"]["batch_size"], b["world"], b["test_acc"]) for b in batch["runs"]]
+        cells += [(acc["config"]["batch_size"], w, acc[f"world{w}"]["metrics"]["test_acc"]) for w in (1, 2)]
+        cells.sort(key=lambda c: (c[0] / c[1], c[0]))  # by seeds per rank, then by the step's batch
+        lines += ["", "dq 4 against the batch size (seeds per optimizer step over all ranks; each rank samples the "
+                  "subgraph of its own share): test acc (%), mean of the runs",
+                  "", "| " + " | ".join(f"{w} process{'es' if w > 1 else ''}, batch {b:,}" for b, w, _ in cells) + " |",
+                  "|" + "---|" * len(cells), "| " + " | ".join(f"{100 * t['mean']:.1f} ({len(t['runs'])} seeds)"
+                                                             for *_, t in cells) + " |",
+                  "", f"Command: `{batch['command']}` (the batch-1,024 cells: `--part acc`)."]
     mem = _load("distributed-memory")
     if mem:
         sh, own = mem["shared"], mem["per_rank"]
@@ -251,7 +284,7 @@ def render() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["acc", "speed", "memory"])
+    p.add_argument("--part", choices=["acc", "speed", "memory", "batch"])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--only", nargs="+", metavar="METHOD", help="only these (qat8, dq4)")
     p.add_argument("--worlds", nargs="+", type=int, default=[1, 2], choices=[1, 2],
@@ -262,6 +295,8 @@ def main() -> None:
         part_acc(args.epochs, args.only, args.worlds)
     elif args.part == "memory":
         part_memory()
+    elif args.part == "batch":
+        part_batch()
     elif args.part == "speed":
         part_speed(args.only)
         n = _train_nodes()

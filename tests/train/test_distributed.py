@@ -94,6 +94,8 @@ def _free_port() -> int:
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    if env.get("QGNN_DATA"):  # the ranks run in a temporary folder: a relative data root (the README's) must not move
+        env["QGNN_DATA"] = str(Path(env["QGNN_DATA"]).resolve())
     return {**env, "OMP_NUM_THREADS": "1", "QGNN_OFFLINE": "1", "QGNN_DIST_TIMEOUT": "60", **extra}
 
 

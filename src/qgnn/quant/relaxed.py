@@ -25,10 +25,21 @@ from torch import Tensor, nn
 from qgnn.errors import ConfigError
 
 from .observers import Observer
-from .primitives import binary_fake_quant, calc_qparams, fake_quant, is_binary, qrange, validate_bits
+from .primitives import (
+    _add_,
+    _round_codes_,
+    _sign_codes,
+    binary_fake_quant,
+    calc_qparams,
+    fake_quant,
+    is_binary,
+    parse_estimator,
+    qrange,
+    validate_bits,
+)
 from .quantizers import UniformQuantizer
 
-__all__ = ["RelaxedQuantizer", "parse_candidates", "SAMPLINGS"]
+__all__ = ["RelaxedQuantizer", "parse_candidates", "mixture_fake_quant", "mixture_fake_quant_reference", "SAMPLINGS"]
 
 SAMPLINGS = ("softmax", "gumbel")
 
@@ -42,6 +53,91 @@ def parse_candidates(candidates) -> tuple[int, ...]:
     if not values:
         raise ConfigError("the candidate bit-width set is empty; give at least one width in 1..8, e.g. 2 4 8")
     return tuple(sorted({validate_bits(b) for b in values}))
+
+
+def _candidate(x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int, binary: bool, clipped: bool):
+    """One candidate's fake-quantized copy (q - z)·s and, for the clipped STE, where it passes gradient (the
+    ops and order of :func:`~qgnn.quant.primitives.fake_quant`'s forward)."""
+    u = x / s
+    inside = None
+    if clipped:
+        if binary:
+            inside = u.abs() <= 1
+        elif z is None:
+            inside = (u >= qmin).logical_and_(u <= qmax)
+        else:
+            inside = (u >= qmin - z).logical_and_(u <= qmax - z)
+    if binary:
+        return _sign_codes(u).mul_(s), inside
+    q = _round_codes_(u.round_(), z, qmin, qmax)
+    return _add_(q, z, alpha=-1).mul_(s), inside
+
+
+class _Mixture(torch.autograd.Function):
+    """x̂ = Σ_k w_k · Q_k(x) in one autograd node (:func:`mixture_fake_quant`)."""
+
+    @staticmethod
+    def forward(ctx, x, w, grids, clipped):
+        out, saved, masks = None, [], []
+        for k, (s, z, qmin, qmax, binary) in enumerate(grids):
+            xq, inside = _candidate(x, s, z, qmin, qmax, binary, clipped)
+            saved.append(xq)
+            masks.append(inside)
+            out = xq * w[k] if out is None else out.addcmul_(xq, w[k])
+        ctx.clipped = clipped
+        ctx.save_for_backward(w, *saved, *(m for m in masks if m is not None))
+        ctx.k, ctx.x_dtype = len(grids), x.dtype
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        w, *rest = ctx.saved_tensors
+        saved, masks = rest[:ctx.k], rest[ctx.k:]
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            if ctx.clipped:  # the STE passes Σ_k w_k where candidate k is inside its range
+                pass_through = masks[0] * w[0]
+                for k in range(1, ctx.k):
+                    pass_through.addcmul_(masks[k], w[k])
+                gx = (g * pass_through).to(ctx.x_dtype)
+            else:
+                gx = (g * w.sum()).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            flat = g.reshape(-1)
+            gw = torch.stack([torch.dot(flat, xq.reshape(-1).to(flat.dtype)) for xq in saved]).to(w.dtype)
+        return gx, gw, None, None
+
+
+def _check_grids(grids) -> None:
+    for s, z, *_ in grids:
+        if s.requires_grad or (z is not None and z.requires_grad):
+            raise ValueError("mixture_fake_quant takes fixed grids; a learnable scale needs the reference")
+
+
+def mixture_fake_quant(x: Tensor, weights: Tensor, grids, estimator: str = "ste") -> Tensor:
+    """MixQ-GNN's relaxed quantization x̂ = Σ_k w_k · Q_k(x), Q_k(x) = (clamp(round(x/s_k) + z_k, qmin_k, qmax_k)
+    - z_k)·s_k (or s_k·sign(x) for a binary grid), as one autograd node.
+
+    ``weights``: [K] mixture weights (softmax(α/T) or a Gumbel sample; differentiable); ``grids``: K tuples
+    (scale, zero_point or None, qmin, qmax, binary), the scales and zero points broadcasting against ``x`` and
+    fixed (no gradient). Gradients: dx̂/dx = Σ_k w_k (STE) or Σ_k w_k·1[x inside grid k] (clipped STE);
+    dx̂/dw_k = Q_k(x). The same values as :func:`mixture_fake_quant_reference` (K fake-quant nodes, K products,
+    K - 1 sums) in one node: the search runs this on every activation and weight at every step, and on small
+    graphs (TU batches) the per-op dispatch and autograd bookkeeping of the reference is most of its time.
+    """
+    _check_grids(grids)
+    return _Mixture.apply(x, weights, tuple(grids), parse_estimator(estimator) == "clipped_ste")
+
+
+def mixture_fake_quant_reference(x: Tensor, weights: Tensor, grids, estimator: str = "ste") -> Tensor:
+    """Plain-torch reference of :func:`mixture_fake_quant`: a sum of K :func:`fake_quant` /
+    :func:`binary_fake_quant` outputs weighted by ``weights`` (autograd does the gradients)."""
+    out = None
+    for k, (s, z, qmin, qmax, binary) in enumerate(grids):
+        xq = binary_fake_quant(x, s, estimator) if binary else fake_quant(x, s, z, qmin, qmax, estimator)
+        term = weights[k] * xq
+        out = term if out is None else out + term
+    return out
 
 
 class RelaxedQuantizer(UniformQuantizer):
@@ -159,19 +255,13 @@ class RelaxedQuantizer(UniformQuantizer):
         if obs.training or not obs.observed:
             obs.update(x, index)
         expand = self.layout.expand
-        p = self._mixture_weights()
-        out = None
-        for k, (b, qmin, qmax, binary) in enumerate(self._grids):
-            scale, zero_point = self._table(b)
-            s = expand(scale, x, index)
-            if binary:
-                xq = binary_fake_quant(x, s, self.estimator)
-            else:
-                z = None if self.symmetric else expand(zero_point, x, index)
-                xq = fake_quant(x, s, z, qmin, qmax, self.estimator)
-            term = p[k] * xq
-            out = term if out is None else out + term
-        return out
+        mn, mx = obs.range()  # one range for every candidate (the range of x does not depend on b)
+        grids = []
+        for b, qmin, qmax, binary in self._grids:
+            scale, zero_point = calc_qparams(mn, mx, b, self.symmetric, self.signed)
+            z = None if (binary or self.symmetric) else expand(zero_point, x, index)
+            grids.append((expand(scale, x, index), z, qmin, qmax, binary))
+        return mixture_fake_quant(x, self._mixture_weights(), grids, self.estimator)
 
     def _repr_fields(self):
         fields = [f for f in super()._repr_fields() if not f.startswith("bits=")]

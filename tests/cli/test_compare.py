@@ -46,6 +46,23 @@ def test_pareto_marks_use_validation_never_test():
     assert [r["pareto_bytes"] for r in rows] == [True, False, False]  # c is larger and less accurate than a
 
 
+def test_regression_scores_are_errors_and_the_front_prefers_the_lower_validation_mae():
+    from qgnn.data.registry import is_regression
+
+    assert is_regression("ESOL") and is_regression("lipo") and not is_regression("cora")
+    assert not is_regression("no-such-dataset")
+    scores = scores_for("graph", regression=is_regression("esol"))
+    assert scores.test == "test_rmse" and scores.val == "val_mae" and scores.lower_is_better
+    rows = [  # b: lower validation MAE than a at the same BitOPs; c: more compressed, worse
+        {"test_rmse": 1.0, "val_mae": 0.80, "bitops_reduction": 16.0, "model_bytes": 1000},
+        {"test_rmse": 1.1, "val_mae": 0.70, "bitops_reduction": 16.0, "model_bytes": 1000},
+        {"test_rmse": 1.3, "val_mae": 0.90, "bitops_reduction": 64.0, "model_bytes": 4000},
+    ]
+    mark_pareto(rows, scores)
+    assert [r["pareto_bitops"] for r in rows] == [False, True, True]
+    assert [r["pareto_bytes"] for r in rows] == [False, True, False]
+
+
 # -- bad input: one line, exit 2, nothing trained ---------------------------------------------------------------
 @pytest.mark.parametrize("args, message", [
     (["--methods", "qat:9"], "bits must be in 1..8"),

@@ -297,3 +297,28 @@ def test_cli_search_bad_input_exits_2(capsys):
     assert e.value.code == 2
     assert main(["search", "--penalty", "flops"]) == 2
     assert "penalty" in capsys.readouterr().err
+
+
+def _search_results(metrics: dict) -> dict:
+    stat = {"mean": 1.0, "std": 0.0}
+    return {"search": {"lam": 5.0}, "metrics": metrics,
+            "cost_runs": {"bitops_reduction": stat, "bitops_reduction_linear": stat, "avg_bits": stat},
+            "timing": {"search_seconds_per_epoch": 0.5, "seconds_per_epoch": 0.25}}
+
+
+def test_sweep_rows_of_a_regression_task_report_errors(tmp_path):
+    # `qgnn sweep --dataset esol` once died on results["metrics"]["test_acc"]: regression rows carry RMSE / MAE
+    from qgnn.search.cli import _row, _write_summary, format_rows, plot_sweep
+
+    reg = _row(_search_results({"test_rmse": {"mean": 1.25, "std": 0.1}, "test_mae": {"mean": 0.9, "std": 0.1},
+                                "val_mae": {"mean": 0.8, "std": 0.05}}))
+    assert reg["test_rmse"] == 1.25 and "test_acc" not in reg
+    table = format_rows([reg])
+    assert "test RMSE" in table and "1.250 ± 0.100" in table and "acc" not in table
+    fp32 = {"metrics": {"test_rmse": {"mean": 1.1, "std": 0.0}}, "timing": {"seconds_per_epoch": 0.1}}
+    summary = _write_summary(tmp_path, [reg], fp32, "esol")
+    assert summary["fp32_test_rmse"] == 1.1 and "fp32_test_acc" not in summary
+    cls = _row(_search_results({"test_acc": {"mean": 0.8, "std": 0.01}, "val_acc": {"mean": 0.79, "std": 0.0}}))
+    assert cls["test_acc"] == pytest.approx(80.0) and "test acc (%)" in format_rows([cls])
+    pytest.importorskip("matplotlib")
+    assert plot_sweep(summary, tmp_path / "sweep.png", title="esol / gin").is_file()

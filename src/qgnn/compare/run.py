@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from qgnn.compare.plot import plot_compare
 from qgnn.compare.spec import build_cells, grid_from_args
 from qgnn.compare.table import format_table, mark_pareto, row_of, scores_for
+from qgnn.data.registry import is_regression
 from qgnn.env import check_device
 from qgnn.grid import cell_epochs, load_cached, run_cell
 from qgnn.train.checkpoint import write_json
@@ -51,7 +52,7 @@ def run(args, control) -> int:
     check_dir_target(grid.out_dir, "--out-dir")
     check_dir_target(grid.cells_dir, "--out-dir")
     grid.cells_dir.mkdir(parents=True, exist_ok=True)
-    scores = scores_for(grid.task, grid.k)
+    scores = scores_for(grid.task, grid.k, regression=is_regression(grid.dataset))
     paths = {cell.name: grid.cells_dir / f"{cell.name}.json" for cell, _, _ in cells}
     todo = [c for c, _, _ in cells if args.force or load_cached(c, paths[c.name]) is None]
     bar = tqdm(total=sum(cell_epochs(c) for c in todo), unit="ep", dynamic_ncols=True,

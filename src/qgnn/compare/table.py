@@ -33,9 +33,17 @@ class Scores:
     val: str
     name: str       # the selection score in words, for the footer
     ylabel: str     # the test score in words, for the plot
+    lower_is_better: bool = False  # errors (regression) rather than accuracies
 
 
-def scores_for(task: str, k: int = 20) -> Scores:
+def scores_for(task: str, k: int = 20, regression: bool = False) -> Scores:
+    """The scores of a task; ``regression``: a graph-regression dataset (qgnn.train.regression), scored by errors
+    in the target's units (test RMSE the headline, selection on validation MAE), lower being better."""
+    if regression:
+        cols = (Metric("test_rmse", "test RMSE", 1.0, 3), Metric("test_mae", "test MAE", 1.0, 3),
+                Metric("val_mae", "val MAE", 1.0, 3))
+        return Scores(cols, "test_rmse", "val_mae", "validation MAE", "test RMSE (lower is better)",
+                      lower_is_better=True)
     if task == "rec":
         cols = (Metric(f"recall@{k}", f"recall@{k}", 1.0, 4), Metric(f"ndcg@{k}", f"NDCG@{k}", 1.0, 4),
                 Metric(f"val_recall@{k}", f"val recall@{k}", 1.0, 4), Metric(f"val_ndcg@{k}", f"val NDCG@{k}", 1.0, 4))
@@ -95,6 +103,8 @@ def pareto_optimal(points: list[tuple]) -> list[bool]:
 def mark_pareto(rows: list[dict], scores: Scores) -> None:
     """Set ``pareto_bitops`` (validation score vs BitOPs reduction) and ``pareto_bytes`` (vs model bytes)."""
     val = [r.get(scores.val) for r in rows]
+    if scores.lower_is_better:  # the front maximises both coordinates
+        val = [-v if _finite(v) else v for v in val]
     bitops = pareto_optimal([(v, r.get("bitops_reduction")) for v, r in zip(val, rows, strict=True)])
     size = pareto_optimal([(v, -r["model_bytes"] if _finite(r.get("model_bytes")) else None)
                            for v, r in zip(val, rows, strict=True)])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import partial
 
 from qgnn.data import molecules, ogbn, planetoid, pyg_large, recsys, sbm, synthetic, tu
-from qgnn.errors import ConfigError, lookup
+from qgnn.errors import ConfigError, QgnnError, lookup
 
 
 def _synthetic(fn: Callable) -> Callable:
@@ -50,6 +50,15 @@ def _table() -> dict[str, str]:
 def canonical_name(name: str) -> str:
     """The canonical spelling of a dataset name (case-insensitive, aliases resolved)."""
     return lookup("dataset", name, _table())
+
+
+def is_regression(name: str) -> bool:
+    """Whether ``name`` is a graph-regression dataset (one float per graph: the molecules), scored by MAE / RMSE
+    rather than accuracy; False for a name that is not a dataset (the caller's lookup reports it)."""
+    try:
+        return canonical_name(name) in molecules.NAMES
+    except QgnnError:  # an unknown name: not ours to report here
+        return False
 
 
 def dataset_names(task: str | None = None) -> list[str]:

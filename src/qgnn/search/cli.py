@@ -126,23 +126,43 @@ def _configs(args, lam):
 
 
 def _row(results: dict) -> dict:
+    """A sweep row: classification in accuracy (%), a regression task (qgnn.train.regression) in test RMSE / MAE
+    and validation MAE, the target's units."""
     m, c = results["metrics"], results["cost_runs"]
-    return {"lambda": results["search"]["lam"], "test_acc": m["test_acc"]["mean"] * 100,
-            "test_std": m["test_acc"]["std"] * 100, "val_acc": m["val_acc"]["mean"] * 100,
-            "bitops_reduction": c["bitops_reduction"]["mean"],
-            "bitops_reduction_linear": c["bitops_reduction_linear"]["mean"], "avg_bits": c["avg_bits"]["mean"],
-            "search_s_per_epoch": results["timing"]["search_seconds_per_epoch"],
-            "train_s_per_epoch": results["timing"]["seconds_per_epoch"]}
+    row = {"lambda": results["search"]["lam"]}
+    if "test_rmse" in m:
+        row.update(test_rmse=m["test_rmse"]["mean"], test_rmse_std=m["test_rmse"]["std"],
+                   test_mae=m["test_mae"]["mean"], val_mae=m["val_mae"]["mean"])
+    else:
+        row.update(test_acc=m["test_acc"]["mean"] * 100, test_std=m["test_acc"]["std"] * 100,
+                   val_acc=m["val_acc"]["mean"] * 100)
+    row.update({"bitops_reduction": c["bitops_reduction"]["mean"],
+                "bitops_reduction_linear": c["bitops_reduction_linear"]["mean"], "avg_bits": c["avg_bits"]["mean"],
+                "search_s_per_epoch": results["timing"]["search_seconds_per_epoch"],
+                "train_s_per_epoch": results["timing"]["seconds_per_epoch"]})
+    return row
+
+
+def _headline(row: dict) -> tuple[float, float]:
+    """(test score, its std) of a sweep row: accuracy in %, or a regression row's test RMSE."""
+    if "test_rmse" in row:
+        return row["test_rmse"], row["test_rmse_std"]
+    return row["test_acc"], row["test_std"]
 
 
 def format_rows(rows: list[dict]) -> str:
     from qgnn.train.results import format_ratio
 
-    head = ("λ", "test acc (%)", "val acc (%)", "BitOPs red.", "linear red.", "avg bits", "search s/ep", "train s/ep")
+    regression = bool(rows) and "test_rmse" in rows[0]
+    scores = ("test RMSE", "val MAE") if regression else ("test acc (%)", "val acc (%)")
+    head = ("λ", *scores, "BitOPs red.", "linear red.", "avg bits", "search s/ep", "train s/ep")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lam = "fp32" if r["lambda"] is None else f"{r['lambda']:g}"
-        lines.append(" | ".join([lam, f"{r['test_acc']:.2f} ± {r['test_std']:.2f}", f"{r['val_acc']:.2f}",
+        test, std = _headline(r)
+        nd = 3 if regression else 2
+        val = r["val_mae"] if regression else r["val_acc"]
+        lines.append(" | ".join([lam, f"{test:.{nd}f} ± {std:.{nd}f}", f"{val:.{nd}f}",
                                  format_ratio(r["bitops_reduction"]), format_ratio(r["bitops_reduction_linear"]),
                                  f"{r['avg_bits']:.2f}", f"{r['search_s_per_epoch']:.4f}",
                                  f"{r['train_s_per_epoch']:.4f}"]))
@@ -181,7 +201,11 @@ def _write_summary(out_dir: Path, rows: list[dict], fp32: dict | None, dataset: 
     """sweep.json: the rows so far, the FP32 reference (when run) and the published points."""
     from qgnn.train.checkpoint import write_json
 
-    summary = {"rows": rows, "fp32_test_acc": fp32["metrics"]["test_acc"]["mean"] * 100 if fp32 else None,
+    if fp32 is not None and "test_rmse" in fp32["metrics"]:  # regression: the FP32 test RMSE
+        fp32_score = {"fp32_test_rmse": fp32["metrics"]["test_rmse"]["mean"]}
+    else:
+        fp32_score = {"fp32_test_acc": fp32["metrics"]["test_acc"]["mean"] * 100 if fp32 else None}
+    summary = {"rows": rows, **fp32_score,
                "fp32_s_per_epoch": fp32["timing"]["seconds_per_epoch"] if fp32 else None,
                "published_mixq": PUBLISHED_MIXQ.get(dataset.lower(), [])}
     write_json(out_dir / "sweep.json", summary)
@@ -245,11 +269,18 @@ def _sweep(args, control) -> int:
     summary = _write_summary(out_dir, rows, fp32, args.dataset)
     print(format_rows(rows))
     if fp32:
-        print(f"FP32: {summary['fp32_test_acc']:.2f}")
+        print(f"FP32: {_fp32_score(summary)[0]:.{3 if 'fp32_test_rmse' in summary else 2}f}")
     png = plot_sweep(summary, out_dir / "sweep.png", title=f"{args.dataset} / {args.model}")
     plot = f"plot: {png}" if png else "plot: skipped (pip install matplotlib)"
     print(f"results: {out_dir / 'sweep.json'}\n{plot}")
     return 0
+
+
+def _fp32_score(summary: dict) -> tuple[float | None, str]:
+    """(FP32's test score or None, the score in words for the plot's axis)."""
+    if "fp32_test_rmse" in summary or (summary["rows"] and "test_rmse" in summary["rows"][0]):
+        return summary.get("fp32_test_rmse"), "test RMSE (lower is better)"
+    return summary.get("fp32_test_acc"), "test accuracy (%)"
 
 
 def plot_sweep(summary: dict, path: Path, title: str = "") -> Path | None:
@@ -261,23 +292,23 @@ def plot_sweep(summary: dict, path: Path, title: str = "") -> Path | None:
     if plt is None:
         return None
     rows = summary["rows"]
+    fp32, ylabel = _fp32_score(summary)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "bitops_reduction", "BitOPs reduction (qgnn: MACs·b_a·b_w)"),
                            (axes[1], "bitops_reduction_linear", "reduction, linear in bits (MixQ-GNN's measure)")):
         xs = [r[key] for r in rows]
-        ys = [r["test_acc"] for r in rows]
-        ax.errorbar(xs, ys, yerr=[r["test_std"] for r in rows], fmt="o-", label="qgnn MixQ search", capsize=3)
-        for r in rows:
-            ax.annotate(f"λ={r['lambda']:g}", (r[key], r["test_acc"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        if summary.get("fp32_test_acc") is not None:
-            ax.scatter([1.0], [summary["fp32_test_acc"]], marker="*", s=120, color="k", label="FP32")
+        ys, errs = zip(*(_headline(r) for r in rows), strict=True) if rows else ((), ())
+        ax.errorbar(xs, ys, yerr=errs, fmt="o-", label="qgnn MixQ search", capsize=3)
+        for x, y, r in zip(xs, ys, rows, strict=True):
+            ax.annotate(f"λ={r['lambda']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if fp32 is not None:
+            ax.scatter([1.0], [fp32], marker="*", s=120, color="k", label="FP32")
         if key == "bitops_reduction_linear" and summary.get("published_mixq"):
             pub = summary["published_mixq"]
             ax.scatter([p[1] for p in pub], [p[0] for p in pub], marker="x", color="r", label="MixQ-GNN (logs)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)

@@ -322,3 +322,20 @@ def test_sweep_rows_of_a_regression_task_report_errors(tmp_path):
     assert cls["test_acc"] == pytest.approx(80.0) and "test acc (%)" in format_rows([cls])
     pytest.importorskip("matplotlib")
     assert plot_sweep(summary, tmp_path / "sweep.png", title="esol / gin").is_file()
+
+
+def test_the_molecules_search_recipe_fills_only_unset_flags():
+    import argparse
+
+    from qgnn.recipes import SEARCH, search_recipe
+    from qgnn.search.cli import _common, _configs
+
+    assert search_recipe("cora") is SEARCH and search_recipe() is SEARCH
+    p = argparse.ArgumentParser()
+    _common(p)
+    _, sc = _configs(p.parse_args(["--dataset", "ESOL", "--model", "gin"]), None)
+    assert sc.lam == 5.0 and sc.weight_candidates == (4, 8) and sc.candidates == SEARCH.settings["candidates"]
+    _, sc = _configs(p.parse_args(["--dataset", "esol", "--weight-candidates", "2", "4", "8"]), 50.0)
+    assert sc.lam == 50.0 and sc.weight_candidates == (2, 4, 8)
+    _, sc = _configs(p.parse_args(["--dataset", "cora"]), None)
+    assert sc.lam == SEARCH.settings["lam"] and sc.weight_candidates == SEARCH.settings["weight_candidates"]

@@ -148,6 +148,7 @@ def build_cells(grid: Grid) -> list[tuple]:
     import dataclasses
 
     from qgnn.grid import Cell, fingerprint
+    from qgnn.recipes import search_recipe
     from qgnn.search.mixq import SearchConfig
     from qgnn.train import TrainConfig
     from qgnn.train.config import check_names
@@ -171,7 +172,8 @@ def build_cells(grid: Grid) -> list[tuple]:
             elif spec.method == "fp32" and needs_ckpt:
                 save = fp32_ckpt
             check_names(cfg)
-            search = SearchConfig(search_epochs=grid.search_epochs) if spec.search else None
+            search = (SearchConfig(search_epochs=grid.search_epochs,
+                                   **search_recipe(grid.dataset, grid.model).settings) if spec.search else None)
             cell = Cell(cell_name(spec, prompt), cfg, search=search, save=save)
             fingerprint(cell)  # resolves with today's recipes: a bad combination fails here, before training
             out.append((cell, spec, prompt))

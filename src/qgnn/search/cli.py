@@ -41,11 +41,15 @@ def _bits(text: str) -> int:
 
 def _recipe(key: str) -> str:
     """How the help shows a search default: the validated recipe's value (qgnn.recipes.SEARCH, torch-free)."""
-    from qgnn.recipes import SEARCH
+    from qgnn.recipes import RECIPES, SEARCH
 
-    v = SEARCH.settings[key]
-    v = " ".join(map(str, v)) if isinstance(v, (tuple, list)) else v
-    return f"(default: {v}, the validated search recipe)"
+    def show(v):
+        return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else v
+
+    # the molecules' own search recipe where it differs (read from the table: the lookup would import torch)
+    mol = RECIPES["datasets"][("esol", "*")].search
+    other = f"; molecules: {show(mol[key])}" if key in mol else ""
+    return f"(default: {show(SEARCH.settings[key])}, the validated search recipe{other})"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -109,7 +113,9 @@ def add_parsers(sub) -> None:
 
 
 def _configs(args, lam):
-    """(TrainConfig, SearchConfig) of the flags; a flag left unset takes SearchConfig's default (the recipe)."""
+    """(TrainConfig, SearchConfig) of the flags; a flag left unset takes the dataset's search recipe
+    (qgnn.recipes.search_recipe: the general one, the molecules' own)."""
+    from qgnn.recipes import search_recipe
     from qgnn.search.mixq import SearchConfig
     from qgnn.train import TrainConfig
 
@@ -120,6 +126,8 @@ def _configs(args, lam):
     given = {"lam": lam, "candidates": args.candidates, "weight_candidates": args.weight_candidates,
              "alpha_lr": args.alpha_lr, "final_method": args.final_method}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    # the dataset's search recipe (the molecules have their own) where a flag is unset
+    given = {**search_recipe(args.dataset, args.model).settings, **given}
     sc = SearchConfig(penalty=args.penalty, search_epochs=args.search_epochs, alpha_split=args.alpha_split,
                       sampling=args.sampling, alpha_init=init, **given)
     return cfg, sc.validate()
@@ -190,8 +198,7 @@ def cmd_search(args) -> int:
             print(format_table(e.results))
         raise
     print(format_table(results))
-    if "test_acc" in results["metrics"]:  # the accuracy / cost row (a regression search's scores are in the table)
-        print(format_rows([_row(results)]))
+    print(format_rows([_row(results)]))
     print("assignment of the selected run: " + json.dumps(results["runs"][results["selected_run"]]["assignment"]))
     print(f"results: {out}" + (f"\ncheckpoint: {args.save}" if args.save else ""))
     return 0

@@ -31,11 +31,12 @@ MODELS = ("gin", "gcn")
 EXPERIMENTS = [f"{d}-{m}" for m in MODELS for d in DATASETS]
 METHODS = {"fp32": ("fp32", None), "qat8": ("qat", 8), "dq8": ("dq", 8), "dq4": ("dq", 4), "search": ("search", None),
            "search-lam5": ("search", None), "search-w48": ("search", None)}
-# SearchConfig settings of the search cells ({}: the general search recipe's, λ 50 and weights {2, 4, 8}, tuned on Cora's
-# cross-entropy). On the standardised L1 loss λ 50 drives nearly every weight to 2 bits and activation to 4 (about
-# 10x linear reduction, beyond INT4's 8x); λ 5 still keeps most weights at 2 bits; weights {4, 8} bound the search
-# between INT8 (4x linear) and INT4 (8x); it is the molecules' search recipe since (qgnn.recipes). Each is a cell
-# of its own, its settings explicit (a SearchConfig built here has the general recipe), compared on validation.
+# SearchConfig settings of the search cells ({}: the general search recipe's, λ 50 and weights {2, 4, 8}, tuned
+# on Cora's cross-entropy). On the standardised L1 loss λ 50 drives nearly every weight to 2 bits and activation
+# to 4 (about 10x linear reduction, beyond INT4's 8x); λ 5 still keeps most weights at 2 bits; weights {4, 8} bound
+# the search between INT8 (4x linear) and INT4 (8x), and are the molecules' search recipe since (qgnn.recipes).
+# Each is a cell of its own, its settings explicit (a SearchConfig built here has the general recipe), compared on
+# validation.
 SEARCH_SETTINGS = {"search": {}, "search-lam5": {"lam": 5.0}, "search-w48": {"lam": 5.0, "weight_candidates": (4, 8)}}
 # Test RMSE on MoleculeNet's random split (Wu et al., "MoleculeNet: a benchmark for molecular machine learning",
 # Chem. Sci. 2018, Table 3 / Fig. 9, physical chemistry): graph convolutions (GC) and MPNN, mean over random splits.

@@ -139,3 +139,13 @@ def test_quantized_lightgcn_from_a_checkpoint_fine_tunes_as_the_documented_rows(
     # From scratch (no checkpoint) the model's own recipe applies: a 15-epoch budget would be far too short.
     scratch = TrainConfig(dataset="ml-100k", model="lightgcn", method="qat", bits=2).resolve("rec")
     assert scratch.epochs > 15 and scratch.recipes == []
+
+
+def test_molecules_pool_by_mean_unless_the_user_says_otherwise():
+    from qgnn.train import TrainConfig
+
+    cfg = TrainConfig(dataset="ESOL", model="gin").resolve("graph")
+    assert cfg.model_kwargs == {"pooling": "mean"} and "molecules-l1-100ep-mean" in cfg.recipes
+    mine = TrainConfig(dataset="lipo", model="gin", model_kwargs={"pooling": "sum"}).resolve("graph")
+    assert mine.model_kwargs == {"pooling": "sum"}
+    assert TrainConfig(dataset="PROTEINS", model="gin").resolve("graph").model_kwargs == {}  # TU: GIN's own sum

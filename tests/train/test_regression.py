@@ -91,7 +91,7 @@ def test_run_experiment_reports_regression_metrics(root, tmp_path, method, bits,
     from qgnn.train import load_model, run_experiment
 
     r = run_experiment(_cfg(method, bits, model=model), root=root, save=tmp_path / "m.ckpt", progress=False)
-    assert r["config"]["recipes"] == ["molecules-l1-100ep"] and r["config"]["dropout"] == 0.0
+    assert r["config"]["recipes"] == ["molecules-l1-100ep-mean"] and r["config"]["dropout"] == 0.0
     assert len(r["runs"]) == 2 and {run["fold"] for run in r["runs"]} == {0, 1}
     for k in ("test_mae", "test_rmse", "val_mae", "val_rmse", "train_mae"):
         assert k in r["metrics"] and math.isfinite(r["metrics"][k]["mean"])
@@ -133,15 +133,15 @@ def test_mixq_search_runs_on_regression(root):
 
 
 def test_quantized_molecule_models_keep_the_pooled_readout_input_float(root):
-    """The sum-pooled readout input grows with the molecule's size, so a per-tensor activation range clips large
-    molecules (the cause of QAT 8's +20 % RMSE on ESOL): the molecule recipe leaves it float, weights quantized."""
+    """The molecule recipe leaves the pooled readout input float, weights quantized (chosen when the readout summed
+    the nodes: a sum grows with the molecule, and a per-tensor range clipped the large ones; QAT 8 +20 % RMSE)."""
     from qgnn.methods.convert import apply_method
     from qgnn.models import build_model
     from qgnn.train import TrainConfig
 
     for method, bits in (("qat", 8), ("dq", 4), ("lsq", 8)):
         cfg = _cfg(method, bits).resolve("graph")
-        assert "molecules-l1-100ep" in cfg.recipes
+        assert "molecules-l1-100ep-mean" in cfg.recipes
         model = apply_method(build_model("gin", "graph", 177, 1, hidden=16, num_layers=2, dropout=0.0), cfg)
         for k, head in enumerate(model.heads):
             assert set(head.quant) == {"weight"}, (method, k)

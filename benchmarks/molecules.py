@@ -174,8 +174,8 @@ def render() -> None:
     pub = "; ".join(f"{d}: GC {v['GC']}, MPNN {v['MPNN']}" for d, v in PUBLISHED.items())
     sum_table = ("\n\n**The first recipe: sum pooling** (GIN's TU readout; these files are in "
                  f"`benchmarks/results/{SUM_POOLING}/`, the same splits and training). The paragraphs below quote "
-                 "them; the recipe moved to mean pooling on ESOL's validation figures and Lipophilicity's validation MAE (see "
-                 "*Why mean pooling*).\n\n" + _harness.table(head, sum_rows)) if sum_rows else ""
+                 "them; the recipe moved to mean pooling on ESOL's validation figures and Lipophilicity's "
+                 "validation MAE (see *Why mean pooling*).\n\n" + _harness.table(head, sum_rows)) if sum_rows else ""
     _harness.publish(
         "molecules",
         "## 8. Graph regression on molecules (MoleculeNet)\n\n"

@@ -231,6 +231,16 @@ def _reduce_product(g: Tensor, d: Tensor, like: Tensor) -> Tensor:
     return _reduce_to(g * d, like)
 
 
+def _inside(u: Tensor, zero_point: Tensor | None, qmin: int, qmax: int, binary: bool) -> Tensor:
+    """Where ``u = x / s`` is inside the representable range, qmin <= u + z <= qmax (binary: |u| <= 1): where the
+    clipped STE passes gradient."""
+    if binary:
+        return u.abs() <= 1
+    if zero_point is None:
+        return (u >= qmin).logical_and_(u <= qmax)
+    return (u >= qmin - zero_point).logical_and_(u <= qmax - zero_point)
+
+
 class _FakeQuant(torch.autograd.Function):
     """x̂ = (q - z)·s with the gradients given in the module docstring, in one Function: the forward pass
     is a few elementwise kernels working in place on one buffer (it runs on every training step over
@@ -243,14 +253,7 @@ class _FakeQuant(torch.autograd.Function):
         need_z = zero_point is not None and ctx.needs_input_grad[2]
         u = x / scale  # the one fresh full-size buffer; the rest works in place where it can
         # "inside" the representable range, qmin <= u + z <= qmax: where the clipped STE passes gradient
-        inside = None
-        if clipped and (need_x or need_s or need_z):
-            if binary:
-                inside = u.abs() <= 1
-            elif zero_point is None:
-                inside = (u >= qmin).logical_and_(u <= qmax)
-            else:
-                inside = (u >= qmin - zero_point).logical_and_(u <= qmax - zero_point)
+        inside = _inside(u, zero_point, qmin, qmax, binary) if clipped and (need_x or need_s or need_z) else None
         ds = None
         if binary:
             q = _sign_codes(u)

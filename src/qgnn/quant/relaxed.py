@@ -27,6 +27,7 @@ from qgnn.errors import ConfigError
 from .observers import Observer
 from .primitives import (
     _add_,
+    _inside,
     _round_codes_,
     _sign_codes,
     binary_fake_quant,
@@ -59,14 +60,7 @@ def _candidate(x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int, bin
     """One candidate's fake-quantized copy (q - z)·s and, for the clipped STE, where it passes gradient (the
     ops and order of :func:`~qgnn.quant.primitives.fake_quant`'s forward)."""
     u = x / s
-    inside = None
-    if clipped:
-        if binary:
-            inside = u.abs() <= 1
-        elif z is None:
-            inside = (u >= qmin).logical_and_(u <= qmax)
-        else:
-            inside = (u >= qmin - z).logical_and_(u <= qmax - z)
+    inside = _inside(u, z, qmin, qmax, binary) if clipped else None
     if binary:
         return _sign_codes(u).mul_(s), inside
     q = _round_codes_(u.round_(), z, qmin, qmax)

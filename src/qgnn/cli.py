@@ -232,6 +232,11 @@ def _is_node(cfg) -> bool:
         return False
 
 
+def _launched() -> bool:
+    """Whether this process is one rank of several under torchrun (its WORLD_SIZE says so)."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+
+
 def cmd_train(args) -> int:
     from qgnn.grid import stop_on_sigint
     from qgnn.train import Control, run_experiment
@@ -246,7 +251,7 @@ def cmd_train(args) -> int:
     bits += "-mb" if cfg.fanout or (cfg.batch_size and _is_node(cfg)) else ""  # sampled mini-batches
     out = Path(args.out or f"runs/{cfg.dataset.lower()}-{cfg.model.lower()}-{cfg.method.lower()}{bits}.json")
     control = Control()
-    launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")  # a rank under torchrun
+    launched = _launched()
     try:
         with stop_on_sigint(control, launched=launched):
             results = run_experiment(cfg, root=args.root, out=out, save=args.save, resume=args.resume,
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     token = ROOT_OPTION.set("--root DIR")  # the missing-data advice names the flag, not the Python argument
-    launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")  # a rank under torchrun
+    launched = _launched()
     try:
         if launched and args.command != "train":
             from qgnn.errors import ConfigError

@@ -170,7 +170,7 @@ def _weights_then_alpha(loss, opt_w, opt_a, alphas, pens, split: str, val_loss) 
 def _graph_step(task: GraphTask, model, opt_w, opt_a, alphas, pens, split: str, val_iter) -> float:
     model.train()
     total, count = 0.0, 0
-    loss_fn = getattr(task, "loss", F.cross_entropy)  # a regression task's own loss (qgnn.train.regression)
+    loss_fn = task.loss  # cross-entropy, or a regression task's own (qgnn.train.regression)
     for batch in task.train_loader:
         if batch.num_graphs < 2:
             continue  # BatchNorm cannot normalise one graph's pooled row

@@ -345,9 +345,10 @@ class Dist:
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` under DDP (parameters and buffers broadcast from rank 0 now; gradients averaged at every
         backward). Buffers are not broadcast at each forward: quantizer statistics are reduced where they are
-        computed and BatchNorm's are averaged after each step (module docstring). ``find_unused_parameters``:
-        a method's parameter may miss a step (a node table entry no batch node reached is still used; a prompt
-        or penalty-only parameter may not be)."""
+        computed and BatchNorm's are averaged after each step (module docstring). ``find_unused_parameters`` is
+        off: every trainable parameter of qgnn's models takes part in each forward (a per-node table entry that
+        no batch node reached is still part of the gather), which saves DDP a graph traversal per step; a
+        parameter outside the forward makes DDP fail at the next step rather than train wrongly."""
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         if not any(p.requires_grad for p in model.parameters()):
@@ -355,26 +356,32 @@ class Dist:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DDP(model, device_ids=ids, forward_sync_buffers=False, find_unused_parameters=False)
 
+    def _flat(self, tensors: list[torch.Tensor], collective) -> None:
+        """Run ``collective`` on the concatenation of ``tensors`` (one call for all of them, on the backend's
+        device), then copy the result back into each tensor in place."""
+        flat = torch.cat([t.reshape(-1).to(tensors[0].dtype) for t in tensors]).to(self._comm_device)
+        collective(flat)
+        at = 0
+        for t in tensors:
+            t.copy_(flat[at:at + t.numel()].view_as(t))
+            at += t.numel()
+
+    def _mean(self, flat: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+
     def average_gradients(self, model: nn.Module) -> None:
         """Average every trainable parameter's gradient over the ranks in one all-reduce (a missing gradient
         counts as zero): what DDP does, for a task whose training step does not go through ``forward`` (the
         recommendation task calls LightGCN's ``train_forward``), hooked before each optimizer step."""
-        import torch.distributed as dist
-
         params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            return
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
-        at = 0
         for p in params:
-            g = flat[at:at + p.numel()].view_as(p)
-            at += p.numel()
             if p.grad is None:
-                p.grad = g.clone()
-            else:
-                p.grad.copy_(g)
+                p.grad = torch.zeros_like(p)
+        if params:
+            self._flat([p.grad for p in params], self._mean)
 
     def split_streams(self, seed: int, generators: dict[str, torch.Generator]) -> None:
         """Give rank > 0 random streams of its own (rank 0 keeps the single-process ones): torch's, Python's,
@@ -391,19 +398,10 @@ class Dist:
     @torch.no_grad()
     def average_buffers(self, model: nn.Module) -> None:
         """Average BatchNorm running statistics over the ranks (one all-reduce for all of them)."""
-        import torch.distributed as dist
-
         stats = [t for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                  for t in (m.running_mean, m.running_var) if t is not None]
-        if not stats:
-            return
-        flat = torch.cat([t.reshape(-1).float() for t in stats])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
-        at = 0
-        for t in stats:
-            t.copy_(flat[at:at + t.numel()].view_as(t).to(t.dtype))
-            at += t.numel()
+        if stats:
+            self._flat(stats, self._mean)
 
     @torch.no_grad()
     def broadcast_buffers(self, model: nn.Module) -> None:
@@ -416,12 +414,7 @@ class Dist:
             if b.numel():
                 by_dtype.setdefault(b.dtype, []).append(b)
         for group in by_dtype.values():
-            flat = torch.cat([b.reshape(-1) for b in group]).to(self._comm_device)
-            dist.broadcast(flat, src=0)
-            at = 0
-            for b in group:
-                b.copy_(flat[at:at + b.numel()].view_as(b))
-                at += b.numel()
+            self._flat(group, lambda flat: dist.broadcast(flat, src=0))
 
     @torch.no_grad()
     def mismatched(self, model: nn.Module) -> list[str]:

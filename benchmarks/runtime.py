@@ -17,12 +17,15 @@ Physical limit: the bytes each forward must move (:func:`bytes_fp32`, :func:`byt
 written, neighbour rows gathered, CSR arrays) over the copy bandwidth measured in the same process.
 
 Part ``small`` (section ``runtime-small``): ``qgnn eval --fp32-reference`` on Cora and CiteSeer (GCN, GAT,
-GIN, SAGE, QAT 8 and 4) and MUTAG / REDDIT-BINARY (GIN): latency and peak of both sides, in one process.
+GIN, SAGE, QAT 8 and 4) and MUTAG / REDDIT-BINARY (GIN): latency and peak of both sides, measured by that
+command in a fresh process per case, ``--rounds`` times (default 3); each side's median latency and median
+peak over the rounds, and the ratios of those (``--repeats`` passes per round; use 30: a pass of a few
+milliseconds varies by 10-20 % between processes).
 
 Part ``kernels``: the kernels alone against their FP32 counterparts on sbm-1m's graph.
 
     OMP_NUM_THREADS=1 python benchmarks/runtime.py --part scale
-    OMP_NUM_THREADS=1 python benchmarks/runtime.py --part small
+    OMP_NUM_THREADS=1 python benchmarks/runtime.py --part small --repeats 30
     OMP_NUM_THREADS=1 python benchmarks/runtime.py --part kernels
     python benchmarks/runtime.py --render
 """
@@ -307,9 +310,41 @@ def part_scale(args) -> dict:
     return out
 
 
-def part_small(args) -> dict:
-    from qgnn.export.evaluate import evaluate_file
+def eval_child(path: Path, repeats: int) -> dict:
+    """``qgnn eval PATH --fp32-reference --repeats R --out F`` in a fresh process (the user's command; and a
+    process of its own because the peak measurement changes glibc's malloc thresholds, which slows every
+    allocation after it): the JSON it writes."""
+    import tempfile
 
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval.json"
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        r = subprocess.run([sys.executable, "-m", "qgnn", "eval", str(path), "--fp32-reference", "--repeats",
+                            str(repeats), "--out", str(out)], capture_output=True, text=True, env=env, timeout=3600)
+        if r.returncode != 0:
+            raise RuntimeError(f"qgnn eval {path} failed:\n{r.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+def median_rounds(runs: list[dict]) -> dict:
+    """One row from several ``qgnn eval --fp32-reference`` results of a case (fresh processes): each side's
+    median latency and median peak, the ratios of those medians, and every round's figures (``rounds``)."""
+    med = statistics.median
+    r = dict(runs[0])
+    r["fp32"] = dict(r["fp32"])
+    r["latency_ms"] = med(x["latency_ms"] for x in runs)
+    r["peak_memory_bytes"] = med(x["peak_memory_bytes"] for x in runs)
+    r["fp32"]["latency_ms"] = med(x["fp32"]["latency_ms"] for x in runs)
+    r["fp32"]["peak_memory_bytes"] = med(x["fp32"]["peak_memory_bytes"] for x in runs)
+    r["speedup"] = r["fp32"]["latency_ms"] / r["latency_ms"]
+    r["memory_ratio"] = r["peak_memory_bytes"] / max(1, r["fp32"]["peak_memory_bytes"])
+    r["rounds"] = [{"latency_ms": x["latency_ms"], "fp32_latency_ms": x["fp32"]["latency_ms"],
+                    "peak_memory_bytes": x["peak_memory_bytes"],
+                    "fp32_peak_memory_bytes": x["fp32"]["peak_memory_bytes"]} for x in runs]
+    return r
+
+
+def part_small(args) -> dict:
     prior = _read("runtime-small")
     rows = {r["case"]: r for r in prior.get("rows", [])}
     for dataset, model, bits in SMALL_CASES:
@@ -318,7 +353,7 @@ def part_small(args) -> dict:
         path = model_file(dataset, model, bits, GRAPH_TRAIN.get(dataset))
         case = f"{dataset.lower()}-{model}-qat{bits}"
         print(f"[small] {case}", flush=True)
-        r = evaluate_file(path, repeats=args.repeats, fp32_reference=True)
+        r = median_rounds([eval_child(path, args.repeats) for _ in range(args.rounds)])
         r = {**r, "slot_bits": r.get("bits"), "case": case, "dataset": dataset, "model": model, "bits": bits}
         rows[case] = r
         write_json("runtime-small", {"command": command_line(), "rows": list(rows.values())})
@@ -442,9 +477,11 @@ def render() -> None:
                   "one fold), exported, and run by `qgnn eval MODEL --fp32-reference`: the FP32 twin is the same "
                   "weights dequantized in PyG FP32 layers on a CSR `adj_t` (no activation quantization, hence its "
                   "accuracy); "
-                  "latency is the median of the passes after the load step (graph plans, features encoded), one "
-                  "thread; peak the RSS growth of one pass. Graph tasks: the selected fold's test graphs in batches "
-                  f"of the recipe's size. Command: `{small['command']}`."]
+                  "latency is the median of the passes after the load step (graph plans, features encoded; for "
+                  "graph tasks once per batch, as the FP32 twin builds each batch's `adj_t` once), one "
+                  "thread; peak the RSS growth of a pass (median of up to 5). Each side's figures are the medians "
+                  "over fresh processes (`--rounds`, 3) and the ratios those medians' ratios. Graph tasks: the "
+                  f"selected fold's test graphs in batches of the recipe's size. Command: `{small['command']}`."]
         update_section("runtime-small", "\n".join(lines))
 
 
@@ -456,6 +493,8 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=["gcn", "sage"])
     p.add_argument("--bits", nargs="*", type=int, default=[8, 4])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="part small: fresh `qgnn eval` processes per case, "
+                   "whose medians are reported")
     p.add_argument("--render", action="store_true")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -355,10 +355,30 @@ def test_table_bytes(bits, container, c):
     assert table.rows.shape[1] == row_bytes(c, container)
     assert table.nbytes() == table.rows.numel() + 8  # one scale and one zero-point
     bare = QRows.encode(q, x, fields=False)
-    assert bare.rows.shape == (57, math.ceil(c * container / 8))
+    code_bytes = math.ceil(c * container / 8)  # planar sub-byte rows: whole 32-bit words
+    assert bare.rows.shape == (57, code_bytes if container == 8 else 4 * math.ceil(code_bytes / 4))
     # the codes are the quantizer's: dequantized, the table is the fake-quant value
     expect = q(x).dequant()
     assert torch.equal(table.dequant(0, 57), expect) and torch.equal(bare.dequant(0, 57), expect)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_fake_quant_of_a_plain_grid_is_the_quantizer_s(bits):
+    # the packed ops requantize chunks with ActQuant.fake: four in-place ops on a plain grid, which must be
+    # the codes' dequantized value bit for bit (ties to even, both clamps, huge values, a row chunk's start)
+    q = input_quantizer(bits)
+    assert q.plain and q.s == float(q.scale.reshape(()))
+    g = torch.Generator().manual_seed(bits)
+    ties = (torch.arange(-40, 40, dtype=torch.float32) + 0.5) * q.s  # x / s lands on half-integers
+    x = torch.cat([torch.randn(500, generator=g) * 4 * q.s * 2**bits, ties, torch.tensor([3e38, -3e38, 0.0, -0.0])])
+    x = x.view(-1, 4)
+    want = q(x, 7).dequant()
+    assert torch.equal(q.fake(x, 7), want)
+    y = x.clone()
+    got = q.fake(y, 7, inplace=True)
+    assert got.data_ptr() == y.data_ptr() and torch.equal(got, want)
+    q.plain = False  # the general path: the codes, then their value
+    assert torch.equal(q.fake(x, 7), want)
 
 
 def test_four_bit_model_tables():
@@ -370,4 +390,29 @@ def test_four_bit_model_tables():
     assert x.nbytes() == N * (c // 2 + 4) + 8  # 14 bytes a row where float32 takes 80
     im, _ = int_models(node_model("gcn", "qat", 4))
     x = im.prepare(D.x, GRAPH)["x"]
-    assert x.bits == 4 and x.rows.shape == (N, math.ceil(c / 2))  # GCN only multiplies X: codes alone
+    # GCN only multiplies X: the codes alone, planar rows of whole 32-bit words
+    assert x.bits == 4 and x.rows.shape == (N, 4 * math.ceil(c / 8))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_gemm_chunks_reach_the_kernel_without_copies(bits, monkeypatch):
+    # GCN's input table: 8-bit codes live in a quint8 tensor's storage and every GEMM chunk is a view of it;
+    # sub-byte codes are unpacked into one CodeBuffer for the layer, whose quint8 view the kernel reads
+    from qgnn.export.packed_ops import _gemm_chunks
+
+    monkeypatch.setattr(packed_mod, "row_chunk", lambda c: 7)  # several chunks, a short last one
+    im, per_layer = int_models(node_model("gcn", "qat", bits))
+    prepared = im.prepare(D.x, GRAPH)
+    x = prepared["x"]
+    assert (x.quantized is not None) == (bits == 8)
+    base, seen = x.rows.data_ptr(), set()
+    for start, end, u, qx, s, z in _gemm_chunks(x, 7):
+        assert qx is not None and torch.equal(qx.int_repr(), u) and qx.q_zero_point() == int(z)
+        assert qx.q_scale() == float(s)
+        assert torch.equal(u[:, :x.channels], x.codes(start, end))
+        if bits == 8:
+            assert u.data_ptr() == base + start * x.rows.stride(0)  # a view of the table itself
+        else:
+            seen.add(u.data_ptr())  # the same buffer for every chunk
+    assert bits == 8 or len(seen) == 1
+    assert torch.equal(im.run(prepared).argmax(1), per_layer(D.x, GRAPH).argmax(1))

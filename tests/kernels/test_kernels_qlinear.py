@@ -28,6 +28,7 @@ from qgnn.kernels.cpu.fbgemm import fbgemm_available, fbgemm_linear_exact
 from qgnn.kernels.intops import (
     AGGREGATE_BACKENDS,
     LINEAR_BACKENDS,
+    CodeBuffer,
     PreparedLinear,
     aggregate_backend,
     linear_backend,
@@ -137,6 +138,28 @@ def test_requantized_codes(u_max, per_channel, zero):
         y = qlinear(u, 7, 0.05, lin, grid, backend)
         assert y.dtype == torch.uint8 and y.shape == (m, o) and int(y.max()) <= u_max
         assert count_ties(y, ref) <= MAX_TIE_FRACTION * ref.numel(), backend
+
+
+@pytest.mark.parametrize("out", [False, True])
+def test_codes_written_into_a_code_buffer(out):
+    # the runtime unpacks each chunk into one CodeBuffer and hands fbgemm its quint8 view (no wrapping copy):
+    # the same result as from plain codes, on every backend, chunk after chunk
+    g = torch.Generator().manual_seed(11)
+    w, wz, ws, b = weights(19, 37, False, True, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    buf = CodeBuffer(64, 37, 0.021, 3)
+    for m in (64, 17, 1):
+        u = activations(m, 37, g)
+        grid = output_grid(qlinear_reference(u, 3, 0.021, w, wz, ws, b), 255) if out else None
+        view, qx = buf.take(m)
+        view.copy_(u)
+        assert torch.equal(qx.int_repr(), u) and qx.q_scale() == 0.021 and qx.q_zero_point() == 3
+        for backend in ("reference", "int_mm", "auto") + (("fbgemm",) if FBGEMM_OK else ()):
+            want = qlinear(u, 3, 0.021, lin, grid, backend)
+            assert torch.equal(qlinear(view, 3, 0.021, lin, grid, backend, qx), want)
+    # a view of another grid is not read as this one's: qlinear wraps the codes itself
+    view, qx = buf.take(5)
+    assert torch.equal(qlinear(view, 4, 0.03, lin, None, "auto", qx), qlinear(view.clone(), 4, 0.03, lin))
 
 
 @needs_fbgemm

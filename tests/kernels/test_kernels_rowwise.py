@@ -32,6 +32,7 @@ from qgnn.kernels.reference.rowwise import (
     check_csr,
     container_bits,
     pack_rows,
+    planar_width,
     row_bytes,
     rowwise_aggregate_reference,
     unpack_rows,
@@ -116,11 +117,14 @@ def test_container_bits():
             container_bits(bad)
 
 
-@pytest.mark.parametrize(("c", "expect"), [(1, (9, 5, 5)), (3, (11, 6, 5)), (8, (16, 8, 6)), (13, (21, 11, 8)),
-                                           (64, (72, 36, 20)), (0, (8, 4, 4))])
-def test_row_bytes(c, expect):
+@pytest.mark.parametrize(("c", "expect", "planar"), [
+    (1, (9, 5, 5), (1, 4, 4)), (3, (11, 6, 5), (3, 4, 4)), (8, (16, 8, 6), (8, 4, 4)), (13, (21, 11, 8), (13, 8, 4)),
+    (64, (72, 36, 20), (64, 32, 16)), (1433, (1441, 721, 363), (1433, 720, 360)), (0, (8, 4, 4), (0, 0, 0))])
+def test_row_bytes(c, expect, planar):
     assert tuple(row_bytes(c, b) for b in CONTAINER_BITS) == expect
-    assert tuple(row_bytes(c, b, fields=False) for b in CONTAINER_BITS) == (c, -(-c // 2), -(-c // 4))
+    # planar sub-byte rows are whole 32-bit words, so that unpacking runs on words from every row's start
+    assert tuple(row_bytes(c, b, fields=False) for b in CONTAINER_BITS) == planar
+    assert tuple(planar_width(c, b) for b in CONTAINER_BITS) == (c, 2 * planar[1], 4 * planar[2])
 
 
 @pytest.mark.parametrize("bits", [1, 3, 5, 16])
@@ -146,9 +150,11 @@ def test_known_bytes_of_the_fused_layout():
     rows = pack_rows(torch.tensor([[1, 2, 3, 0, 1]]), 2, 2.0, 1.0)
     assert rows[0, :2].tolist() == [1 | 2 << 2 | 3 << 4 | 0 << 6, 1]
     assert _as(rows[0, 2:], torch.float16) == [2.0, 1.0]
-    # without fields, planar: column c at bits b·(c // nb) of byte c mod nb (nb code bytes a row)
-    assert pack_rows(torch.tensor([[1, 2, 3]]), 4, fields=False)[0].tolist() == [1 | 3 << 4, 2]
-    assert pack_rows(torch.tensor([[1, 2, 3, 0, 1]]), 2, fields=False)[0].tolist() == [1 | 3 << 2 | 1 << 4, 2]
+    # without fields, planar: column c at bits b·(c // nb) of byte c mod nb (nb code bytes a row, a multiple of 4)
+    assert pack_rows(torch.tensor([[1, 2, 3]]), 4, fields=False)[0].tolist() == [1, 2, 3, 0]
+    assert pack_rows(torch.tensor([[1, 2, 3, 0, 1, 3, 1, 2, 3]]), 4, fields=False)[0].tolist() == [
+        1 | 3 << 4, 2, 3, 0, 1, 3, 1, 2]
+    assert pack_rows(torch.tensor([[1, 2, 3, 0, 1]]), 2, fields=False)[0].tolist() == [1 | 1 << 2, 2, 3, 0]
     # 8 bits: the codes, then float32 scale and bias
     rows = pack_rows(torch.tensor([[7, 255, 0]]), 8, 0.1, -128.0)
     assert rows[0, :3].tolist() == [7, 255, 0]
@@ -209,6 +215,29 @@ def test_unpack_row_slices(bits, c, fields):
             assert torch.equal(got_s, scale[start:end]) and torch.equal(got_b, bias[start:end])
 
 
+@pytest.mark.parametrize("bits", CONTAINER_BITS)
+@pytest.mark.parametrize("c", [1, 5, 13, 64, 1433])
+def test_planar_codes_unpack_into_a_buffer(bits, c):
+    # the GEMM's input buffer (CodeBuffer): every chunk start, the padding columns zero, the bytes past the
+    # chunk untouched; the word path and the byte path give the same codes
+    g = torch.Generator().manual_seed(c + bits)
+    u = random_codes(9, c, bits, g)
+    table = pack_rows(u, bits, fields=False)
+    width = planar_width(c, bits)
+    for start, end in ((0, 9), (1, 9), (3, 7), (8, 9), (4, 4)):
+        buf = torch.full((10, width), 0xEE, dtype=torch.uint8)
+        got = unpack_rows(table[start:end], bits, c, False, True, buf[:end - start])[0]
+        assert end == start or got.data_ptr() == buf.data_ptr()
+        assert torch.equal(buf[:end - start, :c], u[start:end]) and not buf[:end - start, c:].any()
+        assert (buf[end - start:] == 0xEE).all()
+        odd = torch.empty((end - start, width + 1), dtype=torch.uint8)[:, 1:]  # rows not on words: byte path
+        assert torch.equal(unpack_rows(table[start:end], bits, c, False, True, odd)[0], buf[:end - start])
+    with pytest.raises(ConfigError, match="writes into out only planar codes with pad"):
+        unpack_rows(table, bits, c, False, True, torch.empty((9, width + 4), dtype=torch.uint8))
+    with pytest.raises(ConfigError, match="writes into out only planar codes with pad"):
+        unpack_rows(table, bits, c, False, False, torch.empty((9, width), dtype=torch.uint8))
+
+
 def test_pack_writes_into_a_slice_of_a_table():
     table = torch.full((6, row_bytes(5, 4)), 0xAB, dtype=torch.uint8)
     u = torch.tensor([[1, 2, 3, 4, 5], [15, 0, 15, 0, 15]])
@@ -216,6 +245,22 @@ def test_pack_writes_into_a_slice_of_a_table():
     assert (table[[0, 1, 4, 5]] == 0xAB).all()  # the other rows untouched
     got_u, s, b = unpack_rows(table[2:4], 4, 5)
     assert torch.equal(got_u, u.to(torch.uint8)) and s.tolist() == [1.0, 2.0] and b.tolist() == [-1.0, 0.5]
+
+
+@pytest.mark.parametrize("bits", CONTAINER_BITS)
+def test_pack_keeps_fields_written_once(bits):
+    # a per-tensor table writes its rows' scale / bias once; each chunk then packs its codes only
+    g = torch.Generator().manual_seed(bits)
+    u = random_codes(6, 13, bits, g)
+    table = pack_rows(torch.zeros((6, 13), dtype=torch.uint8), bits, 0.5, -3.0)
+    pack_rows(u[2:5], bits, out=table[2:5], keep_fields=True)
+    got_u, s, b = unpack_rows(table, bits, 13)
+    assert torch.equal(got_u[2:5], u[2:5]) and not got_u[[0, 1, 5]].any()
+    assert s.tolist() == [0.5] * 6 and b.tolist() == [-3.0] * 6
+    with pytest.raises(ConfigError, match="keep_fields needs fused rows in out"):
+        pack_rows(u, bits, keep_fields=True)
+    with pytest.raises(ConfigError, match="keep_fields needs fused rows in out"):
+        pack_rows(u, bits, out=table, fields=False, keep_fields=True)
 
 
 def test_pack_and_unpack_refuse_bad_shapes():

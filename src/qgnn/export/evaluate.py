@@ -4,13 +4,14 @@ Node tasks: the whole graph in one forward, accuracy on the split's mask (``test
 the test (or validation) fold of the run the checkpoint was selected from (``source.selected_run.fold``,
 folds drawn with the config's ``fold_seed``), or every graph with ``split="all"``, in batches of the
 config's batch size. Latency is the median over ``repeats`` passes over the evaluated data; peak memory the
-RSS growth during one pass (:mod:`qgnn.export.measure`). A node model the packed executor runs
-(:mod:`qgnn.export.packed`) is loaded first, as a deployment would: ``IntModel.prepare`` builds the graph
-plans and encodes the features as the first layer's codes once, and the passes time ``IntModel.run``.
+RSS growth during one pass (:mod:`qgnn.export.measure`; the median over up to 5 passes where a pass is short,
+:func:`peak_passes`). A model the packed executor runs (:mod:`qgnn.export.packed`) is loaded first, as a
+deployment would: ``IntModel.prepare`` builds the graph plans and encodes the features as the first layer's
+codes once per graph (or batch of graphs), and the passes time ``IntModel.run``.
 
 ``fp32_reference=True`` (``qgnn eval --fp32-reference``) also runs the same architecture as plain PyG FP32
 layers with the file's dequantized weights (:mod:`qgnn.export.fp32_reference`; its CSR ``adj_t`` forms are
-built for every batch before timing, as the runtime's graph plans are built by its warm-up pass) on the same
+built for every batch before timing, as the runtime's graph plans are built at its load step) on the same
 inputs in the same process, and reports its accuracy, latency and peak memory, measured the same way, with
 ``speedup`` = FP32 latency / runtime latency and ``memory_ratio`` = runtime peak / FP32 peak. Order: both
 latencies first, then both peaks (``peak_memory`` fixes glibc's malloc thresholds, which slows later
@@ -126,6 +127,12 @@ def _agreement(outs_a, outs_b, inputs) -> float:
     return same / total if total else 0.0
 
 
+def peak_passes(latency: float) -> int:
+    """How many passes the peak memory is the median of: 5 for a pass under 0.2 s, down to one for a
+    second or more (a large graph's pass is long and its peak steady)."""
+    return max(1, min(5, int(1.0 / max(latency, 1e-6))))
+
+
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None  # a zero peak (no RSS growth): no meaningful ratio
 
@@ -150,14 +157,13 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
     if scale is not None and fp32_reference:
         raise ConfigError("--fp32-reference compares accuracies; it is not available for a regression model "
                           "(evaluate it without the flag: MAE / RMSE)")
-    if getattr(model, "packed", None) is not None and model.task == "node" and len(inputs) == 1:
-        # a node model on one graph: the load step (graph plans, features encoded as codes) once, as a
-        # deployment does; forwards run on it (the FP32 twin likewise builds its adj_t once)
-        x, ei = inputs[0][:2]
-        prepared = model.prepare(x, ei)
+    if getattr(model, "packed", None) is not None:
+        # the load step (graph plans, features encoded as codes) once per graph or batch of graphs, as a
+        # deployment does; forwards run on it (the FP32 twin likewise builds each batch's adj_t once)
+        prepared = [model.prepare(x, ei, b if model.task != "node" else None) for x, ei, b, _, _ in inputs]
 
         def forward():
-            return [model.run(prepared)]
+            return [model.run(p) for p in prepared]
     else:
         def forward():
             return run_all(model, inputs)
@@ -172,7 +178,8 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
     latency, times = median_latency(forward, repeats=repeats, warmup=0)
     if ref is not None:
         ref.time(repeats)  # before either peak (module docstring)
-    peak = peak_memory(forward)
+    peak_repeats = peak_passes(latency)
+    peak = peak_memory(forward, peak_repeats)
     paths = sorted(set(model.paths.values()))
     r = {"file": str(path), "dataset": cfg.dataset, "split": split, "evaluated": n, **scores,
          "latency_ms": latency * 1e3, "latency_runs_ms": [t * 1e3 for t in times], "peak_memory_bytes": peak,
@@ -180,7 +187,7 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
     if getattr(model, "packed", None) is not None:
         r["kernels"] = model.packed.kernels()
     if ref is not None:
-        ref.measure_peak()
+        ref.measure_peak(peak_repeats)
         r["fp32"] = {"latency_ms": ref.latency * 1e3, "peak_memory_bytes": ref.peak, "accuracy": ref.accuracy,
                      "agreement": ref.agreement}
         r["speedup"] = _ratio(ref.latency, latency)
@@ -208,5 +215,5 @@ class _Fp32Run:
     def time(self, repeats: int) -> None:
         self.latency, _ = median_latency(self.run, repeats=repeats, warmup=0)
 
-    def measure_peak(self) -> None:
-        self.peak = peak_memory(self.run)
+    def measure_peak(self, repeats: int = 1) -> None:
+        self.peak = peak_memory(self.run, repeats)

@@ -2,7 +2,8 @@
 
 * latency: the median of ``repeats`` timed calls after ``warmup`` untimed ones (``time.perf_counter``);
 * peak memory: the largest resident set size (RSS, ``/proc/self/statm``) sampled every ~0.2 ms by a thread
-  while the calls run, minus the RSS just before them: the extra memory the calls needed. torch ops release
+  while the calls run, minus the RSS just before them: the extra memory the calls needed (the median over
+  several calls where one is short). torch ops release
   the GIL, so the sampler runs during them. Where ``/proc`` is missing (not Linux) the process-lifetime
   ``ru_maxrss`` growth is used instead (a lower bound when an earlier peak was higher). glibc's malloc
   thresholds are fixed first so that freed buffers leave the RSS (:func:`_fix_malloc`).
@@ -69,9 +70,13 @@ def _fix_malloc() -> None:
         pass
 
 
-def peak_memory(fn: Callable[[], object]) -> int:
-    """Peak extra bytes of RSS while ``fn()`` runs (module docstring). Fixes glibc's thresholds first
-    (:func:`_fix_malloc`), so measure latency before memory."""
+def peak_memory(fn: Callable[[], object], repeats: int = 1) -> int:
+    """Peak extra bytes of RSS while ``fn()`` runs (module docstring); ``repeats`` > 1: the median over that many
+    calls (a pass of a few milliseconds allocates under a megabyte, and one sample of it varies by a third
+    with where the allocator finds its blocks). Fixes glibc's thresholds first (:func:`_fix_malloc`), so
+    measure latency before memory."""
+    if repeats > 1:
+        return int(statistics.median(peak_memory(fn) for _ in range(repeats)))
     _fix_malloc()
     base = rss_bytes()
     if base is None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from qgnn.kernels.intops import PreparedLinear, qlinear, qlinear_from_float, rowwise_aggregate
+from qgnn.kernels.intops import CodeBuffer, PreparedLinear, qlinear, qlinear_from_float, rowwise_aggregate
 
 from . import tables as _tables  # the chunk sizes, read at call time (tests patch them)
 from .tables import FLOAT_EXACT, Coefficients, CSRPlan, QRows, _plain, gran_is_node
@@ -45,11 +45,12 @@ class _Lin:
             self._padded = PreparedLinear(torch.cat([w, pad], 1), self.prep.zero, self.prep.scale, self.prep.bias)
         return self._padded
 
-    def from_codes(self, u: Tensor, s: Tensor, z: Tensor, gran: str, out=None) -> Tensor:
+    def from_codes(self, u: Tensor, s: Tensor, z: Tensor, gran: str, out=None, qx: Tensor | None = None) -> Tensor:
+        """``qx``: ``u`` as a quint8 tensor (:func:`_gemm_chunks`), which fbgemm reads without a copy."""
         if self.quantized and gran in ("tensor", "node"):
             prep = self._prep_for(u.size(1))
             if gran == "tensor":
-                return qlinear(u, int(z), float(s), prep, out, self.backend)
+                return qlinear(u, int(z), float(s), prep, out, self.backend, qx)
             return qlinear(u, z, s, prep, out, self.backend)
         u = u[:, :self.w.shape[1]]  # padding columns of a planar table, if any
         xf = u.to(torch.float32)
@@ -66,9 +67,8 @@ class _Lin:
         ``scratch``: ``x`` may be overwritten."""
         if q is None:
             return F.linear(x, self.w.dequant if self.quantized else self.w, self.bias)
-        if self.quantized and _plain(q):  # quantized inside the GEMM kernel: no code tensor in between
-            return qlinear_from_float(x, int(q.zero_point.reshape(())) - int(q.qmin), float(q.scale.reshape(())),
-                                      q.span, self.prep, self.backend, scratch)
+        if self.quantized and q.plain:  # quantized inside the GEMM kernel: no code tensor in between
+            return qlinear_from_float(x, q.z - int(q.qmin), q.s, q.span, self.prep, self.backend, scratch)
         u, s, z, gran = q.unsigned(x, start)
         return self.from_codes(u, s, z, gran)
 
@@ -86,8 +86,33 @@ def _gran(q) -> str | None:
     return None if q is None else "node" if gran_is_node(q) else q.granularity
 
 
+def _gemm_chunks(x: QRows, step: int):
+    """The GEMM chunks of table ``x``: (start, end, codes [rows, code_width(pad)], their quint8 view or None,
+    scale, zero-point). Each chunk's codes are unpacked into one :class:`CodeBuffer` for the whole layer, so
+    per-tensor codes reach fbgemm's linear without the copy that wrapping them as a quantized tensor costs."""
+    buf = None
+    for start in range(0, x.n, step):
+        end = min(x.n, start + step)
+        s, z = x.row_params(start, end)
+        if x.granularity == "float":  # FloatRows: _Lin's float branch
+            yield start, end, x.codes(start, end, pad=True), None, s, z
+            continue
+        if getattr(x, "quantized", None) is not None:  # 8-bit codes stored as a quint8 tensor: views
+            yield start, end, x.rows[start:end], x.quantized[start:end], s, z
+            continue
+        tensor = x.granularity == "tensor"
+        if buf is None:
+            zero = int(z) if tensor else 0
+            buf = CodeBuffer(min(step, x.n), x.code_width(True), float(s) if tensor else 1.0,
+                             zero if 0 <= zero <= 255 else 0)  # an odd zero-point: qlinear wraps a copy
+        u, qx = buf.take(end - start)
+        x.codes_into(start, end, u)
+        yield start, end, u, qx if tensor else None, s, z
+
+
 def _requant(q, x: Tensor, start: int) -> Tensor:
-    return x if q is None else q(x, start).dequant()
+    """The fake-quant value of a chunk's float rows ``x`` (a fresh buffer of the op's, overwritten)."""
+    return x if q is None else q.fake(x, start, inplace=True)
 
 
 def _quantized_linear_ok(layer) -> bool:
@@ -189,20 +214,17 @@ class PackedGCN(_PackedConv):
         n = x.n
         h = None
         fused = self.xw.granularity == "tensor" and not self.xw.a2q and not self.xw.binary and self.lin.quantized
-        step = _tables.row_chunk(x.channels)
-        for start in range(0, n, step):
-            end = min(n, start + step)
-            s, z = x.row_params(start, end)
-            u = x.codes(start, end, pad=True)
+        grid = None
+        for start, _end, u, qx, s, z in _gemm_chunks(x, _tables.row_chunk(x.channels)):
             if fused:
                 if h is None:
                     h = QRows(n, self.lin.prep.out_features, self.xw.span, "tensor",
                               self.xw.scale.reshape(()), self.xw.zero_point.reshape(()) - int(self.xw.qmin))
-                grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
-                hu = self.lin.from_codes(u, s, z, x.granularity, grid)
+                    grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
+                hu = self.lin.from_codes(u, s, z, x.granularity, grid, qx)
                 h.write(start, hu, h.scale, h.zero)
             else:
-                y = self.lin.from_codes(u, s, z, x.granularity)
+                y = self.lin.from_codes(u, s, z, x.granularity, None, qx)
                 hu, hs, hz, gran = self.xw.unsigned(y, start)
                 if h is None:
                     h = QRows(n, y.size(1), self.xw.span, gran, hs, hz)
@@ -350,14 +372,11 @@ class PackedGAT(_PackedConv):
         a_dst = torch.empty((n, heads))
         z_h = self.xw.zero_point.reshape(()) - int(self.xw.qmin)
         grid = None
-        step = _tables.row_chunk(x.channels)
-        for start in range(0, n, step):
-            end = min(n, start + step)
-            s, z = x.row_params(start, end)
+        for start, end, u, qx, s, z in _gemm_chunks(x, _tables.row_chunk(x.channels)):
             if not tables:
                 tables = [QRows(n, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h) for _ in range(heads)]
                 grid = (float(self.xw.scale.reshape(())), int(tables[0].zero), tables[0].span)
-            hu = self.lin.from_codes(x.codes(start, end, pad=True), s, z, x.granularity, grid)
+            hu = self.lin.from_codes(u, s, z, x.granularity, grid, qx)
             a_src[start:end], a_dst[start:end] = self._logits(hu, tables[0])
             for k, t in enumerate(tables):
                 t.write(start, hu[:, k * ch:(k + 1) * ch], t.scale, t.zero)

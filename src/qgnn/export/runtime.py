@@ -137,6 +137,12 @@ class ActQuant:
         _check_tables(self, where)
         self._zf = self.zero_point.to(torch.float32)
         self.a2q = d.get("kind") == "a2q"
+        # a plain grid (one scale and zero-point, not binary, not A2Q): its numbers as Python scalars, read by
+        # the packed runtime's per-chunk ops without a tensor read each time
+        self.plain = self.granularity == "tensor" and not self.a2q and not self.binary
+        if self.plain:
+            self.s = float(self.scale.reshape(()))
+            self.z = int(self.zero_point.reshape(()))
         if self.a2q:
             self.signed = bool(d["signed"])
             self.widths = _table(d, "widths", tensors, torch.int64)
@@ -201,6 +207,16 @@ class ActQuant:
         s = qt.scale.reshape(-1) if qt.scale.dim() else qt.scale
         z = (z.reshape(-1) if z.dim() else z).to(torch.int32) - int(self.qmin)
         return u, s, z, gran
+
+    def fake(self, x: Tensor, start: int = 0, inplace: bool = False) -> Tensor:
+        """``x̂ = s (q − z)``, the fake-quant value of ``x``: ``self(x, start).dequant()`` bit for bit. On a plain
+        grid in four ops, in place on ``x`` with ``inplace``: ``s · clamp(round(x / s), qmin − z, qmax − z)``
+        (``round(x / s)`` is an integer-valued float, so adding z, clamping to [qmin, qmax] and subtracting z is
+        exactly clamping to the shifted bounds)."""
+        if not self.plain:
+            return self(x, start).dequant()
+        y = x.div_(self.s) if inplace else torch.div(x, self.s)
+        return y.round_().clamp_(self.qmin - self.z, self.qmax - self.z).mul_(self.s)
 
     def __call__(self, x: Tensor, start: int = 0) -> QTensor:
         """Codes of ``x``; ``start``: the node id of its first row (per-node tables, row chunks)."""

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from qgnn.errors import ConfigError
-from qgnn.kernels.intops import rowwise_aggregate, rowwise_values
-from qgnn.kernels.reference.rowwise import container_bits, pack_rows, row_bytes, unpack_rows
+from qgnn.kernels.intops import CodeBuffer, rowwise_aggregate, rowwise_values
+from qgnn.kernels.reference.rowwise import container_bits, pack_rows, planar_width, row_bytes, unpack_rows
 
 __all__ = ["QRows", "FloatRows", "CSRPlan", "Coefficients", "FLOAT_EXACT", "row_chunk", "target_chunk"]
 
@@ -64,12 +64,22 @@ class QRows:
         self.n, self.channels, self.span, self.fields = n, channels, span, fields
         self.bits = _bits_for(span)
         self.granularity = granularity
-        self.rows = torch.empty((n, row_bytes(channels, self.bits, fields)), dtype=torch.uint8)
+        self.quantized = None  # the rows as one quint8 tensor (8-bit planar codes of one scale): see below
+        if granularity == "tensor" and self.bits == 8 and not fields:
+            # the GEMM reads these codes as they are: kept in a quantized tensor's storage, a chunk reaches
+            # fbgemm as a view (no copy, no scratch buffer)
+            z = int(like_zero.reshape(()))
+            buf = CodeBuffer(n, channels, float(like_scale.reshape(())), z if 0 <= z <= 255 else 0)
+            self.rows, self.quantized = buf.u, buf.q
+        else:
+            self.rows = torch.empty((n, row_bytes(channels, self.bits, fields)), dtype=torch.uint8)
         if granularity == "node":
             self.scale = torch.empty(n, dtype=torch.float32)
             self.zero = torch.empty(n, dtype=torch.int32)
         else:
             self.scale, self.zero = like_scale.to(torch.float32), like_zero.to(torch.int32)
+            if fields:  # one scale / bias for every row: written once here, each chunk then packs its codes only
+                self._fields(0, n, -float(self.zero) if granularity == "tensor" else 0.0)
 
     @classmethod
     def like(cls, q, n: int, first: Tensor, start: int = 0, fields: bool = True) -> QRows:
@@ -94,13 +104,11 @@ class QRows:
         into the table, ``u = clamp(round(x / s) + (z − qmin), 0, span)`` (the quantizer's own ops: x / s,
         round half to even), no code tensor in between; otherwise through ``q.unsigned``. ``inplace``: ``x``
         is scratch and may be overwritten."""
-        if _plain(q) and self.granularity == "tensor":
-            y = x.div_(self.scale) if inplace else torch.div(x, self.scale)
-            y.round_().add_(float(self.zero)).clamp_(0, self.span)
-            if self.bits == 8:
+        if _plain(q) and self.granularity == "tensor":  # the table's offset is z − qmin
+            y = x.div_(q.s) if inplace else torch.div(x, q.s)
+            y.round_().add_(q.z - int(q.qmin)).clamp_(0, self.span)
+            if self.bits == 8:  # the rows' fields were written with the table
                 self.rows[start:start + x.size(0), :self.channels].copy_(y)
-                if self.fields:
-                    self._fields(start, start + x.size(0), -float(self.zero))
                 return
             u = y.to(torch.uint8)
             self.write(start, u, self.scale, self.zero)
@@ -110,20 +118,18 @@ class QRows:
 
     def _fields(self, start: int, end: int, bias) -> None:
         pack_rows(torch.empty((end - start, 0), dtype=torch.uint8), self.bits, 1.0, bias,
-                  out=self.rows[start:end, row_bytes(self.channels, self.bits, False):])
+                  out=self.rows[start:end, row_bytes(self.channels, self.bits) - row_bytes(0, self.bits):])
 
     def write(self, start: int, u: Tensor, s: Tensor, z: Tensor) -> None:
         """Store the codes of rows ``start .. start + len(u)`` (their scale / zero-point when per node)."""
         end = start + u.size(0)
-        if self.granularity == "node":
-            self.scale[start:end] = s
-            self.zero[start:end] = z
-            bias = -z.to(torch.float32)
-        elif self.granularity == "tensor":
-            bias = -float(self.zero)
-        else:
-            bias = 0.0  # per-channel zero-points are subtracted after the sum (aggregate)
-        pack_rows(u, self.bits, 1.0, bias, out=self.rows[start:end], fields=self.fields)
+        if self.granularity != "node":  # the fields (bias −z per tensor; 0 per channel, whose zero-points are
+            # subtracted after the sum, aggregate) were written with the table
+            pack_rows(u, self.bits, out=self.rows[start:end], fields=self.fields, keep_fields=self.fields)
+            return
+        self.scale[start:end] = s
+        self.zero[start:end] = z
+        pack_rows(u, self.bits, 1.0, -z.to(torch.float32), out=self.rows[start:end], fields=self.fields)
 
     def codes(self, start: int, end: int, pad: bool = False) -> Tensor:
         """Unsigned codes of rows ``start .. end`` as contiguous uint8 [rows, C] (a view where it can be);
@@ -131,6 +137,17 @@ class QRows:
         if self.bits == 8:
             return self.rows[start:end, :self.channels].contiguous()
         return unpack_rows(self.rows[start:end], self.bits, self.channels, self.fields, pad and not self.fields)[0]
+
+    def code_width(self, pad: bool = False) -> int:
+        """Columns of :meth:`codes` (``pad``: a planar table's codes with their padding columns)."""
+        return planar_width(self.channels, self.bits) if pad and not self.fields else self.channels
+
+    def codes_into(self, start: int, end: int, out: Tensor) -> Tensor:
+        """:meth:`codes` of rows ``start .. end`` with ``pad``, written into ``out`` uint8 [rows,
+        :meth:`code_width` (True)] (a GEMM's input buffer, :class:`~qgnn.kernels.intops.CodeBuffer`)."""
+        if not self.fields:  # planar (or 8-bit) code bytes: unpacked straight into out
+            return unpack_rows(self.rows[start:end], self.bits, self.channels, False, True, out)[0]
+        return out.copy_(self.codes(start, end))
 
     def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:
         """(scale, zero-point) for rows ``start .. end``: 0-d, [C] or [rows]."""

@@ -26,6 +26,7 @@ from torch import Tensor
 from qgnn.errors import ConfigError
 
 from .cpu.fbgemm import (
+    CodeBuffer,
     fbgemm_available,
     fbgemm_linear_exact,
     prepack_linear,
@@ -36,8 +37,8 @@ from .cpu.fbgemm import (
 from .reference.qlinear import OutGrid, check_qlinear, qlinear_reference
 from .reference.rowwise import MODES, check_csr, rowwise_aggregate_reference, unpack_rows
 
-__all__ = ["AGGREGATE_BACKENDS", "LINEAR_BACKENDS", "PreparedLinear", "aggregate_backend", "linear_backend",
-           "qlinear", "qlinear_from_float", "rowwise_aggregate", "rowwise_values", "runtime_backends"]
+__all__ = ["AGGREGATE_BACKENDS", "LINEAR_BACKENDS", "CodeBuffer", "PreparedLinear", "aggregate_backend",
+           "linear_backend", "qlinear", "qlinear_from_float", "rowwise_aggregate", "rowwise_values", "runtime_backends"]
 
 AGGREGATE_BACKENDS = ("auto", "fbgemm", "reference")
 LINEAR_BACKENDS = ("auto", "fbgemm", "int_mm", "reference")
@@ -170,9 +171,10 @@ def _int_mm_linear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid
 
 
 def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None = None,
-            backend: str = "auto") -> Tensor:
+            backend: str = "auto", qx: Tensor | None = None) -> Tensor:
     """The quantized linear layer (:mod:`qgnn.kernels.reference.qlinear`) by the backend
-    :func:`linear_backend` picks: float32 [M, O], or uint8 codes on the output grid ``out``."""
+    :func:`linear_backend` picks: float32 [M, O], or uint8 codes on the output grid ``out``. ``qx``: ``u`` as a
+    quint8 tensor of one scale / zero-point (a :class:`CodeBuffer`'s view), read by fbgemm without a copy."""
     check_qlinear(u, lin.w)
     per_row = any(torch.is_tensor(v) and v.numel() > 1 for v in (x_scale, x_zero))
     name, _ = linear_backend(per_row, backend)
@@ -182,7 +184,7 @@ def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None
         return qlinear_reference(u, x_zero, x_scale, lin.w, lin.zero, lin.scale, lin.bias, out)
     if name == "int_mm":
         return _int_mm_linear(u, x_zero, x_scale, lin, out)
-    return qlinear_fbgemm(u.contiguous(), int(x_zero), float(x_scale), lin.packed(), out)
+    return qlinear_fbgemm(u.contiguous(), int(x_zero), float(x_scale), lin.packed(), out, qx)
 
 
 def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: PreparedLinear,

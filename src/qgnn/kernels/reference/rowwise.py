@@ -13,10 +13,11 @@ Sub-byte codes fill a byte from its low bits up: column c sits at bits ``b·(c m
 ``c // (8/b)``. The row's value is ``v_jc = scale_j · u_jc + bias_j``.
 
 Tables that are only multiplied, never aggregated (``fields=False``: GCN's input), hold the code bytes alone,
-*planar*: with ``nb = ceil(C / (8/b))`` bytes a row, column c sits at bits ``b·(c // nb)`` of byte ``c mod nb``
-(4 bits: byte j holds columns j and j + nb). Unpacking then writes each field as one contiguous run of
-columns, computed on 32-bit words (:func:`unpack_rows`), instead of interleaving single bytes: fewer, contiguous
-passes for the GEMM that reads them.
+*planar*: with ``nb`` bytes a row, ``ceil(C / (8/b))`` rounded up to a multiple of 4 for sub-byte containers,
+column c sits at bits ``b·(c // nb)`` of byte ``c mod nb`` (4 bits: byte j holds columns j and j + nb; the
+columns past C are zero). Unpacking then writes each field as one contiguous run of columns, computed on
+32-bit words (:func:`unpack_rows`; the rounding lets every row start on a word), instead of interleaving single
+bytes: fewer, contiguous passes for the GEMM that reads them.
 
 The runtime stores an activation ``x̂ = s (q − z)`` of a ``[qmin, qmax]`` grid as ``u = q − qmin`` with row
 scale 1 and row bias ``qmin − z`` (integers, exact in float16 for any grid of <= 8 bits), and multiplies by
@@ -40,8 +41,8 @@ from torch import Tensor
 
 from qgnn.errors import ConfigError
 
-__all__ = ["CONTAINER_BITS", "container_bits", "row_bytes", "pack_rows", "unpack_rows", "rowwise_aggregate_reference",
-           "check_csr"]
+__all__ = ["CONTAINER_BITS", "container_bits", "row_bytes", "planar_width", "pack_rows", "unpack_rows",
+           "rowwise_aggregate_reference", "check_csr"]
 
 CONTAINER_BITS = (8, 4, 2)
 MODES = ("sum", "mean")
@@ -65,19 +66,35 @@ def _code_bytes(channels: int, bits: int) -> int:
     return (channels + per - 1) // per
 
 
+def _planar_bytes(channels: int, bits: int) -> int:
+    """Code bytes of a planar row: sub-byte rows rounded up to whole 32-bit words (module docstring)."""
+    nb = _code_bytes(channels, bits)
+    return nb if bits == 8 else -(-nb // 4) * 4
+
+
 def row_bytes(channels: int, bits: int, fields: bool = True) -> int:
     """Bytes of one packed row of ``channels`` codes at container width ``bits`` (with ``fields``: scale and
-    bias included; without, the codes alone, for tables that are only multiplied, never aggregated)."""
+    bias included; without, the planar codes alone, for tables that are only multiplied, never aggregated)."""
     _check_bits(bits)
-    return _code_bytes(channels, bits) + ((8 if bits == 8 else 4) if fields else 0)
+    if not fields:
+        return _planar_bytes(channels, bits)
+    return _code_bytes(channels, bits) + (8 if bits == 8 else 4)
+
+
+def planar_width(channels: int, bits: int) -> int:
+    """Columns of a planar table's codes unpacked with their padding (``unpack_rows(..., pad=True)``)."""
+    return channels if bits == 8 else (8 // bits) * _planar_bytes(channels, bits)
 
 
 def pack_rows(u: Tensor, bits: int, scale: Tensor | float = 1.0, bias: Tensor | float = 0.0,
-              out: Tensor | None = None, fields: bool = True) -> Tensor:
+              out: Tensor | None = None, fields: bool = True, keep_fields: bool = False) -> Tensor:
     """Fused rows (module docstring) of unsigned codes ``u`` [N, C] (any integer dtype, ``0 <= u < 2^bits``)
     with per-row (or scalar) ``scale`` and ``bias``; written into ``out`` [N, row_bytes] when given.
-    ``fields=False``: the code bytes alone (no scale / bias)."""
+    ``fields=False``: the code bytes alone (no scale / bias). ``keep_fields``: write only the codes into
+    ``out``'s rows and leave their scale / bias bytes as they are (a table whose fields are written once)."""
     _check_bits(bits)
+    if keep_fields and (out is None or not fields):
+        raise ConfigError("pack_rows: keep_fields needs fused rows in out")
     if u.dim() != 2:
         raise ConfigError(f"pack_rows needs codes [N, C], got {tuple(u.shape)}")
     n, c = u.shape
@@ -86,13 +103,13 @@ def pack_rows(u: Tensor, bits: int, scale: Tensor | float = 1.0, bias: Tensor | 
         out = torch.empty((n, rb), dtype=torch.uint8, device=u.device)
     elif out.shape != (n, rb) or out.dtype != torch.uint8:
         raise ConfigError(f"pack_rows: out must be uint8 [{n}, {rb}], got {out.dtype} {tuple(out.shape)}")
-    nb = _code_bytes(c, bits)
+    nb = _code_bytes(c, bits) if fields else _planar_bytes(c, bits)
     u8 = u.to(torch.uint8)
     if bits == 8:
         out[:, :c] = u8
     elif not fields:  # planar: field k of byte j holds column j + k·nb
         per = 8 // bits
-        if c % per:
+        if per * nb != c:
             u8 = torch.cat([u8, u8.new_zeros((n, per * nb - c))], 1)
         torch.bitwise_left_shift(u8[:, (per - 1) * nb:], bits * (per - 1), out=out)
         for k in range(per - 1):
@@ -115,7 +132,7 @@ def pack_rows(u: Tensor, bits: int, scale: Tensor | float = 1.0, bias: Tensor | 
             torch.bitwise_left_shift(grouped[:, :, per - 1], bits * (per - 1), out=body)
             for k in range(per - 1):
                 body |= grouped[:, :, k] << (bits * k) if k else grouped[:, :, 0]
-    if not fields:
+    if not fields or keep_fields:
         return out
     ftype = torch.float32 if bits == 8 else torch.float16
     fsize = 4 if bits == 8 else 2
@@ -127,21 +144,29 @@ def pack_rows(u: Tensor, bits: int, scale: Tensor | float = 1.0, bias: Tensor | 
 
 
 def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True,
-                pad: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                pad: bool = False, out: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(codes uint8 [N, C], scale float32 [N], bias float32 [N]) of fused rows (``fields=False``: codes
-    alone, scale and bias None; with ``pad``, planar codes keep their zero padding columns: [N, 8/b · nb])."""
+    alone, scale and bias None; with ``pad``, planar codes keep their zero padding columns:
+    [N, :func:`planar_width`]). ``out``: planar codes only, with ``pad``: a uint8 [N, planar_width] to write
+    them into (a GEMM's input buffer)."""
     _check_bits(bits)
     n = rows.size(0)
-    nb = _code_bytes(channels, bits)
+    nb = _code_bytes(channels, bits) if fields else _planar_bytes(channels, bits)
     rb = row_bytes(channels, bits, fields)
     if rows.dim() != 2 or rows.size(1) != rb or rows.dtype != torch.uint8:
         raise ConfigError(f"packed rows of {channels} channels at {bits} bits must be uint8 "
                           f"[N, {rb}], got {rows.dtype} {tuple(rows.shape)}")
+    if out is not None and (fields or not pad or out.shape != (n, planar_width(channels, bits))
+                            or out.dtype != torch.uint8):
+        raise ConfigError(f"unpack_rows writes into out only planar codes with pad: uint8 "
+                          f"[{n}, {planar_width(channels, bits)}], got {out.dtype} {tuple(out.shape)}")
     body = rows[:, :nb]
     if bits == 8:
+        if out is not None:
+            return out.copy_(body), None, None
         u = body.clone()
     elif not fields:
-        return _unpack_planar(body, bits, channels, pad), None, None
+        return _unpack_planar(body, bits, channels, pad, out), None, None
     else:
         per, mask = 8 // bits, (1 << bits) - 1
         planes = torch.empty((n, nb, per), dtype=torch.uint8, device=rows.device)
@@ -159,23 +184,29 @@ def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True,
     return u.contiguous(), sb[:, 0].contiguous(), sb[:, 1].contiguous()
 
 
-def _unpack_planar(body: Tensor, bits: int, channels: int, pad: bool = False) -> Tensor:
+def _unpack_planar(body: Tensor, bits: int, channels: int, pad: bool = False, out: Tensor | None = None) -> Tensor:
     """Planar code bytes [N, nb] -> codes uint8 [N, C]: field k of every byte is the run of columns
     ``k·nb .. (k+1)·nb − 1``, extracted four bytes at a time on int32 words, written in place, where the rows
-    allow. ``pad``: return all ``(8/b)·nb`` columns (the last ones zero) instead of copying out the first C."""
+    allow. ``pad``: return all ``(8/b)·nb`` columns (the last ones zero) instead of copying out the first C;
+    ``out``: where to write them."""
     n, nb = body.shape
     per, mask = 8 // bits, (1 << bits) - 1
-    out = torch.empty((n, per * nb), dtype=torch.uint8, device=body.device)
-    if nb > 0 and nb % 4 == 0 and body.stride(1) == 1 and body.storage_offset() % 4 == 0 and body.stride(0) % 4 == 0:
-        src = body.view(torch.int32)
-        m = int.from_bytes(bytes([mask] * 4), "little", signed=True)
+    if out is None:
+        out = torch.empty((n, per * nb), dtype=torch.uint8, device=body.device)
+    # the widest word (8 or 4 bytes) on which both tables' rows start and the row's bytes end
+    word = next((w for w in (8, 4) if nb % w == 0 and all(
+        t.storage_offset() % w == 0 and t.stride(0) % w == 0 and t.stride(1) == 1 for t in (body, out))), 0)
+    if word and nb > 0:
+        wtype = torch.int64 if word == 8 else torch.int32
+        src = body.view(wtype)
+        m = int.from_bytes(bytes([mask] * word), "little", signed=True)
         for k in range(per):
-            dst = out[:, k * nb:(k + 1) * nb].view(torch.int32)  # rows strided, words contiguous
+            dst = out[:, k * nb:(k + 1) * nb].view(wtype)  # rows strided, words contiguous
             if k:
                 torch.bitwise_right_shift(src, bits * k, out=dst)
+                dst.bitwise_and_(m)  # also drops what the shift carried in from the next byte
             else:
-                dst.copy_(src)
-            dst.bitwise_and_(m)  # also drops what the shift carried in from the next byte
+                torch.bitwise_and(src, m, out=dst)
     else:
         for k in range(per):
             field = out[:, k * nb:(k + 1) * nb]

@@ -33,6 +33,7 @@ from qgnn.kernels.intops import (
     aggregate_backend,
     linear_backend,
     qlinear,
+    qlinear_from_float,
     runtime_backends,
 )
 from qgnn.kernels.reference.qlinear import qlinear_reference
@@ -160,6 +161,27 @@ def test_codes_written_into_a_code_buffer(out):
     # a view of another grid is not read as this one's: qlinear wraps the codes itself
     view, qx = buf.take(5)
     assert torch.equal(qlinear(view, 4, 0.03, lin, None, "auto", qx), qlinear(view.clone(), 4, 0.03, lin))
+
+
+@pytest.mark.parametrize("u_max", [255, 15])
+def test_linear_from_float_rows(u_max):
+    # float rows quantized on the way in: the same as the codes round(x / s) + z (ties to even, both clamps)
+    # through qlinear; rows already on the grid (decoded codes, on_grid) skip the snap and give the same result
+    g = torch.Generator().manual_seed(u_max)
+    w, wz, ws, b = weights(23, 45, False, True, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    s, z = 0.037, 6
+    x = torch.randn(300, 45, generator=g) * s * u_max / 3
+    x[:5] = (torch.arange(45) - 20 + 0.5) * s  # exact ties: x / s on half-integers
+    x[5] = 1e9
+    u = torch.div(x, s).round_().add_(z).clamp_(0, u_max).to(torch.uint8)
+    for backend in ("reference", "int_mm", "auto") + (("fbgemm",) if FBGEMM_OK else ()):
+        want = qlinear(u, z, s, lin, None, backend)
+        assert torch.equal(qlinear_from_float(x, z, s, u_max, lin, backend), want), backend
+        y = x.clone()
+        assert torch.equal(qlinear_from_float(y, z, s, u_max, lin, backend, scratch=True), want), backend
+        grid = (u.to(torch.float32) - z) * s
+        assert torch.equal(qlinear_from_float(grid, z, s, u_max, lin, backend, on_grid=True), want), backend
 
 
 @needs_fbgemm

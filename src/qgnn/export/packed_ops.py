@@ -62,13 +62,14 @@ class _Lin:
         s_y, z_y, u_max = out  # the output grid's codes, as the fused kernel would return them
         return torch.div(y, s_y).round_().add_(z_y).clamp_(0, u_max).to(torch.uint8)
 
-    def __call__(self, q, x: Tensor, start: int, scratch: bool = False) -> Tensor:
+    def __call__(self, q, x: Tensor, start: int, scratch: bool = False, on_grid: bool = False) -> Tensor:
         """Float rows ``x`` (node ids from ``start``) through input quantizer ``q`` (None: float) and W;
-        ``scratch``: ``x`` may be overwritten."""
+        ``scratch``: ``x`` may be overwritten; ``on_grid``: ``x`` holds ``q``'s grid values already (decoded
+        codes of ``q``), which the kernel reads without snapping them first."""
         if q is None:
             return F.linear(x, self.w.dequant if self.quantized else self.w, self.bias)
         if self.quantized and q.plain:  # quantized inside the GEMM kernel: no code tensor in between
-            return qlinear_from_float(x, q.z - int(q.qmin), q.s, q.span, self.prep, self.backend, scratch)
+            return qlinear_from_float(x, q.z - int(q.qmin), q.s, q.span, self.prep, self.backend, scratch, on_grid)
         u, s, z, gran = q.unsigned(x, start)
         return self.from_codes(u, s, z, gran)
 
@@ -266,10 +267,11 @@ class PackedSAGE(_PackedConv):
             else:  # the prompt's float output is lin_l's input (prompts sit outside every quantizer slot)
                 y = self.lin_l(None, self.prompt(_requant(aggr_q, a, start)), start)
             if self.lin_r is not None:
-                if _plain(self.input) and x.granularity != "float" and x.bits < 8:
-                    # sub-byte rows: decoded by fbgemm (one kernel, not several torch passes) and
-                    # snapped back to the same codes in the GEMM; 8-bit rows are read as codes directly
-                    y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True)
+                if _plain(self.input) and x.granularity != "float":
+                    # the rows decoded by fbgemm's bag (one kernel: the grid values s (u − z)), which the GEMM
+                    # kernel quantizes back to the same codes; reading 8-bit codes as they are costs more
+                    # (a copy out of the fused rows, then the quantized tensor's own float copy)
+                    y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True, on_grid=True)
                 else:
                     s, z = x.row_params(start, end)
                     y += self.lin_r.from_codes(x.codes(start, end), s, z, x.granularity)

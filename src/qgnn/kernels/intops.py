@@ -188,16 +188,20 @@ def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None
 
 
 def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: PreparedLinear,
-                       backend: str = "auto", scratch: bool = False) -> Tensor:
+                       backend: str = "auto", scratch: bool = False, on_grid: bool = False) -> Tensor:
     """:func:`qlinear` on the codes ``u = clamp(round(x / s) + z, 0, u_max)`` of float rows ``x`` (one scale and
     zero-point), float32 [M, O]. For fbgemm the rows are snapped to the grid in float, ``s · clamp(round(x / s),
     −z, u_max − z)`` (the quantizer's own ops: ``x / s``, round half to even, so ties go where the fake-quant
     model sends them), and the kernel (``linear_with_input_q_dq_qweight_dq_output_fp32``) quantizes those grid
-    values back to exactly ``u``: no code tensor in between. ``scratch``: ``x`` may be overwritten."""
+    values back to exactly ``u``: no code tensor in between. ``scratch``: ``x`` may be overwritten. ``on_grid``:
+    ``x`` already holds grid values ``s · (u − z)`` (a table's decoded rows), so the snap is skipped: the
+    kernel's ``x · (1/s)`` lies within 1e-4 of the integer ``u − z`` (|u − z| <= 255) and rounds to it."""
     name, _ = linear_backend(False, backend)
     if name != "fbgemm" or x.size(0) == 0:
         u = torch.div(x, x_scale).round_().add_(x_zero).clamp_(0, u_max).to(torch.uint8)
         return qlinear(u, x_zero, x_scale, lin, None, backend)
+    if on_grid:
+        return qlinear_fbgemm_float(x.contiguous(), int(x_zero), float(x_scale), lin.packed())
     y = x.div_(x_scale) if scratch else torch.div(x, x_scale)
     y.round_().clamp_(-x_zero, u_max - x_zero).mul_(x_scale)
     return qlinear_fbgemm_float(y.contiguous(), int(x_zero), float(x_scale), lin.packed())

@@ -24,15 +24,21 @@ milliseconds varies by 10-20 % between processes).
 
 Part ``kernels``: the kernels alone against their FP32 counterparts on sbm-1m's graph.
 
+Part ``gemm`` (section ``runtime-gemm``): the two integer GEMM backends (fbgemm, ``torch._int_mm``) per shape
+the runtime meets (the layers' (K, O), chunks of 64 to 16,384 rows), codes or float32 out, against FP32
+``F.linear``: the measurement behind the dispatcher's rule (:func:`qgnn.kernels.intops.linear_backend`).
+
     OMP_NUM_THREADS=1 python benchmarks/runtime.py --part scale
     OMP_NUM_THREADS=1 python benchmarks/runtime.py --part small --repeats 30
     OMP_NUM_THREADS=1 python benchmarks/runtime.py --part kernels
+    OMP_NUM_THREADS=1 python benchmarks/runtime.py --part gemm --repeats 20
     python benchmarks/runtime.py --render
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -360,6 +366,51 @@ def part_small(args) -> dict:
     return {"rows": list(rows.values())}
 
 
+GEMM_SHAPES = [(7, 64), (64, 64), (128, 256), (256, 256), (256, 40), (1433, 16), (3703, 16)]  # (K, O) met
+GEMM_ROWS = (64, 256, 1024, 4096, 16384)  # M: the runtime's chunk sizes (tables.row_chunk / target_chunk)
+
+
+def part_gemm(args) -> dict:
+    """The two integer GEMM backends per shape (codes in; codes of the next grid or float32 out) against
+    FP32 ``F.linear``: which one a measured, per-shape choice would take."""
+    import torch
+    import torch.nn.functional as F
+
+    from qgnn.kernels.intops import PreparedLinear, qlinear
+
+    gen = torch.Generator().manual_seed(0)
+    reps = max(args.repeats, 5)
+
+    def med(fn):
+        fn()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
+    rows = []
+    for k, o in GEMM_SHAPES:
+        lin = PreparedLinear(torch.randint(-128, 128, (o, k), generator=gen, dtype=torch.int8), torch.zeros(()),
+                             torch.full((), 0.01), torch.randn(o, generator=gen))
+        wf = torch.randn(o, k, generator=gen)
+        for m in GEMM_ROWS:
+            u = torch.randint(0, 256, (m, k), generator=gen, dtype=torch.uint8)
+            xf = torch.randn(m, k, generator=gen)
+            row = {"m": m, "k": k, "o": o, "fp32_ms": med(lambda xf=xf, wf=wf: F.linear(xf, wf)) * 1e3}
+            for out, grid in (("codes", (0.05, 7, 255)), ("float", None)):
+                for be in ("fbgemm", "int_mm"):
+                    fn = functools.partial(qlinear, u, 3, 0.02, lin, grid, be)
+                    row[f"{be}_{out}_ms"] = med(fn) * 1e3
+                row[f"faster_{out}"] = min(("fbgemm", "int_mm"), key=lambda be, out=out: row[f"{be}_{out}_ms"])
+            rows.append(row)
+            print({key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()}, flush=True)
+    out = {"command": command_line(), "rows": rows}
+    write_json("runtime-gemm", out)
+    return out
+
+
 def part_kernels(args) -> dict:
     import warnings
 
@@ -460,6 +511,24 @@ def render() -> None:
                   + "). The runtime's features are encoded at load as the first layer's codes and the float copy "
                   f"freed; FP32 holds them as float32. Command: `{scale['command']}`."]
         update_section("runtime-scale", "\n".join(lines))
+    gemm = _read("runtime-gemm")
+    if gemm:
+        lines = ["## The integer GEMM backends per shape", "",
+                 "| rows x K -> O | FP32 `F.linear` ms | codes out: fbgemm / int_mm ms | float out: fbgemm / int_mm ms "
+                 "| faster (codes / float) |", "|---|---|---|---|---|"]
+        for r in gemm["rows"]:
+            lines.append(f"| {r['m']:,} x {r['k']:,} -> {r['o']} | {r['fp32_ms']:.3f} | {r['fbgemm_codes_ms']:.3f} / "
+                         f"{r['int_mm_codes_ms']:.3f} | {r['fbgemm_float_ms']:.3f} / {r['int_mm_float_ms']:.3f} | "
+                         f"{r['faster_codes']} / {r['faster_float']} |")
+        lines += ["", "Codes in (uint8, one scale), one thread, median of the passes; the weights int8 per tensor. "
+                  "Codes out: the next layer's grid, fbgemm's requantisation fused. Float out: fbgemm's kernel "
+                  "takes float input, so its path dequantizes the codes first, where `torch._int_mm` reads them. "
+                  "The dispatcher (`qgnn.kernels.intops`) keeps fbgemm for codes out (it wins or ties at every "
+                  "shape here, and a timing-dependent choice between two requantisations that round exact ties "
+                  "differently would make predictions vary between runs), and measures both per shape on first "
+                  "use for float out (`ShapeChoice`: rows rounded up to a power of two, K, O). Command: "
+                  f"`{gemm['command']}`."]
+        update_section("runtime-gemm", "\n".join(lines))
     small = _read("runtime-small")
     if small:
         lines = ["## The integer runtime against FP32 PyG on Planetoid and TU", "",
@@ -487,7 +556,7 @@ def render() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=("scale", "small", "kernels"))
+    p.add_argument("--part", choices=("scale", "small", "kernels", "gemm"))
     p.add_argument("--dataset", default="sbm-1m")
     p.add_argument("--datasets", nargs="*", default=None, help="part small: only these datasets")
     p.add_argument("--models", nargs="*", default=["gcn", "sage"])
@@ -509,6 +578,8 @@ def main() -> None:
         part_small(args)
     elif args.part == "kernels":
         part_kernels(args)
+    elif args.part == "gemm":
+        part_gemm(args)
     if args.render or args.part:
         render()
 

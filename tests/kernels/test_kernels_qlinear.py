@@ -30,6 +30,7 @@ from qgnn.kernels.intops import (
     LINEAR_BACKENDS,
     CodeBuffer,
     PreparedLinear,
+    ShapeChoice,
     aggregate_backend,
     linear_backend,
     qlinear,
@@ -163,6 +164,37 @@ def test_codes_written_into_a_code_buffer(out):
     assert torch.equal(qlinear(view, 4, 0.03, lin, None, "auto", qx), qlinear(view.clone(), 4, 0.03, lin))
 
 
+@needs_fbgemm
+def test_float_output_backend_is_measured_per_shape():
+    # codes in, float out: the first call of a shape times both backends and keeps the faster; later calls of
+    # the same rows bucket, K and O run it; either gives the reference's sums within float32 rounding
+    class Clock(ShapeChoice):  # the timings a test decides
+        faster = "fbgemm"
+        measured: list = []
+
+        def _measure(self, name, fn):
+            self.measured.append(name)
+            return (0.0 if name == self.faster else 1.0), fn()
+
+    g = torch.Generator().manual_seed(5)
+    w, wz, ws, b = weights(19, 37, False, True, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    choice = Clock(trials=1)
+    for m, faster in ((40, "fbgemm"), (60, "int_mm"), (100, "int_mm"), (128, "fbgemm")):
+        choice.faster = faster
+        u = activations(m, 37, g)
+        y = choice.run(u, 3, 0.021, lin)
+        ref = qlinear_reference(u, 3, 0.021, w, wz, ws, b)
+        assert bool(((y.double() - ref.double()).abs() <= FBGEMM_RTOL * magnitude(u, 3, 0.021, w, wz, ws, b)).all())
+    # 40 and 60 rows share the 64-row bucket (measured once, at 40 rows); 100 and 128 the 128-row one
+    assert choice.table == {(64, 37, 19): "fbgemm", (128, 37, 19): "int_mm"}
+    assert choice.measured == ["fbgemm", "int_mm"] * 2
+    chosen = ShapeChoice(trials=2)  # real timings: whichever it keeps, the result is the reference's
+    u = activations(33, 37, g)
+    y = chosen.run(u, 3, 0.021, lin)
+    assert set(chosen.table.values()) <= {"fbgemm", "int_mm"} and torch.equal(y, chosen.run(u, 3, 0.021, lin))
+
+
 @pytest.mark.parametrize("u_max", [255, 15])
 def test_linear_from_float_rows(u_max):
     # float rows quantized on the way in: the same as the codes round(x / s) + z (ties to even, both clamps)
@@ -176,7 +208,8 @@ def test_linear_from_float_rows(u_max):
     x[5] = 1e9
     u = torch.div(x, s).round_().add_(z).clamp_(0, u_max).to(torch.uint8)
     for backend in ("reference", "int_mm", "auto") + (("fbgemm",) if FBGEMM_OK else ()):
-        want = qlinear(u, z, s, lin, None, backend)
+        # from float rows "auto" is fbgemm's float-input kernel where it is exact (no per-shape choice)
+        want = qlinear(u, z, s, lin, None, "fbgemm" if backend == "auto" and FBGEMM_OK else backend)
         assert torch.equal(qlinear_from_float(x, z, s, u_max, lin, backend), want), backend
         y = x.clone()
         assert torch.equal(qlinear_from_float(y, z, s, u_max, lin, backend, scratch=True), want), backend

@@ -175,12 +175,17 @@ class PackedNodeModel:
 
     def kernels(self) -> dict[str, str]:
         """Which backend runs the linear layers and the aggregations here."""
-        from qgnn.kernels.intops import aggregate_backend, linear_backend
+        from qgnn.kernels.intops import FLOAT_OUT_CHOICE, aggregate_backend, linear_backend
 
         per_row = any(gran_is_node(layer.input) for layer in self.layers)
-        return {"linear": linear_backend(False, self.backend["linear"])[0] + (
-                    ", int_mm (per-node scales)" if per_row and self.backend["linear"] == "auto" else ""),
-                "aggregate": aggregate_backend(torch.empty(0, dtype=torch.uint8), self.backend["aggregate"])[0]}
+        out = {"linear": linear_backend(False, self.backend["linear"])[0] + (
+                   ", int_mm (per-node scales)" if per_row and self.backend["linear"] == "auto" else ""),
+               "aggregate": aggregate_backend(torch.empty(0, dtype=torch.uint8), self.backend["aggregate"])[0]}
+        if FLOAT_OUT_CHOICE.table and self.backend["linear"] == "auto":  # codes in, float out: measured per
+            # shape (rows bucket x K -> O), in this process
+            out["linear_float_out"] = ", ".join(f"{m}x{k}->{o}: {name}"
+                                                for (m, k, o), name in sorted(FLOAT_OUT_CHOICE.table.items()))
+        return out
 
 
 class PackedGraphModel(PackedNodeModel):

@@ -9,7 +9,8 @@ fast backend, and a reason for every choice (``qgnn info`` prints :func:`runtime
   requantisation to the next grid fused; one scale per activation tensor), ``"int_mm"``
   (``torch._int_mm``, int8 x int8 -> int32, with Jacob et al.'s zero-point corrections; any activation
   scale), ``"reference"``. ``"auto"``: fbgemm where it applies and is exact on this CPU
-  (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_linear_exact`), else int_mm.
+  (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_linear_exact`), else int_mm; with float output, the faster of the
+  two for the shape, measured on its first call (:class:`ShapeChoice`).
 
 Measured on one thread of the project's machine (``benchmarks/runtime.py --part kernels``, codes in, codes of
 the next grid out): fbgemm's linear takes 0.50x the FP32 ``F.linear`` time at (262,144 x 128) @ (128 x 256) and
@@ -37,8 +38,9 @@ from .cpu.fbgemm import (
 from .reference.qlinear import OutGrid, check_qlinear, qlinear_reference
 from .reference.rowwise import MODES, check_csr, rowwise_aggregate_reference, unpack_rows
 
-__all__ = ["AGGREGATE_BACKENDS", "LINEAR_BACKENDS", "CodeBuffer", "PreparedLinear", "aggregate_backend",
-           "linear_backend", "qlinear", "qlinear_from_float", "rowwise_aggregate", "rowwise_values", "runtime_backends"]
+__all__ = ["AGGREGATE_BACKENDS", "FLOAT_OUT_CHOICE", "LINEAR_BACKENDS", "CodeBuffer", "PreparedLinear", "ShapeChoice",
+           "aggregate_backend", "linear_backend", "qlinear", "qlinear_from_float", "rowwise_aggregate",
+           "rowwise_values", "runtime_backends"]
 
 AGGREGATE_BACKENDS = ("auto", "fbgemm", "reference")
 LINEAR_BACKENDS = ("auto", "fbgemm", "int_mm", "reference")
@@ -184,7 +186,60 @@ def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None
         return qlinear_reference(u, x_zero, x_scale, lin.w, lin.zero, lin.scale, lin.bias, out)
     if name == "int_mm":
         return _int_mm_linear(u, x_zero, x_scale, lin, out)
+    if out is None and backend == "auto":  # float out: both backends apply; the faster for this shape
+        return FLOAT_OUT_CHOICE.run(u, int(x_zero), float(x_scale), lin, qx)
     return qlinear_fbgemm(u.contiguous(), int(x_zero), float(x_scale), lin.packed(), out, qx)
+
+
+class ShapeChoice:
+    """The faster backend of :func:`qlinear` with float32 output, per shape, measured on first use.
+
+    Codes in, float out: fbgemm's kernel takes float input, so its path dequantizes the codes first (a float
+    copy of the input), where ``torch._int_mm`` reads the codes; which is faster depends on the shape
+    (``benchmarks/runtime.py --part gemm``, one thread: fbgemm 0.03 against int_mm 0.05 ms at (64, 64) -> 64
+    rows, int_mm 1.1 against fbgemm 5.8 ms at 4,096 rows of (1,433 -> 16)). The first call of a shape (rows
+    rounded up to a power of two, K, O) runs both ``trials`` times and keeps the faster; later calls run it.
+    Both give ``s_x s_w acc + bias`` of the same exact integer accumulators, so they differ by float32
+    rounding of that product only. With codes out the choice stays fbgemm's: its requantisation is fused,
+    and the two round exact ties differently, which a timing-dependent choice would make vary between runs."""
+
+    def __init__(self, trials: int = 3):
+        self.trials = trials
+        self.table: dict[tuple[int, int, int], str] = {}
+
+    @staticmethod
+    def key(m: int, k: int, o: int) -> tuple[int, int, int]:
+        return 1 << max(0, (m - 1).bit_length()), k, o
+
+    def _call(self, name: str, u, x_zero, x_scale, lin, qx):
+        if name == "int_mm":
+            return _int_mm_linear(u, x_zero, x_scale, lin, None)
+        return qlinear_fbgemm(u.contiguous(), x_zero, x_scale, lin.packed(), None, qx)
+
+    def run(self, u: Tensor, x_zero: int, x_scale: float, lin: PreparedLinear, qx: Tensor | None = None) -> Tensor:
+        key = self.key(u.size(0), u.size(1), lin.out_features)
+        name = self.table.get(key)
+        if name is None:
+            best = {c: self._measure(c, lambda c=c: self._call(c, u, x_zero, x_scale, lin, qx))
+                    for c in ("fbgemm", "int_mm")}
+            name = min(best, key=lambda c: best[c][0])
+            self.table[key] = name
+            return best[name][1]
+        return self._call(name, u, x_zero, x_scale, lin, qx)
+
+    def _measure(self, name: str, fn) -> tuple[float, Tensor]:
+        """(median seconds of ``trials`` calls of backend ``name``'s ``fn``, its result)."""
+        import time
+
+        times = []
+        for _ in range(self.trials):
+            t = time.perf_counter()
+            y = fn()
+            times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2], y
+
+
+FLOAT_OUT_CHOICE = ShapeChoice()
 
 
 def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: PreparedLinear,

@@ -219,10 +219,9 @@ class PackedGraphModel(PackedNodeModel):
     def _pool_into(self, acc: Tensor, y: Tensor, idx: Tensor) -> None:
         if self.pooling == "max":
             acc.scatter_reduce_(0, idx.view(-1, 1).expand_as(y), y, "amax", include_self=True)
-        else:  # PyG's own sum (global_add_pool's): one chunk gives the per-layer path's float sums exactly
-            from torch_geometric.utils import scatter
-
-            acc += scatter(y, idx, 0, dim_size=acc.size(0), reduce="sum")
+        else:  # rows added in order into the graphs' sums (one op); one chunk gives the per-layer path's float
+            # sums (PyG's global_add_pool: a scatter-add into zeros, in the same order) exactly
+            acc.index_add_(0, idx, y)
 
     def _pool_finish(self, acc: Tensor, counts: Tensor) -> Tensor:
         if self.pooling == "max":

@@ -116,9 +116,13 @@ class QRows:
         u, s, z, _ = q.unsigned(x, start)
         self.write(start, u, s, z)
 
-    def _fields(self, start: int, end: int, bias) -> None:
-        pack_rows(torch.empty((end - start, 0), dtype=torch.uint8), self.bits, 1.0, bias,
-                  out=self.rows[start:end, row_bytes(self.channels, self.bits) - row_bytes(0, self.bits):])
+    def _fields(self, start: int, end: int, bias: float) -> None:
+        """Scale 1 and ``bias`` (an integer, exact in float16) in the fields of rows ``start .. end``: one row's
+        field bytes broadcast (the layout of :func:`pack_rows`)."""
+        ftype = torch.float32 if self.bits == 8 else torch.float16
+        row = torch.tensor([1.0, bias], dtype=ftype).view(torch.uint8)
+        self.rows[start:end, row_bytes(self.channels, self.bits) - row_bytes(0, self.bits):].copy_(
+            row.expand(end - start, -1))
 
     def write(self, start: int, u: Tensor, s: Tensor, z: Tensor) -> None:
         """Store the codes of rows ``start .. start + len(u)`` (their scale / zero-point when per node)."""
@@ -297,9 +301,11 @@ class CSRPlan:
     def chunk(self, start: int, end: int, values: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """(indptr rebased to 0, indices, coefficients) of targets ``start .. end``; ``values``: other
         coefficients in this plan's order (a layer's quantized ones), else the plan's own."""
+        v = self.values if values is None else values
+        if start == 0 and end == self.n:  # the whole graph (a small graph's one chunk): the arrays as they are
+            return self.indptr, self.indices, v
         a, b = int(self.indptr[start]), int(self.indptr[end])
         ptr = self.indptr[start:end + 1] - a
-        v = self.values if values is None else values
         return ptr, self.indices[a:b], None if v is None else v[a:b]
 
     def degree(self, start: int, end: int) -> Tensor:

@@ -31,10 +31,12 @@ from qgnn.kernels.reference.rowwise import (
     CONTAINER_BITS,
     check_csr,
     container_bits,
+    pack_fused_codes,
     pack_rows,
     planar_width,
     row_bytes,
     rowwise_aggregate_reference,
+    unpack_planar_into,
     unpack_rows,
 )
 
@@ -261,6 +263,23 @@ def test_pack_keeps_fields_written_once(bits):
         pack_rows(u, bits, keep_fields=True)
     with pytest.raises(ConfigError, match="keep_fields needs fused rows in out"):
         pack_rows(u, bits, out=table, fields=False, keep_fields=True)
+
+
+@pytest.mark.parametrize("bits", CONTAINER_BITS)
+@pytest.mark.parametrize("c", [1, 5, 13, 64])
+def test_unchecked_chunk_helpers_match_the_checked_functions(bits, c):
+    # the runtime's per-chunk calls: pack_fused_codes writes what pack_rows writes before the fields, and
+    # unpack_planar_into what unpack_rows(pad=True) returns
+    g = torch.Generator().manual_seed(c * bits)
+    u = random_codes(7, c, bits, g)
+    rows = pack_rows(u, bits, 1.0, -2.0)
+    nb = row_bytes(c, bits) - row_bytes(0, bits)
+    table = pack_rows(torch.zeros_like(u), bits, 1.0, -2.0)
+    pack_fused_codes(u, bits, table[:, :nb])
+    assert torch.equal(table, rows)
+    planar = pack_rows(u, bits, fields=False)
+    out = torch.empty((7, planar_width(c, bits)), dtype=torch.uint8)
+    assert torch.equal(unpack_planar_into(planar, bits, out), unpack_rows(planar, bits, c, False, True)[0])
 
 
 def test_pack_and_unpack_refuse_bad_shapes():

@@ -18,7 +18,15 @@ from torch import Tensor
 
 from qgnn.errors import ConfigError
 from qgnn.kernels.intops import CodeBuffer, rowwise_aggregate, rowwise_values
-from qgnn.kernels.reference.rowwise import container_bits, pack_rows, planar_width, row_bytes, unpack_rows
+from qgnn.kernels.reference.rowwise import (
+    container_bits,
+    pack_fused_codes,
+    pack_rows,
+    planar_width,
+    row_bytes,
+    unpack_planar_into,
+    unpack_rows,
+)
 
 __all__ = ["QRows", "FloatRows", "CSRPlan", "Coefficients", "FLOAT_EXACT", "row_chunk", "target_chunk"]
 
@@ -64,6 +72,7 @@ class QRows:
         self.n, self.channels, self.span, self.fields = n, channels, span, fields
         self.bits = _bits_for(span)
         self.granularity = granularity
+        self._code_bytes = row_bytes(channels, self.bits) - row_bytes(0, self.bits)  # of a fused row
         self.quantized = None  # the rows as one quint8 tensor (8-bit planar codes of one scale): see below
         if granularity == "tensor" and self.bits == 8 and not fields:
             # the GEMM reads these codes as they are: kept in a quantized tensor's storage, a chunk reaches
@@ -121,7 +130,7 @@ class QRows:
         field bytes broadcast (the layout of :func:`pack_rows`)."""
         ftype = torch.float32 if self.bits == 8 else torch.float16
         row = torch.tensor([1.0, bias], dtype=ftype).view(torch.uint8)
-        self.rows[start:end, row_bytes(self.channels, self.bits) - row_bytes(0, self.bits):].copy_(
+        self.rows[start:end, self._code_bytes:].copy_(
             row.expand(end - start, -1))
 
     def write(self, start: int, u: Tensor, s: Tensor, z: Tensor) -> None:
@@ -129,7 +138,10 @@ class QRows:
         end = start + u.size(0)
         if self.granularity != "node":  # the fields (bias −z per tensor; 0 per channel, whose zero-points are
             # subtracted after the sum, aggregate) were written with the table
-            pack_rows(u, self.bits, out=self.rows[start:end], fields=self.fields, keep_fields=self.fields)
+            if self.fields:  # the code bytes only, unchecked: the table is this one's own layout
+                pack_fused_codes(u.to(torch.uint8), self.bits, self.rows[start:end, :self._code_bytes])
+            else:
+                pack_rows(u, self.bits, out=self.rows[start:end], fields=False)
             return
         self.scale[start:end] = s
         self.zero[start:end] = z
@@ -149,8 +161,8 @@ class QRows:
     def codes_into(self, start: int, end: int, out: Tensor) -> Tensor:
         """:meth:`codes` of rows ``start .. end`` with ``pad``, written into ``out`` uint8 [rows,
         :meth:`code_width` (True)] (a GEMM's input buffer, :class:`~qgnn.kernels.intops.CodeBuffer`)."""
-        if not self.fields:  # planar (or 8-bit) code bytes: unpacked straight into out
-            return unpack_rows(self.rows[start:end], self.bits, self.channels, False, True, out)[0]
+        if not self.fields:  # planar (or 8-bit) code bytes: unpacked straight into out (unchecked: own layout)
+            return unpack_planar_into(self.rows[start:end], self.bits, out)
         return out.copy_(self.codes(start, end))
 
     def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:

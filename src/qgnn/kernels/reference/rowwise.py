@@ -41,8 +41,8 @@ from torch import Tensor
 
 from qgnn.errors import ConfigError
 
-__all__ = ["CONTAINER_BITS", "container_bits", "row_bytes", "planar_width", "pack_rows", "unpack_rows",
-           "rowwise_aggregate_reference", "check_csr"]
+__all__ = ["CONTAINER_BITS", "container_bits", "row_bytes", "planar_width", "pack_rows", "pack_fused_codes",
+           "unpack_rows", "unpack_planar_into", "rowwise_aggregate_reference", "check_csr"]
 
 CONTAINER_BITS = (8, 4, 2)
 MODES = ("sum", "mean")
@@ -116,22 +116,7 @@ def pack_rows(u: Tensor, bits: int, scale: Tensor | float = 1.0, bias: Tensor | 
             out |= u8[:, k * nb:(k + 1) * nb] << (bits * k) if k else u8[:, :nb]
         return out
     else:
-        per = 8 // bits
-        if c % per:
-            u8 = torch.cat([u8, u8.new_zeros((n, per * nb - c))], 1)
-        body = out[:, :nb]
-        u8 = u8.contiguous()
-        if bits == 4 and u8.numel():
-            # two codes lo, hi read as one little-endian int16 v = lo | hi << 8: (v | v >> 4) has the byte
-            # lo | hi << 4 in its low half (lo < 16), which the cast to uint8 keeps. Three passes on half as many
-            # elements instead of strided byte gathers.
-            v = u8.view(torch.int16)
-            body.copy_(torch.bitwise_or(v, v >> 4).to(torch.uint8))
-        else:
-            grouped = u8.reshape(n, nb, per)
-            torch.bitwise_left_shift(grouped[:, :, per - 1], bits * (per - 1), out=body)
-            for k in range(per - 1):
-                body |= grouped[:, :, k] << (bits * k) if k else grouped[:, :, 0]
+        pack_fused_codes(u8, bits, out[:, :nb])
     if not fields or keep_fields:
         return out
     ftype = torch.float32 if bits == 8 else torch.float16
@@ -141,6 +126,32 @@ def pack_rows(u: Tensor, bits: int, scale: Tensor | float = 1.0, bias: Tensor | 
     sb[:, 1] = torch.as_tensor(bias, dtype=torch.float32).reshape(-1).to(ftype) if torch.is_tensor(bias) else bias
     out[:, nb:nb + 2 * fsize] = sb.view(torch.uint8).view(n, 2 * fsize)
     return out
+
+
+def pack_fused_codes(u8: Tensor, bits: int, body: Tensor) -> Tensor:
+    """The code bytes of fused rows (sub-byte: column c at bits ``b·(c mod 8/b)`` of byte ``c // (8/b)``) of
+    uint8 codes ``u8`` [N, C], written into ``body`` [N, ceil(C / (8/b))] (a table's rows up to their fields).
+    No checks: :func:`pack_rows` is the checked entry point; the runtime calls this per chunk of a table it
+    built."""
+    n, c = u8.shape
+    if bits == 8:
+        return body.copy_(u8)
+    per = 8 // bits
+    nb = body.size(1)
+    if c % per:
+        u8 = torch.cat([u8, u8.new_zeros((n, per * nb - c))], 1)
+    u8 = u8.contiguous()
+    if bits == 4 and u8.numel():
+        # two codes lo, hi read as one little-endian int16 v = lo | hi << 8: (v | v >> 4) has the byte
+        # lo | hi << 4 in its low half (lo < 16), which the cast to uint8 keeps. Three passes on half as many
+        # elements instead of strided byte gathers.
+        v = u8.view(torch.int16)
+        return body.copy_(torch.bitwise_or(v, v >> 4).to(torch.uint8))
+    grouped = u8.reshape(n, nb, per)
+    torch.bitwise_left_shift(grouped[:, :, per - 1], bits * (per - 1), out=body)
+    for k in range(per - 1):
+        body |= grouped[:, :, k] << (bits * k) if k else grouped[:, :, 0]
+    return body
 
 
 def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True,
@@ -182,6 +193,15 @@ def unpack_rows(rows: Tensor, bits: int, channels: int, fields: bool = True,
     # a copy (clone), not .contiguous(): a one-row slice is "contiguous" at an offset the float view rejects
     sb = rows[:, nb:nb + 2 * fsize].clone(memory_format=torch.contiguous_format).view(ftype).to(torch.float32)
     return u.contiguous(), sb[:, 0].contiguous(), sb[:, 1].contiguous()
+
+
+def unpack_planar_into(body: Tensor, bits: int, out: Tensor) -> Tensor:
+    """Planar code bytes ``body`` [N, nb] (a table's rows) unpacked with their padding into ``out`` uint8
+    [N, (8/b)·nb]. No checks: :func:`unpack_rows` is the checked entry point; the runtime calls this per GEMM
+    chunk of a table it built."""
+    if bits == 8:
+        return out.copy_(body)
+    return _unpack_planar(body, bits, body.size(1) * (8 // bits), True, out)
 
 
 def _unpack_planar(body: Tensor, bits: int, channels: int, pad: bool = False, out: Tensor | None = None) -> Tensor:

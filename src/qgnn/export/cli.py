@@ -116,7 +116,9 @@ def cmd_eval(args) -> int:
         else:  # a regression model (qgnn.train.regression): errors in the target's units
             print(f"  MAE          {r['mae']:.4f}\n  RMSE         {r['rmse']:.4f}")
     print(f"  latency      {r['latency_ms']:.2f} ms (median of {len(r['latency_runs_ms'])})")
-    print(f"  peak memory  {r['peak_memory_bytes'] / 2**20:.2f} MiB (RSS growth during one pass)")
+    passes = r.get("peak_passes", 1)
+    print(f"  peak memory  {r['peak_memory_bytes'] / 2**20:.2f} MiB (RSS growth during one pass"
+          + (f", median of {passes})" if passes > 1 else ")"))
     print(f"  file size    {r['file_bytes']:,} bytes")
     if r.get("task") == "rec":
         print(f"  table        {r['table_bytes']:,} bytes (codes + levels / scale; FP32 table "

@@ -183,6 +183,7 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
     paths = sorted(set(model.paths.values()))
     r = {"file": str(path), "dataset": cfg.dataset, "split": split, "evaluated": n, **scores,
          "latency_ms": latency * 1e3, "latency_runs_ms": [t * 1e3 for t in times], "peak_memory_bytes": peak,
+         "peak_passes": peak_repeats,
          "file_bytes": path.stat().st_size, "bits": model.desc.get("bits", {}), "paths": paths}
     if getattr(model, "packed", None) is not None:
         r["kernels"] = model.packed.kernels()

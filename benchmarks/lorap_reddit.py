@@ -65,7 +65,7 @@ def render() -> None:
     head = ["model", "folds", "test acc per fold (%)", "mean ± std (%)", "paired Δ vs host (points)", "published",
             "epochs"]
     rows, cmds = [], set()
-    verdict = "the prompted cells have not run yet"
+    verdict, alone = "the prompted cells have not run yet", ""
     for p in PROMPTS:
         r = _harness.load(name_of(p))
         if r is None:
@@ -82,6 +82,8 @@ def render() -> None:
                 if p == "gpf-lorap":
                     verdict = (f"GPF-LoRAP {statistics.fmean(d):+.2f} points over the host on {len(folds)} folds, "
                                f"against the paper's +17.2")
+                elif p == "lorap":
+                    alone = f"; LoRAP alone {statistics.fmean(d):+.2f} on {len(folds)} folds"
         label = LABELS[p]
         rows.append(f"| {label} | {len(vals)} | {', '.join(f'{v:.1f}' for v in accs.values())} | "
                     f"{statistics.fmean(vals):.2f} ± {statistics.pstdev(vals):.2f} | {delta} | "
@@ -106,7 +108,7 @@ def render() -> None:
         "### LoRAP on REDDIT-BINARY (the paper's largest gain)\n\n"
         "GIN, plain QAT at W4A4, alone and with GPF-LoRAP / LoRAP at the library's defaults, on the same TU folds "
         "(one run per fold, the fold's seed), paired per fold. Published (Liu et al. 2026): host 52.4, "
-        f"GPF-LoRAP 69.6 (+17.2). Verdict: {verdict}." + host_note + "\n\n"
+        f"GPF-LoRAP 69.6 (+17.2). Verdict: {verdict}{alone}." + host_note + "\n\n"
         + _harness.table(head, rows) + _harness.commands(cmds))
 
 

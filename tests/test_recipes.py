@@ -149,3 +149,16 @@ def test_molecules_pool_by_mean_unless_the_user_says_otherwise():
     mine = TrainConfig(dataset="lipo", model="gin", model_kwargs={"pooling": "sum"}).resolve("graph")
     assert mine.model_kwargs == {"pooling": "sum"}
     assert TrainConfig(dataset="PROTEINS", model="gin").resolve("graph").model_kwargs == {}  # TU: GIN's own sum
+
+
+def test_freesolv_trains_longer_than_the_other_molecules():
+    # FreeSolv's epochs are about 8 steps: its recipe trains 200 epochs (chosen on validation MAE), the others 100;
+    # a user's --epochs still wins
+    from qgnn.train import TrainConfig
+
+    fs = TrainConfig(dataset="freesolv", model="gin").resolve("graph")
+    assert (fs.epochs, fs.patience) == (200, 200) and fs.recipes == ["molecules-l1-200ep-mean"]
+    for name in ("esol", "lipo"):
+        other = TrainConfig(dataset=name, model="gcn", method="dq", bits=4).resolve("graph")
+        assert (other.epochs, other.patience) == (100, 100) and other.recipes == ["molecules-l1-100ep-mean"]
+    assert TrainConfig(dataset="freesolv", model="gin", epochs=30).resolve("graph").epochs == 30

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -92,7 +93,9 @@ def write_sweep(name: str) -> Path:
     from qgnn.search.cli import _row, _write_summary, plot_sweep
 
     g, out_dir = GROUPS[name], _harness.path_of(f"mixq-{name}/sweep").parent
-    rows = [_row(_harness.load(f"mixq-{name}/search-l{lam:g}")) for lam in g["lambdas"]]
+    # the λ values that have run (a group stopped part-way shows what it has; _sweep_current asks for every λ)
+    done = [r for r in (_harness.load(f"mixq-{name}/search-l{lam:g}") for lam in g["lambdas"]) if r is not None]
+    rows = [_row(r) for r in done]
     summary = _write_summary(out_dir, rows, _harness.load(f"mixq-{name}/fp32") if g.get("fp32") else None,
                              g["dataset"])
     plot_sweep(summary, out_dir / "sweep.png", title=f"{g['dataset']} / {g.get('model', 'gcn')}")
@@ -210,6 +213,14 @@ def pareto_plot(dataset: str) -> Path | None:
     if fp32:
         ax.scatter([1.0], [fp32[0]], marker="*", s=120, color="k", label="FP32")
     ax.set_xscale("log", base=2)
+    # powers of two around every point, the axis reaching them: a front inside one octave (4x-8x) would
+    # otherwise show no tick label at all
+    xs = [p[0] for p in pts] + [p[1] for p in pub] + ([1.0] if fp32 else [])
+    lo, hi = math.floor(math.log2(min(xs))), math.ceil(math.log2(max(xs)))
+    ticks = [2.0 ** k for k in range(lo, max(hi, lo + 1) + 1)]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(ticks[0] / 1.15, ticks[-1] * 1.15)
     ax.set_xlabel("reduction, linear in bits (MixQ-GNN's measure)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{dataset}: {', '.join(sorted(models))}, mixed precision")

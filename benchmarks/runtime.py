@@ -366,6 +366,17 @@ def part_small(args) -> dict:
     return {"rows": list(rows.values())}
 
 
+def median_seconds(fn, repeats: int) -> float:
+    """The median of ``repeats`` timed calls of ``fn`` after one untimed call."""
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
 GEMM_SHAPES = [(7, 64), (64, 64), (128, 256), (256, 256), (256, 40), (1433, 16), (3703, 16)]  # (K, O) met
 GEMM_ROWS = (64, 256, 1024, 4096, 16384)  # M: the runtime's chunk sizes (tables.row_chunk / target_chunk)
 
@@ -379,16 +390,7 @@ def part_gemm(args) -> dict:
     from qgnn.kernels.intops import PreparedLinear, qlinear
 
     gen = torch.Generator().manual_seed(0)
-    reps = max(args.repeats, 5)
-
-    def med(fn):
-        fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
+    med = functools.partial(median_seconds, repeats=max(args.repeats, 5))
 
     rows = []
     for k, o in GEMM_SHAPES:
@@ -430,14 +432,7 @@ def part_kernels(args) -> dict:
     adj = torch.sparse_csr_tensor(ptr, src, w, (n, n))
     ptr32, src32 = ptr.to(torch.int32), src.to(torch.int32)
 
-    def med(fn, r=args.repeats):
-        fn()
-        ts = []
-        for _ in range(r):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
+    med = functools.partial(median_seconds, repeats=args.repeats)
 
     rows = []
     gen = torch.Generator().manual_seed(0)

@@ -88,11 +88,14 @@ class DegreeMask:
         self.mask = torch.bernoulli(self.prob).bool()
 
     def __call__(self, edge_index: Tensor, num_nodes: int) -> Tensor:
-        if self.prob is None or self.prob.numel() != num_nodes:
+        if self.prob is None or self.prob.numel() < num_nodes:
             # Called outside a model forward (a layer used alone): one graph, this edge_index.
             prob = protect_probability(edge_index, num_nodes, None, self.p_min, self.p_max)
             return torch.bernoulli(prob).bool()
-        return torch.bernoulli(self.prob).bool() if self.per_layer else self.mask
+        # fewer rows than the model's input: a later layer of a trimmed sampled batch, whose rows are the
+        # first num_nodes of the batch (nodes ordered by hop, qgnn.models.node._Stack.forward)
+        prob = self.prob[:num_nodes]
+        return torch.bernoulli(prob).bool() if self.per_layer else self.mask[:num_nodes]
 
 
 @dataclass

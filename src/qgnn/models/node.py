@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, GraphConv, SAGEConv
+
+from qgnn.errors import ConfigError
 
 from .dropout import sparse_input_dropout
 
@@ -48,20 +51,63 @@ class _Stack(nn.Module):
         self.dropout = dropout
         self.input_dropout = dropout if input_dropout is None else input_dropout
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None,
+                num_sampled_nodes_per_hop: Sequence[int] | None = None) -> torch.Tensor:
         """``edge_weight``: per-edge weights for the layers whose forward takes ``edge_weight`` (GCN; e.g. the
-        whole graph's normalisation of a sampled batch, qgnn.train.minibatch); the others ignore it."""
+        whole graph's normalisation of a sampled batch, qgnn.train.minibatch); the others ignore it.
+
+        ``num_sampled_nodes_per_hop``: a sampled batch whose rows are ordered by hop (seeds first, PyG's
+        ``batch.num_sampled_nodes``, one entry per hop and one more than there are layers) and whose graph
+        is a CSR ``adj_t``: each layer is computed only for the rows a later layer reads (PyG's
+        ``trim_to_layer``, :meth:`_trimmed`), and the output holds the seeds' rows only."""
         # bag-of-words features are mostly zeros: draw the input mask at the non-zeros only (same distribution)
         x = sparse_input_dropout(x, self.input_dropout, self.training)
+        if num_sampled_nodes_per_hop is not None:
+            return self._trimmed(x, edge_index, [int(n) for n in num_sampled_nodes_per_hop])
         for i, conv in enumerate(self.convs):
             if edge_weight is not None and takes_edge_weight(conv):
                 x = conv(x, edge_index, edge_weight=edge_weight)
             else:
                 x = conv(x, edge_index)
-            if i < len(self.convs) - 1:
-                x = self.activation(x)
-                x = F.dropout(x, self.dropout, self.training)
+            x = self._between(i, x)
+        return x
+
+    def _between(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if i < len(self.convs) - 1:
+            x = self.activation(x)
+            x = F.dropout(x, self.dropout, self.training)
+        return x
+
+    def _trimmed(self, x: torch.Tensor, adj_t: torch.Tensor, hops: list[int]) -> torch.Tensor:
+        """Layer ``l`` of ``L`` on a batch of hops 0..L: its targets are the nodes of hops 0..L-1-l, the only
+        rows a later layer (or the loss, at the last) reads, and its sources those of hops 0..L-l. Sampling
+        hop k draws the in-edges of hop k's nodes from nodes of hops <= k + 1, so with rows ordered by hop
+        the layer's block is the first rows and columns of ``adj_t`` (:func:`qgnn.nn.graph.trim_csr`).
+
+        Against the plain forward on the whole batch: the seeds' outputs are the same (the dropped rows feed
+        nothing that reaches them), the arithmetic of the outer hops is saved, and the quantizers' ranges and
+        BatchNorm's statistics see only rows that a loss reads. Rows of the last hop have no sampled in-edges:
+        in the plain forward they are three quarters of a first layer's outputs on sbm-100k at fanout
+        [10, 5] (docs/distributed.md). Targets are the sources' first rows (PyG's block convention):
+        GCN layers take ``(x, adj_t)`` with ``adj_t`` of shape ``[N_dst, N_src]``, the others
+        ``((x, x[:N_dst]), adj_t)``; per-node state reads the rows' global ids from the
+        :func:`qgnn.nn.context.node_ids` context, cut to the layer's sources."""
+        from qgnn.nn.context import current_node_ids, node_ids
+        from qgnn.nn.graph import trim_csr
+
+        num_layers = len(self.convs)
+        if len(hops) != num_layers + 1 or any(n < 0 for n in hops) or sum(hops) != x.size(0):
+            raise ConfigError(f"a trimmed forward needs the rows of hops 0..{num_layers} "
+                              f"({num_layers + 1} counts summing to the {x.size(0)} rows), got {hops}")
+        if not (isinstance(adj_t, torch.Tensor) and adj_t.layout == torch.sparse_csr):
+            raise ConfigError("a trimmed forward takes the batch's graph as a torch CSR adj_t")
+        ids = current_node_ids(self)
+        for i, conv in enumerate(self.convs):
+            n_src, n_dst = sum(hops[: num_layers + 1 - i]), sum(hops[: num_layers - i])
+            block = trim_csr(adj_t, n_dst, n_src)
+            inp = x if takes_edge_weight(conv) else (x, x[:n_dst])
+            with node_ids(conv, None if ids is None else ids[:n_src]):
+                x = self._between(i, conv(inp, block))
         return x
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,8 @@ from qgnn.errors import ConfigError
 from qgnn.kernels import integer_aggregate
 from qgnn.quant import Quantizer, dequantize
 
+from .graph import is_prefix_of
+
 __all__ = [
     "ALL_SLOTS",
     "EDGE_SLOTS",
@@ -339,6 +341,9 @@ class QuantModule:
             return xh, xd, codes
         if x_dst is None:
             return self._q(slot, x_src, keep), None, None
+        if is_prefix_of(x_dst, x_src):  # a trimmed block: the targets are rows of the sources, quantized once
+            out = self._q(slot, x_src, keep)
+            return out, out[: x_dst.size(0)], None
         ids = self.__dict__.get("_qgnn_node_ids")
         both = torch.cat([x_src, x_dst])
         cat_ids = None if ids is None else torch.cat([ids, ids[: x_dst.size(0)]])
@@ -415,6 +420,8 @@ class QuantModule:
         context the targets of a bipartite input are the first rows of the sources (PyG's sampled blocks), so
         they take the first ``len(x)`` ids."""
         ids = self.__dict__.get("_qgnn_node_ids")
+        if keep is not None and keep.numel() and int(keep[-1]) >= x.size(0):  # sources' keep ids (sorted)
+            keep = keep[: int(torch.searchsorted(keep, x.size(0)))]
         return self._q(slot, x, keep, ids=False if ids is None else ids[: x.size(0)])
 
     def _q(self, slot: str, x: Tensor, keep: Tensor | None = None, ids: Tensor | None | bool = False) -> Tensor:
@@ -473,16 +480,18 @@ class QuantModule:
         q = self.quant._modules.get(slot)
         return w if q is None else q(w)
 
-    def _protect_mask(self, g, bipartite: bool = False) -> Tensor | None:
+    def _protect_mask(self, g, bipartite: bool = False, prefix: bool = False) -> Tensor | None:
         """Call ``node_protect`` once (training only) with the input graph (a :class:`GraphView`) and check
-        what it returns. The mask is over one node set: a bipartite input under a mask is refused."""
+        what it returns. The mask is over one node set: a bipartite input under a mask is refused, unless its
+        targets are the first ``N_dst`` of its sources (``prefix``: a trimmed sampled block), when the mask is
+        over the sources and the targets take its first ``N_dst`` entries."""
         hook = self.node_protect
         if hook is None or not self.training:
             return None
-        num_nodes = g.n_dst
-        if bipartite or g.n_src != g.n_dst:
+        if (bipartite or g.n_src != g.n_dst) and not (prefix and g.n_dst <= g.n_src):
             raise ConfigError(f"{type(self).__name__}: protective masking (Degree-Quant) needs one node set; "
                               "pass the sampled subgraph as (x, edge_index) rather than bipartite blocks")
+        num_nodes = g.n_src
         # the graph as the layer was given it (edge_index[0] -> edge_index[1] under the layer's flow)
         mask = hook(torch.stack([g.src, g.dst] if self.flow == "source_to_target" else [g.dst, g.src]), num_nodes)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (num_nodes,):
@@ -514,7 +523,7 @@ class QuantModule:
         if g.sparse and (not isinstance(edge_index, Tensor) or
                          (g.weight is not None and bool((g.weight == 1).all()))):
             g.weight = None
-        mask = self._protect_mask(g, pair)
+        mask = self._protect_mask(g, pair, prefix=is_prefix_of(x_dst, x_src))
         return x_src, x_dst, pair, g, self._node_keep(mask), self._edge_keep(mask, g.dst)
 
     def _endpoints(self, edge_index: Tensor) -> tuple[Tensor, Tensor]:

@@ -36,7 +36,7 @@ from qgnn.errors import ConfigError
 from qgnn.quant import Quantizer
 
 from .base import QuantModule
-from .graph import GraphView, read_graph, split_pair
+from .graph import GraphView, is_sparse_adj, read_graph, split_pair
 from .registry import register_layer
 
 __all__ = ["QuantGCNConv"]
@@ -73,10 +73,14 @@ class QuantGCNConv(QuantModule, GCNConv):
         if split_pair(x, name)[2]:
             raise ConfigError(f"{name} takes one node-feature matrix, as GCNConv (no bipartite form)")
         n = x.size(0)
-        g = read_graph(self, x, None, edge_index)
+        # a trimmed block (qgnn.models.node._Stack.forward): adj_t [N_dst, N], the targets the first N_dst rows
+        # of x; GCN's own normalisation needs a square adjacency, so only with normalize=False (given weights)
+        block = not self.normalize and is_sparse_adj(edge_index) and int(edge_index.size(0)) < n
+        g = read_graph(self, x, None, edge_index, size=(n, int(edge_index.size(0))) if block else None)
         if g.sparse:
             edge_weight = g.weight  # PyG: a sparse adjacency's values are the weights; edge_weight is unused
-        mask = self._protect_mask(g)  # on the graph as given, before self loops (as the float layer sees it)
+        # on the graph as given, before self loops (as the float layer sees it)
+        mask = self._protect_mask(g, prefix=block)
         keep = self._node_keep(mask)
         if self.normalize:
             g, edge_weight = self._normalised(g, edge_weight, n, x.dtype)

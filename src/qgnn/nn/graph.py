@@ -28,7 +28,8 @@ from torch import Tensor
 
 from qgnn.errors import ConfigError
 
-__all__ = ["GraphView", "by_target", "edge_index_of", "is_sparse_adj", "read_graph", "split_pair", "to_csr"]
+__all__ = ["GraphView", "by_target", "edge_index_of", "is_prefix_of", "is_sparse_adj", "read_graph", "split_pair",
+           "to_csr", "trim_csr"]
 
 
 def _sparse_tensor_type():
@@ -45,6 +46,24 @@ def is_sparse_adj(adj) -> bool:
         return adj.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
     st = _sparse_tensor_type()
     return st is not None and isinstance(adj, st)
+
+
+def is_prefix_of(x_dst: Tensor | None, x_src: Tensor) -> bool:
+    """Whether ``x_dst`` is a view of the first rows of ``x_src`` (``x_src[:n]``): the targets of a trimmed
+    sampled block (:meth:`qgnn.models.node._Stack.forward`), which are the first rows of its sources."""
+    return (isinstance(x_dst, Tensor) and x_dst is not x_src and x_dst.dim() == x_src.dim() >= 1
+            and x_dst.size(0) <= x_src.size(0) and x_dst.shape[1:] == x_src.shape[1:]
+            and x_dst.stride() == x_src.stride() and x_dst.dtype == x_src.dtype
+            and x_dst.device == x_src.device and x_dst.data_ptr() == x_src.data_ptr())
+
+
+def trim_csr(adj: Tensor, n_dst: int, n_src: int) -> Tensor:
+    """The first ``n_dst`` rows of a CSR ``adj_t`` as a ``[n_dst, n_src]`` CSR (views of its arrays, no copy):
+    the block a layer needs when its targets are the first ``n_dst`` nodes and every edge into them comes from
+    the first ``n_src`` (a sampled batch, nodes ordered by hop: PyG's ``trim_to_layer``)."""
+    crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+    e = int(crow[n_dst])
+    return torch.sparse_csr_tensor(crow[: n_dst + 1], col[:e], val[:e], (n_dst, n_src), check_invariants=False)
 
 
 def split_pair(x, name: str) -> tuple[Tensor, Tensor | None, bool]:

@@ -80,6 +80,20 @@ def _sums_only(model: nn.Module) -> bool:
     return bool(layers) and all(isinstance(m, (GCNConv, GINConv, SAGEConv)) for m in layers)
 
 
+def _trims(model: nn.Module, batch) -> bool:
+    """Whether ``model``'s forward computes each layer on the rows a later layer reads only
+    (:meth:`qgnn.models.node._Stack._trimmed`): a stack whose every layer is a GCN, GIN or SAGE layer (not
+    wrapped by a prompt), on a batch with one hop per layer."""
+    from torch_geometric.nn import GINConv, SAGEConv
+
+    from qgnn.models.node import _Stack
+
+    inner = getattr(model, "module", model)  # DDP's wrapped model
+    hops = getattr(batch, "num_sampled_nodes", None)
+    return (isinstance(inner, _Stack) and hops is not None and len(hops) == len(inner.convs) + 1
+            and all(isinstance(c, (GCNConv, GINConv, SAGEConv)) for c in inner.convs))
+
+
 def _csr(edge_index: Tensor, weight: Tensor | None, n: int) -> Tensor:
     """The batch's transposed adjacency ``adj_t`` (rows = targets) as a torch CSR tensor."""
     from qgnn.nn.graph import by_target, to_csr
@@ -224,21 +238,24 @@ class MiniBatchNodeTask:
             self._attached.add(model)
 
     def batch_forward(self, model: nn.Module, batch) -> Tensor:
-        """The model's output on the rows of ``batch`` (a sampled batch on this task's device).
+        """The model's output on the rows of ``batch`` (a sampled batch on this task's device), the seeds
+        first; a model that trims its layers (:func:`_trims`) returns the seeds' rows only.
 
         Models whose every layer sums or averages (GCN, GIN, SAGE) get the batch as a sparse adjacency
         (CSR ``adj_t``, GCN's normalised weights as its values), which the layers multiply without forming
         per-edge messages (faster than the gather / scatter of an edge list, and no ``[E, C]`` tensor).
         Attention (GAT) keeps the edge list."""
         sparse = _sums_only(model)
+        # a stack of sum / mean layers trims each layer to the rows a later layer reads (PyG's trim_to_layer)
+        trim = {"num_sampled_nodes_per_hop": batch.num_sampled_nodes} if sparse and _trims(model, batch) else {}
         with node_ids(model, batch.n_id):
             if not gcn_convs(model):
                 graph = _csr(batch.edge_index, None, batch.num_nodes) if sparse else batch.edge_index
-                return model(batch.x, graph)
+                return model(batch.x, graph, **trim)
             edge_index, edge_weight = self.gcn_norm().batch(batch)
             with external_gcn_norm(model):
                 if sparse:
-                    return model(batch.x, _csr(edge_index, edge_weight, batch.num_nodes))
+                    return model(batch.x, _csr(edge_index, edge_weight, batch.num_nodes), **trim)
                 # a keyword: a third positional argument of a model's forward is a graph batch vector
                 return model(batch.x, edge_index, edge_weight=edge_weight)
 

@@ -15,7 +15,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from qgnn.kernels.intops import CodeBuffer, PreparedLinear, qlinear, qlinear_from_float, rowwise_aggregate
 
 from . import tables as _tables  # the chunk sizes, read at call time (tests patch them)
-from .tables import FLOAT_EXACT, Coefficients, CSRPlan, QRows, _plain, gran_is_node
+from .tables import FLOAT_EXACT, Coefficients, CSRPlan, GroupedRows, QRows, _plain, gran_is_node
 
 __all__ = ["PACKED_OPS", "packed_op", "PackedGCN", "PackedSAGE", "PackedGIN", "PackedGAT"]
 
@@ -109,6 +109,26 @@ def _gemm_chunks(x: QRows, step: int):
         u, qx = buf.take(end - start)
         x.codes_into(start, end, u)
         yield start, end, u, qx if tensor else None, s, z
+
+
+GROUPED_CHUNK = 1024  # rows of a GroupedRows GEMM chunk at most, when widened (_gemm_rows)
+
+
+def _gemm_rows(x: QRows | GroupedRows, step: int, fn):
+    """(start, end, ``fn(codes, quint8 view or None, scale, zero-point)``) per chunk of rows of ``x`` in node
+    order, for a row-wise ``fn`` (a GEMM). A table grouped by width (:class:`GroupedRows`) runs ``fn`` on each
+    group's rows of the chunk as they are stored, and scatters the (narrower) results into node order, rather
+    than gathering wide code rows first."""
+    if not isinstance(x, GroupedRows):
+        for start, end, u, qx, s, z in _gemm_chunks(x, step):
+            yield start, end, fn(u, qx, s, z)
+        return
+    # a chunk's rows split among the groups; on a small graph (short chunks) widen it so that each GEMM call
+    # still takes a few hundred rows, up to GROUPED_CHUNK (Cora's A2Q GCN: 11 chunks of 256 rows gave 33 calls)
+    step = max(step, min(step * len(x.groups), GROUPED_CHUNK))
+    for start in range(0, x.n, step):
+        end = min(x.n, start + step)
+        yield start, end, x.map_rows(start, end, lambda u, s, z: fn(u, None, s, z))
 
 
 def _requant(q, x: Tensor, start: int) -> Tensor:
@@ -216,22 +236,26 @@ class PackedGCN(_PackedConv):
         h = None
         fused = self.xw.granularity == "tensor" and not self.xw.a2q and not self.xw.binary and self.lin.quantized
         grid = None
-        for start, _end, u, qx, s, z in _gemm_chunks(x, _tables.row_chunk(x.channels)):
-            if fused:
-                if h is None:
-                    h = QRows(n, self.lin.prep.out_features, self.xw.span, "tensor",
-                              self.xw.scale.reshape(()), self.xw.zero_point.reshape(()) - int(self.xw.qmin))
-                    grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
-                hu = self.lin.from_codes(u, s, z, x.granularity, grid, qx)
-                h.write(start, hu, h.scale, h.zero)
+        if fused:
+            h = QRows(n, self.lin.prep.out_features, self.xw.span, "tensor",
+                      self.xw.scale.reshape(()), self.xw.zero_point.reshape(()) - int(self.xw.qmin))
+            grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
+        gran_x = x.granularity
+
+        def gemm(u, qx, s, z):
+            return self.lin.from_codes(u, s, z, gran_x, grid, qx)
+
+        for start, _end, y in _gemm_rows(x, _tables.row_chunk(x.channels), gemm):
+            if fused:  # y: the codes of X·W
+                h.write(start, y, h.scale, h.zero)
             else:
-                y = self.lin.from_codes(u, s, z, x.granularity, None, qx)
                 hu, hs, hz, gran = self.xw.unsigned(y, start)
-                if h is None:
-                    h = QRows(n, y.size(1), self.xw.span, gran, hs, hz)
+                if h is None:  # per-node A2Q widths: rows grouped by container
+                    h = GroupedRows(self.xw, n, y.size(1)) if GroupedRows.applies(self.xw, n) else \
+                        QRows(n, y.size(1), self.xw.span, gran, hs, hz)
                 h.write(start, hu, hs, hz)
         self.paths[f"{self.name}.xw"] = _lin_label(self.lin, x.granularity)
-        if h is None:  # no rows
+        if n == 0:  # no rows
             return
         self._agg_label(h, plan, coef)
         step = _tables.target_chunk(h.channels)
@@ -273,8 +297,7 @@ class PackedSAGE(_PackedConv):
                     # (a copy out of the fused rows, then the quantized tensor's own float copy)
                     y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True, on_grid=True)
                 else:
-                    s, z = x.row_params(start, end)
-                    y += self.lin_r.from_codes(x.codes(start, end), s, z, x.granularity)
+                    y += x.map_rows(start, end, lambda u, s, z: self.lin_r.from_codes(u, s, z, x.granularity))
             if c.normalize:
                 y = F.normalize(y, p=2.0, dim=-1)
             emit(start, _requant(self.q.get("output"), y, start))
@@ -374,11 +397,15 @@ class PackedGAT(_PackedConv):
         a_dst = torch.empty((n, heads))
         z_h = self.xw.zero_point.reshape(()) - int(self.xw.qmin)
         grid = None
-        for start, end, u, qx, s, z in _gemm_chunks(x, _tables.row_chunk(x.channels)):
-            if not tables:
-                tables = [QRows(n, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h) for _ in range(heads)]
-                grid = (float(self.xw.scale.reshape(())), int(tables[0].zero), tables[0].span)
-            hu = self.lin.from_codes(u, s, z, x.granularity, grid, qx)
+        if n:
+            tables = [QRows(n, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h) for _ in range(heads)]
+            grid = (float(self.xw.scale.reshape(())), int(tables[0].zero), tables[0].span)
+        gran_x = x.granularity
+
+        def gemm(u, qx, s, z):
+            return self.lin.from_codes(u, s, z, gran_x, grid, qx)
+
+        for start, end, hu in _gemm_rows(x, _tables.row_chunk(x.channels), gemm):
             a_src[start:end], a_dst[start:end] = self._logits(hu, tables[0])
             for k, t in enumerate(tables):
                 t.write(start, hu[:, k * ch:(k + 1) * ch], t.scale, t.zero)

@@ -28,7 +28,7 @@ from qgnn.kernels.reference.rowwise import (
     unpack_rows,
 )
 
-__all__ = ["QRows", "FloatRows", "CSRPlan", "Coefficients", "FLOAT_EXACT", "row_chunk", "target_chunk"]
+__all__ = ["QRows", "GroupedRows", "FloatRows", "CSRPlan", "Coefficients", "FLOAT_EXACT", "row_chunk", "target_chunk"]
 
 GEMM_BYTES = 1 << 18  # unpacked input codes per GEMM chunk: 256 KB (Cora: 256 rows of 1,433 features)
 
@@ -91,8 +91,11 @@ class QRows:
                 self._fields(0, n, -float(self.zero) if granularity == "tensor" else 0.0)
 
     @classmethod
-    def like(cls, q, n: int, first: Tensor, start: int = 0, fields: bool = True) -> QRows:
-        """An empty table for ``n`` rows of ``q``'s codes, shaped by the first chunk ``first``."""
+    def like(cls, q, n: int, first: Tensor, start: int = 0, fields: bool = True) -> QRows | GroupedRows:
+        """An empty table for ``n`` rows of ``q``'s codes, shaped by the first chunk ``first``; per-node A2Q
+        widths that need more than one container give a :class:`GroupedRows`."""
+        if GroupedRows.applies(q, n):
+            return GroupedRows(q, n, first.size(1), fields)
         if _plain(q):
             return cls(n, first.size(1), q.span, "tensor", q.scale.reshape(()), q.zero_point.reshape(()) - int(q.qmin),
                        fields)
@@ -171,6 +174,10 @@ class QRows:
             return self.scale[start:end], self.zero[start:end]
         return self.scale, self.zero
 
+    def map_rows(self, start: int, end: int, fn) -> Tensor:
+        """``fn(codes, scale, zero-point)`` of rows ``start .. end`` for a row-wise ``fn`` (a GEMM)."""
+        return fn(self.codes(start, end), *self.row_params(start, end))
+
     def dequant(self, start: int, end: int) -> Tensor:
         """``x̂ = s (u − z')`` of rows ``start .. end``, float32 (a fused table decodes through fbgemm)."""
         s, z = self.row_params(start, end)
@@ -229,6 +236,158 @@ class QRows:
 FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
 
 
+class GroupedRows:
+    """A per-node A2Q table whose rows are grouped by width: each node's codes in the narrowest container
+    (2, 4 or 8 bits) that holds its own width, one :class:`QRows` per container, behind QRows' interface.
+
+    A2Q (Zhu et al., ICLR 2023, arXiv 2302.00193) learns a width b_i per node; one table at the widest width
+    would store every node at the container of the widest (a model whose nodes average 3.4 bits but reach 5
+    would store 8 bits a code). Grouped, the codes take Σ_i C · container(b_i) / 8
+    bytes. Rows are numbered by node id across the whole table; a node's row in its group is its rank among
+    the group's nodes, so the rows of any id range are one contiguous range in every group (chunks write and
+    read each group once). An aggregation sums one embedding bag per group over the edges whose source is in
+    that group (the split of a plan's CSR is computed once per plan and grouping, :meth:`_split`); per-node
+    scales fold into the bags' weights as in QRows. Node-wise A2Q grids only ("node": the widths are fixed per
+    node; nearest-neighbour groups pick a width per row from the data, and keep one table at the widest)."""
+
+    granularity = "node"
+    quantized = None  # no quint8 view: a GEMM unpacks each group's codes (_gemm_chunks)
+
+    @staticmethod
+    def applies(q, n: int) -> bool:
+        """Whether ``q``'s codes for ``n`` rows are per-node A2Q codes of more than one container size."""
+        widths = getattr(q, "widths", None)
+        if not getattr(q, "a2q", False) or q.granularity != "node" or widths is None or widths.numel() != n:
+            return False
+        return len(set(_containers(widths).tolist())) > 1
+
+    def __init__(self, q, n: int, channels: int, fields: bool = True):
+        self.n, self.channels, self.span, self.fields = n, channels, q.span, fields
+        self.bits = _bits_for(self.span)  # the widest container (what one table would take)
+        self.key = q  # the grouping (its widths); a plan's split is cached under it
+        cont = _containers(q.widths)
+        self.group_of = torch.empty(n, dtype=torch.int8)
+        self.local = torch.empty(n, dtype=torch.int32 if n < 2**31 else torch.int64)
+        self.groups: list[QRows] = []  # by container bits, narrowest first
+        for g, bits in enumerate(sorted(set(cont.tolist()))):
+            members = (cont == bits).nonzero().view(-1)
+            self.group_of[members] = g
+            self.local[members] = torch.arange(members.numel(), dtype=self.local.dtype)
+            sub = QRows(members.numel(), channels, (1 << bits) - 1, "node", torch.ones(()), torch.zeros(()),
+                        fields)
+            self.groups.append(sub)
+
+    def _ranges(self, start: int, end: int):
+        """Per group with rows among ``start .. end``: (group's sub-table, positions in the range, first row
+        in the group)."""
+        g = self.group_of[start:end]
+        for i, sub in enumerate(self.groups):
+            pos = (g == i).nonzero().view(-1)
+            if pos.numel():
+                yield sub, pos, int(self.local[start + int(pos[0])])
+
+    def put(self, q, start: int, x: Tensor, inplace: bool = False) -> None:
+        u, s, z, _ = q.unsigned(x, start)
+        self.write(start, u, s, z)
+
+    def write(self, start: int, u: Tensor, s: Tensor, z: Tensor) -> None:
+        end = start + u.size(0)
+        for sub, pos, lo in self._ranges(start, end):
+            sub.write(lo, u.index_select(0, pos), s.index_select(0, pos), z.index_select(0, pos))
+
+    def codes(self, start: int, end: int, pad: bool = False) -> Tensor:
+        out = torch.empty((end - start, self.channels), dtype=torch.uint8)
+        for sub, pos, lo in self._ranges(start, end):
+            out.index_copy_(0, pos, sub.codes(lo, lo + pos.numel()))
+        return out
+
+    def code_width(self, pad: bool = False) -> int:
+        return self.channels  # codes() never pads: the groups' planar widths differ
+
+    def codes_into(self, start: int, end: int, out: Tensor) -> Tensor:
+        for sub, pos, lo in self._ranges(start, end):
+            out.index_copy_(0, pos, sub.codes(lo, lo + pos.numel()))
+        return out
+
+    def map_rows(self, start: int, end: int, fn) -> Tensor:
+        """``fn(codes, scale, zero-point)`` of rows ``start .. end`` for a row-wise ``fn`` (a GEMM): run on each
+        group's rows as stored (no gather of wide code rows), the results scattered into node order."""
+        out = None
+        for sub, pos, lo in self._ranges(start, end):
+            hi = lo + pos.numel()
+            y = fn(sub.codes(lo, hi), sub.scale[lo:hi], sub.zero[lo:hi])
+            if out is None:
+                out = y.new_empty((end - start, *y.shape[1:]))
+            out.index_copy_(0, pos, y)
+        return out if out is not None else fn(self.codes(start, end), *self.row_params(start, end))
+
+    def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        scale = torch.empty(end - start, dtype=torch.float32)
+        zero = torch.empty(end - start, dtype=torch.int32)
+        for sub, pos, lo in self._ranges(start, end):  # each group keeps its own nodes' (scale, zero-point)
+            scale.index_copy_(0, pos, sub.scale[lo:lo + pos.numel()])
+            zero.index_copy_(0, pos, sub.zero[lo:lo + pos.numel()])
+        return scale, zero
+
+    def dequant(self, start: int, end: int) -> Tensor:
+        out = torch.empty((end - start, self.channels), dtype=torch.float32)
+        for sub, pos, lo in self._ranges(start, end):
+            out.index_copy_(0, pos, sub.dequant(lo, lo + pos.numel()))
+        return out
+
+    def _split(self, plan: CSRPlan) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per group: (indptr [N + 1], group-local source rows, the edges' positions in the plan's order) of the
+        plan's edges whose source is in the group, by target as the plan. Computed once per plan and grouping."""
+        cache = plan.__dict__.setdefault("_group_splits", {})
+        if self.key not in cache:
+            src = plan.indices.long()
+            grp = self.group_of.index_select(0, src)
+            tgt = torch.repeat_interleave(torch.arange(plan.n), plan.deg)
+            parts = []
+            for i in range(len(self.groups)):
+                pos = (grp == i).nonzero().view(-1)
+                ptr = torch.zeros(plan.n + 1, dtype=torch.int64)
+                ptr[1:] = torch.bincount(tgt.index_select(0, pos), minlength=plan.n).cumsum(0)
+                parts.append((ptr.to(plan.indptr.dtype), self.local.index_select(0, src.index_select(0, pos))
+                              .to(plan.indices.dtype), pos))
+            cache[self.key] = parts
+        return cache[self.key]
+
+    def aggregate(self, plan: CSRPlan, start: int, end: int, mode: str = "sum", backend: str = "auto",
+                  coef: Coefficients | None = None) -> Tensor:
+        """:meth:`QRows.aggregate` of a per-node table: Σ over the groups of each group's embedding bag."""
+        values = plan.values if coef is None else coef.codes
+        inv_deg = None
+        if mode == "mean":
+            inv_deg = 1.0 / plan.degree(start, end).clamp(min=1).to(torch.float32)
+        out = torch.zeros((end - start, self.channels), dtype=torch.float32)
+        for (ptr, idx, pos), sub in zip(self._split(plan), self.groups, strict=True):
+            a, b = int(ptr[start]), int(ptr[end])
+            if a == b:
+                continue
+            p, i = ptr[start:end + 1] - a, idx[a:b]
+            w = sub.scale.index_select(0, i.long())
+            if values is not None:
+                w = w * values.index_select(0, pos[a:b])
+            if inv_deg is not None:
+                w = w * inv_deg.repeat_interleave((p[1:] - p[:-1]).long())
+            out += rowwise_aggregate(sub.rows, sub.bits, self.channels, p, i, w, "sum", backend, checked=True)
+        return out.mul_(coef.scale) if coef is not None else out
+
+    def exact(self, plan: CSRPlan, coef: Coefficients | None = None) -> bool:
+        return False  # per-node scales: float sums, as QRows of a per-node grid
+
+    def nbytes(self) -> int:
+        return sum(sub.nbytes() for sub in self.groups) + self.group_of.numel() + \
+            self.local.numel() * self.local.element_size()
+
+
+def _containers(widths: Tensor) -> Tensor:
+    """The row container (2, 4 or 8 bits, :func:`container_bits`) of each width."""
+    w = widths.to(torch.int64)
+    return torch.where(w <= 2, 2, torch.where(w <= 4, 4, 8))
+
+
 class FloatRows:
     """Float rows [N, C] behind :class:`QRows`' interface (granularity "float": scale 1, offset 0), so that a
     layer reads them where it reads codes: the first layer's input when a node prompt acts on its quantized
@@ -249,6 +408,9 @@ class FloatRows:
 
     def row_params(self, start: int, end: int) -> tuple[Tensor, Tensor]:
         return self.scale, self.zero
+
+    def map_rows(self, start: int, end: int, fn) -> Tensor:
+        return fn(self.codes(start, end), self.scale, self.zero)
 
     def dequant(self, start: int, end: int) -> Tensor:
         return self.x[start:end].clone()

@@ -340,9 +340,11 @@ class PackedGIN(_PackedConv):
 
 @packed_op("gat")
 class PackedGAT(_PackedConv):
-    """GAT: ``H = Q_xw(X̂ Ŵᵀ)`` stored as one table per head; attention logits ``ĥ_j · â`` from the codes
-    (exact integer dot products, one scale per vector); for each chunk of targets the softmax over its edges
-    (float, as the method needs), ``Q_attention``'s codes as the coefficients, and one aggregation per head."""
+    """GAT: ``H = Q_xw(X̂ Ŵᵀ)`` stored as one table of ``N · heads`` rows (row ``i · heads + k``: head k of node
+    i, so a GEMM chunk's codes are written in one call); attention logits ``ĥ_j · â`` from the codes (exact
+    integer dot products, one scale per vector); for each chunk of targets the softmax over its edges (float,
+    as the method needs), ``Q_attention``'s codes as the coefficients, and one embedding bag over every
+    (head, target) pair: bag ``k · rows + i`` sums rows ``j · heads + k`` of i's in-neighbours j."""
 
     input_fields = False
 
@@ -373,6 +375,20 @@ class PackedGAT(_PackedConv):
     def coefficients(self, plan: CSRPlan) -> None:
         return None
 
+    @staticmethod
+    def _head_bags(ptr: Tensor, idx: Tensor, heads: int, n: int) -> tuple[Tensor, Tensor]:
+        """(offsets, indices) of one embedding bag per (head, target) of a chunk, head-major: bag ``k · rows +
+        i`` holds the rows ``j · heads + k`` of i's in-neighbours j (the head-interleaved table of ``n`` nodes).
+        int64 where ``n · heads`` rows or ``heads`` times the chunk's edges overflow int32 (fbgemm takes one
+        dtype for both)."""
+        e = idx.numel()
+        if max(n, e) * heads >= 2**31 - 1:
+            ptr, idx = ptr.long(), idx.long()
+        k = torch.arange(heads, dtype=idx.dtype).view(-1, 1)
+        indices = (idx.view(1, -1) * heads + k).view(-1)
+        offsets = torch.cat([(ptr[:-1].view(1, -1) + k * e).view(-1), ptr.new_full((1,), heads * e)])
+        return offsets, indices
+
     def _logits(self, u: Tensor, h: QRows) -> tuple[Tensor, Tensor]:
         """(ĥ_j · â_src, ĥ_j · â_dst) per head, [rows, heads] each, from the codes of a chunk."""
         from .runtime import WeightQ
@@ -392,32 +408,28 @@ class PackedGAT(_PackedConv):
 
         c = self.conv
         n, heads, ch = x.n, self.heads, self.ch
-        tables: list[QRows] = []
         a_src = torch.empty((n, heads))
         a_dst = torch.empty((n, heads))
         z_h = self.xw.zero_point.reshape(()) - int(self.xw.qmin)
-        grid = None
-        if n:
-            tables = [QRows(n, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h) for _ in range(heads)]
-            grid = (float(self.xw.scale.reshape(())), int(tables[0].zero), tables[0].span)
+        h = QRows(n * heads, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h)  # heads interleaved
+        grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
         gran_x = x.granularity
 
         def gemm(u, qx, s, z):
             return self.lin.from_codes(u, s, z, gran_x, grid, qx)
 
         for start, end, hu in _gemm_rows(x, _tables.row_chunk(x.channels), gemm):
-            a_src[start:end], a_dst[start:end] = self._logits(hu, tables[0])
-            for k, t in enumerate(tables):
-                t.write(start, hu[:, k * ch:(k + 1) * ch], t.scale, t.zero)
+            a_src[start:end], a_dst[start:end] = self._logits(hu, h)
+            h.write(start * heads, hu.reshape(-1, ch), h.scale, h.zero)
         self.paths[f"{self.name}.xw"] = _lin_label(self.lin, x.granularity)
-        if not tables:
+        if n == 0:
             return
         from .runtime import WeightQ
 
         self.paths[f"{self.name}.attention_logits"] = INT_AGG if isinstance(c.att, WeightQ) else FLOAT_LINEAR
         qa = self.q.get("attention")
         integer = qa is not None and qa.granularity == "tensor" and not qa.a2q and not qa.binary
-        bound = int(plan.deg.max()) * (qa.span if integer else 0) * (tables[0].span + abs(int(z_h)))
+        bound = int(plan.deg.max()) * (qa.span if integer else 0) * (h.span + abs(int(z_h)))
         self.paths[f"{self.name}.aggregate"] = INT_AGG if integer and bound <= FLOAT_EXACT else FLOAT_AGG
         step = _tables.target_chunk(heads * ch)
         for start in range(0, n, step):
@@ -435,12 +447,12 @@ class PackedGAT(_PackedConv):
                 scale = float(qt.scale.reshape(()))
             else:
                 codes, scale = qa(alpha).dequant(), 1.0
-            outs = []
-            for k, t in enumerate(tables):
-                w = codes[:, k].contiguous()
-                outs.append(rowwise_aggregate(t.rows, t.bits, ch, ptr, idx, w, "sum", self.backend["aggregate"],
-                                              checked=True))
-            y = torch.cat(outs, 1).mul_(scale * float(tables[0].scale))
+            offsets, indices = self._head_bags(ptr, idx, heads, n)
+            w = codes.t().contiguous().view(-1)  # head-major, as the bags
+            y = rowwise_aggregate(h.rows, h.bits, ch, offsets, indices, w, "sum", self.backend["aggregate"],
+                                  checked=True)  # [heads · rows, ch]
+            y = y.view(heads, end - start, ch).transpose(0, 1).reshape(end - start, heads * ch)
+            y.mul_(scale * float(h.scale))
             y = self._prompted(_requant(self.q.get("aggr"), y, start))  # heads concatenated
             if not c.concat:
                 y = y.view(-1, heads, ch).mean(dim=1)

@@ -418,3 +418,16 @@ def test_gemm_chunks_reach_the_kernel_without_copies(bits, monkeypatch):
             seen.add(u.data_ptr())  # the same buffer for every chunk
     assert bits == 8 or len(seen) == 1
     assert torch.equal(im.run(prepared).argmax(1), per_layer(D.x, GRAPH).argmax(1))
+
+
+def test_gat_head_bags_index_the_head_interleaved_table():
+    from qgnn.export.packed_ops import PackedGAT
+
+    ptr = torch.tensor([0, 2, 2, 3], dtype=torch.int32)  # target 1 has no in-edge
+    idx = torch.tensor([4, 1, 0], dtype=torch.int32)
+    offsets, indices = PackedGAT._head_bags(ptr, idx, heads=2, n=5)
+    # head-major bags: (head 0: targets 0, 1, 2), (head 1: targets 0, 1, 2); row j · heads + k
+    assert offsets.tolist() == [0, 2, 2, 3, 5, 5, 6] and indices.tolist() == [8, 2, 0, 9, 3, 1]
+    assert offsets.dtype == indices.dtype == torch.int32
+    offsets, indices = PackedGAT._head_bags(ptr, idx, heads=8, n=2**28)  # 2^31 rows: int32 would overflow
+    assert offsets.dtype == indices.dtype == torch.int64 and int(indices.max()) == 4 * 8 + 7

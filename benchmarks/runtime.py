@@ -362,7 +362,9 @@ def part_small(args) -> dict:
         r = median_rounds([eval_child(path, args.repeats) for _ in range(args.rounds)])
         r = {**r, "slot_bits": r.get("bits"), "case": case, "dataset": dataset, "model": model, "bits": bits}
         rows[case] = r
-        write_json("runtime-small", {"command": command_line(), "rows": list(rows.values())})
+        # the command that runs every case (a --datasets run updates its rows and keeps the others)
+        command = command_line().replace(f" --datasets {' '.join(args.datasets or [])}", "")
+        write_json("runtime-small", {"command": command, "rows": list(rows.values())})
     return {"rows": list(rows.values())}
 
 

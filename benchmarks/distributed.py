@@ -103,11 +103,11 @@ def _label(method: str, bits: int) -> str:
     return f"{method}{bits}"
 
 
-def part_acc(epochs: int, only: list[str] | None = None, worlds=(1, 2)) -> None:
+def part_acc(epochs: int, only: list[str] | None = None, worlds=(1, 2), seeds: int = SEEDS) -> None:
     for method, bits in METHODS:
         if only and _label(method, bits) not in only:
             continue
-        cfg = _cfg(method, bits, epochs=epochs, seeds=SEEDS, patience=epochs)
+        cfg = _cfg(method, bits, epochs=epochs, seeds=seeds, patience=epochs)
         out = {"config": cfg, "command": command_line()}
         old = _load(f"distributed-acc-{_label(method, bits)}")
         for world in (1, 2):
@@ -234,6 +234,8 @@ def render() -> None:
         for label, r in acc:
             opts = (r["config"].get("quant") or {}).get("options") or {}
             label += "".join(f" ({k} {v})" for k, v in opts.items())
+            if r["config"]["seeds"] != SEEDS:
+                label += f", {r['config']['seeds']} seeds"
             one, two = r["world1"], r["world2"]
             # mean ± std as every results table gives them (qgnn.train.results: the runs' population std)
             mu1, sd1 = one["metrics"]["test_acc"]["mean"], one["metrics"]["test_acc"]["std"]
@@ -243,8 +245,11 @@ def render() -> None:
                          f"| {'yes' if within else 'no'} ({100 * (mu2 - mu1):+.2f}) "
                          f"| {'yes' if two['ranks_identical'] else 'NO'} |")
         first = acc[0][1]
-        lines += ["", f"{SEEDS} seeds, {first['config']['epochs']} epochs, selection on validation. Command: "
-                  "`OMP_NUM_THREADS=1 python benchmarks/distributed.py --part acc` (`--only dq4` for one row). "
+        lines += ["", f"{SEEDS} seeds unless the row says otherwise (`--seeds`), {first['config']['epochs']} "
+                  "epochs, selection on validation. Command: "
+                  "`OMP_NUM_THREADS=1 python benchmarks/distributed.py --part acc`"
+                  + "".join(f" (`--only {lab} --seeds {r['config']['seeds']}` for the {lab} row)"
+                            for lab, r in acc if r["config"]["seeds"] != SEEDS) + ". "
                   "dq 4 runs with `--method-opt percentile=0.99`, chosen on validation (`OPTIONS` in the script): "
                   "sbm's features are dense, and the default 0.999 that bag-of-words inputs need gave 75.2 % "
                   "validation accuracy against 81.3 % (one seed). A row outside the spread is a target not met: "
@@ -305,10 +310,11 @@ def main() -> None:
     p.add_argument("--only", nargs="+", metavar="METHOD", help="only these (qat8, dq4)")
     p.add_argument("--worlds", nargs="+", type=int, default=[1, 2], choices=[1, 2],
                    help="acc: rerun only these process counts, keeping the others from the last run")
+    p.add_argument("--seeds", type=int, default=SEEDS, help=f"acc: seeds per process count (default {SEEDS})")
     p.add_argument("--render", action="store_true")
     args = p.parse_args()
     if args.part == "acc":
-        part_acc(args.epochs, args.only, args.worlds)
+        part_acc(args.epochs, args.only, args.worlds, args.seeds)
     elif args.part == "memory":
         part_memory()
     elif args.part == "batch":

@@ -176,3 +176,7 @@ def test_trimmed_forward_refuses_counts_that_do_not_match():
         model(data.x, adj, num_sampled_nodes_per_hop=[1, 2, 3])
     with pytest.raises(ConfigError, match="CSR"):
         model(data.x, data.edge_index, num_sampled_nodes_per_hop=[10, 20, 30])
+    from qgnn.models.node import GraphConvNet
+
+    with pytest.raises(ConfigError, match="GraphConv"):  # a root term on x: no block form here
+        GraphConvNet(8, 16, 3)(data.x, adj, num_sampled_nodes_per_hop=[10, 20, 30])

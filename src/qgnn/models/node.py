@@ -101,6 +101,9 @@ class _Stack(nn.Module):
                               f"({num_layers + 1} counts summing to the {x.size(0)} rows), got {hops}")
         if not (isinstance(adj_t, torch.Tensor) and adj_t.layout == torch.sparse_csr):
             raise ConfigError("a trimmed forward takes the batch's graph as a torch CSR adj_t")
+        odd = [type(c).__name__ for c in self.convs if not isinstance(c, (GCNConv, GINConv, SAGEConv))]
+        if odd:
+            raise ConfigError(f"a trimmed forward runs GCN, GIN and SAGE layers (bipartite blocks); got {odd[0]}")
         ids = current_node_ids(self)
         for i, conv in enumerate(self.convs):
             n_src, n_dst = sum(hops[: num_layers + 1 - i]), sum(hops[: num_layers - i])

@@ -162,3 +162,25 @@ def test_freesolv_trains_longer_than_the_other_molecules():
         other = TrainConfig(dataset=name, model="gcn", method="dq", bits=4).resolve("graph")
         assert (other.epochs, other.patience) == (100, 100) and other.recipes == ["molecules-l1-100ep-mean"]
     assert TrainConfig(dataset="freesolv", model="gin", epochs=30).resolve("graph").epochs == 30
+
+
+def test_dense_feature_graphs_give_degree_quant_its_tighter_range():
+    """DENSE_FEATURES datasets (sbm, OGB, Reddit): dq's percentile 0.99 unless given; sparse inputs keep the
+    method's 0.999; other methods and FP32 get nothing."""
+    from qgnn.methods.degree_quant import DQConfig
+    from qgnn.recipes import RECIPES
+
+    def resolve(ds, method="dq", **kw):
+        return TrainConfig(dataset=ds, model="gcn", method=method, **kw).resolve("node")
+
+    for ds in ("sbm-100k", "sbm-1m", "ogbn-arxiv"):
+        c = resolve(ds)
+        assert c.quant["options"] == {"percentile": 0.99}
+        assert RECIPES["dense_features"].name in c.recipes
+    c = resolve("sbm-100k", quant={"options": {"percentile": 0.995, "momentum": 0.5}})
+    assert c.quant["options"] == {"percentile": 0.995, "momentum": 0.5} and not c.recipes  # the user's wins
+    c = resolve("sbm-100k", quant={"options": {"momentum": 0.5}})
+    assert c.quant["options"] == {"percentile": 0.99, "momentum": 0.5}  # the missing key only
+    assert "options" not in resolve("cora").quant and DQConfig().percentile == 0.999  # bag-of-words: 0.999
+    for method in ("qat", "lsq", "fp32"):
+        assert "options" not in resolve("sbm-100k", method).quant

@@ -50,6 +50,7 @@ class DatasetRecipe:
     quant: dict = field(default_factory=dict)   # TrainConfig.quant keys filled where absent, quantized methods only
     search: dict = field(default_factory=dict)  # SearchConfig fields of the search on this dataset (search_recipe)
     model: dict = field(default_factory=dict)   # TrainConfig.model_kwargs keys filled where absent
+    methods: dict = field(default_factory=dict)  # {method: its options}, filled where the config has none of its own
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,19 @@ _DATASETS: dict[tuple[str, str], DatasetRecipe] = {
     for name in ("esol", "freesolv", "lipo", "zinc")
 }
 
+# -- datasets: dense node features --------------------------------------------------------------------------
+# Degree-Quant takes its activation ranges at the 0.999 quantiles because bag-of-words inputs are mostly zeros
+# (qgnn.methods.degree_quant: q = 0.99 clips Cora's features to 27 % accuracy). Graphs whose features are dense
+# (qgnn.data.registry.DENSE_FEATURES: sbm, OGB, Reddit) have no such floor, and the tighter 0.99 range gives a
+# 4-bit grid finer steps. Measured on sbm-100k, GCN-256, trimmed mini-batches, one seed each, validation
+# accuracy 0.999 / 0.99 (docs/distributed.md, docs/results.md section 6): dq 4, fanout [10, 5], 10 epochs,
+# 75.21 / 81.25 (0.995: 80.78); dq 4, fanout [15, 10], 20 epochs, 80.68 / 81.69; dq 8, fanout [10, 5], 10 epochs,
+# 83.02 / 82.92 (no difference at 8 bits). OGB and Reddit share the reason but were not measured here.
+_DENSE = DatasetRecipe(
+    "dense-features-dq-p0.99", methods={"dq": {"percentile": 0.99}},
+    why="validation accuracy of dq 4 on sbm-100k, 0.999 against 0.99 quantile ranges (docs/distributed.md); "
+        "dense features have no mostly-zero inputs for a tighter range to clip")
+
 # -- prompts ------------------------------------------------------------------------------------------
 # docs/notes/prompts-grid.md "Prompts on INT4 hosts": the 24-cell grid at one setting (prompt lr 1e-3 in an Adam group
 # of its own, the GPF-plus node prompt on the first layer's quantized input) against the library's former
@@ -220,7 +234,9 @@ def recipe_notes(names) -> list[str]:
 # every recipe in one place, for a user or a tool listing what the defaults are. "search": the SearchRecipe;
 # "methods": {(method, task, model): MethodRecipe}; "prompts": {(host method, task, model): PromptRecipe};
 # "*" in a key matches any task or model.
-RECIPES = {"search": SEARCH, "methods": _METHODS, "prompts": _PROMPTS, "datasets": _DATASETS}
+# "dense_features": the recipe of every qgnn.data.registry.DENSE_FEATURES dataset without one of its own.
+RECIPES = {"search": SEARCH, "methods": _METHODS, "prompts": _PROMPTS, "datasets": _DATASETS,
+           "dense_features": _DENSE}
 
 
 def _lookup(table: dict, method: str, task: str | None, model: str | None):
@@ -248,13 +264,19 @@ def dataset_recipe(dataset: str, model: str | None = None) -> DatasetRecipe | No
 
     name = str(dataset).lower().replace("_", "-")
     name, model = ALIASES.get(name, name), (model or "*").lower()
-    return _DATASETS.get((name, model)) or _DATASETS.get((name, "*"))
+    found = _DATASETS.get((name, model)) or _DATASETS.get((name, "*"))
+    if found is None:
+        from qgnn.data.registry import DENSE_FEATURES
+
+        found = _DENSE if name in DENSE_FEATURES else None
+    return found
 
 
 def apply_dataset_recipe(cfg) -> str | None:
     """Fill the unset TrainConfig fields the dataset's recipe names, in place, its ``model`` keys the config's
     ``model_kwargs`` lack, and, for a quantized method, the ``quant`` keys it names that the config's ``quant``
-    lacks (a user's ``overrides`` replace the recipe's whole); returns its name if it filled any."""
+    lacks (a user's ``overrides`` replace the recipe's whole) and the method's options (``methods``) that the
+    config's ``quant["options"]`` lacks; returns its name if it filled any."""
     recipe = dataset_recipe(cfg.dataset, cfg.model)
     if recipe is None:
         return None
@@ -269,6 +291,12 @@ def apply_dataset_recipe(cfg) -> str | None:
         if quant:
             cfg.quant = {**(cfg.quant or {}), **{k: copy.deepcopy(recipe.quant[k]) for k in quant}}
         filled += quant
+    opts = recipe.methods.get(str(cfg.method).lower(), {})
+    given = (cfg.quant or {}).get("options") or {}
+    missing = [k for k in opts if k not in given]
+    if missing:
+        cfg.quant = {**(cfg.quant or {}), "options": {**{k: copy.deepcopy(opts[k]) for k in missing}, **given}}
+        filled += missing
     return recipe.name if filled else None
 
 

@@ -259,23 +259,16 @@ class GroupedRows:
         widths = getattr(q, "widths", None)
         if not getattr(q, "a2q", False) or q.granularity != "node" or widths is None or widths.numel() != n:
             return False
-        return len(set(_containers(widths).tolist())) > 1
+        return len(_grouping(q)[0]) > 1
 
     def __init__(self, q, n: int, channels: int, fields: bool = True):
         self.n, self.channels, self.span, self.fields = n, channels, q.span, fields
         self.bits = _bits_for(self.span)  # the widest container (what one table would take)
         self.key = q  # the grouping (its widths); a plan's split is cached under it
-        cont = _containers(q.widths)
-        self.group_of = torch.empty(n, dtype=torch.int8)
-        self.local = torch.empty(n, dtype=torch.int32 if n < 2**31 else torch.int64)
-        self.groups: list[QRows] = []  # by container bits, narrowest first
-        for g, bits in enumerate(sorted(set(cont.tolist()))):
-            members = (cont == bits).nonzero().view(-1)
-            self.group_of[members] = g
-            self.local[members] = torch.arange(members.numel(), dtype=self.local.dtype)
-            sub = QRows(members.numel(), channels, (1 << bits) - 1, "node", torch.ones(()), torch.zeros(()),
-                        fields)
-            self.groups.append(sub)
+        containers, counts, self.group_of, self.local = _grouping(q)
+        self.groups: list[QRows] = [  # by container bits, narrowest first
+            QRows(m, channels, (1 << bits) - 1, "node", torch.ones(()), torch.zeros(()), fields)
+            for bits, m in zip(containers, counts, strict=True)]
 
     def _ranges(self, start: int, end: int):
         """Per group with rows among ``start .. end``: (group's sub-table, positions in the range, first row
@@ -386,6 +379,27 @@ def _containers(widths: Tensor) -> Tensor:
     """The row container (2, 4 or 8 bits, :func:`container_bits`) of each width."""
     w = widths.to(torch.int64)
     return torch.where(w <= 2, 2, torch.where(w <= 4, 4, 8))
+
+
+def _grouping(q) -> tuple[list[int], list[int], Tensor, Tensor]:
+    """(containers used, narrowest first; nodes in each; each node's group [N] int8; its row in its group [N])
+    of a per-node A2Q quantizer's widths. Widths are fixed for the quantizer's life, so this is computed once
+    and kept on it (tables are rebuilt every forward)."""
+    cached = q.__dict__.get("_qgnn_grouping")
+    if cached is None:
+        cont = _containers(q.widths)
+        n = cont.numel()
+        group_of = torch.empty(n, dtype=torch.int8)
+        local = torch.empty(n, dtype=torch.int32 if n < 2**31 else torch.int64)
+        containers, counts = [], []
+        for g, bits in enumerate(torch.unique(cont).tolist()):
+            members = (cont == bits).nonzero().view(-1)
+            group_of[members] = g
+            local[members] = torch.arange(members.numel(), dtype=local.dtype)
+            containers.append(int(bits))
+            counts.append(members.numel())
+        cached = q.__dict__["_qgnn_grouping"] = (containers, counts, group_of, local)
+    return cached
 
 
 class FloatRows:

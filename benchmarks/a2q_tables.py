@@ -22,12 +22,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS_DIR, ROOT, command_line, update_section, write_json  # noqa: E402
-from runtime import model_file  # noqa: E402
+from runtime import median_seconds, model_file  # noqa: E402
 
 # (dataset, training options beside the plain command's): sbm-100k on sampled mini-batches, 3 epochs
 CASES = [("Cora", {}), ("sbm-100k", {"hidden": 256, "fanout": [10, 5], "epochs": 3})]
@@ -80,13 +79,8 @@ def measure(dataset: str, over: dict, rounds: int, repeats: int) -> dict:
         for _ in range(rounds):
             for name in ("grouped", "widest"):
                 t.GroupedRows.applies = applies if name == "grouped" else staticmethod(lambda q, n: False)
-                model.packed.run(prepared)  # warm: plans, splits, the GEMM backend choice
-                ts = []
-                for _ in range(repeats):
-                    a = time.perf_counter()
-                    model.packed.run(prepared)
-                    ts.append(time.perf_counter() - a)
-                times[name].append(statistics.median(ts) * 1e3)
+                # one untimed pass first: plans, splits, the GEMM backend choice
+                times[name].append(median_seconds(lambda: model.packed.run(prepared), repeats) * 1e3)
     finally:
         t.GroupedRows.applies = applies
     ratios = [g / w for g, w in zip(times["grouped"], times["widest"], strict=True)]

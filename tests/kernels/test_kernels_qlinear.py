@@ -393,3 +393,24 @@ def test_runtime_backends():
     if FBGEMM_OK:
         assert info["runtime linear"][1] == fbgemm_linear_exact()[1]
     assert AGGREGATE_BACKENDS[0] == LINEAR_BACKENDS[0] == "auto"
+
+
+@pytest.mark.parametrize(("x_zero", "u_max"), [(0, 255), (128, 255), (200, 255), (7, 15), (0, 15), (2, 3)])
+@pytest.mark.parametrize(("per_channel", "zero"), [(False, False), (True, False), (True, True), (False, True)])
+def test_int_mm_from_float_equals_the_reference(x_zero, u_max, per_channel, zero):
+    # the codes formed on the way in: centred (u − z fits int8: 4-bit grids, z = 128) or shifted by 128, with
+    # symmetric or asymmetric weights; the same value as the reference on the codes, bit for bit
+    g = torch.Generator().manual_seed(x_zero + u_max)
+    w, wz, ws, b = weights(13, 29, per_channel, zero, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    s = 0.041
+    x = torch.randn(70, 29, generator=g) * s * u_max / 2
+    x[:3] = (torch.arange(29) - 14 + 0.5) * s  # exact ties
+    x[3, :4] = torch.tensor([1e9, -1e9, 0.0, -0.0])
+    u = torch.div(x, s).round_().add_(x_zero).clamp_(0, u_max).to(torch.uint8)
+    want = qlinear_reference(u, x_zero, s, w, wz, ws, b)
+    got = intops._int_mm_from_float(x.clone(), x_zero, s, u_max, lin)
+    assert torch.equal(got, want)
+    y = x.clone()
+    assert torch.equal(intops._int_mm_from_float(y, x_zero, s, u_max, lin, scratch=True), want)
+    assert torch.equal(intops._int_mm_from_float(x[:0], x_zero, s, u_max, lin), want[:0])

@@ -29,9 +29,29 @@ class _Lin:
         self.w = weight
         self.quantized = isinstance(weight, WeightQ)
         self.prep = PreparedLinear(weight.q8, weight.z8, weight.scale, bias) if self.quantized else None
+        self.wf = weight.dequant if self.quantized else weight  # the float weight of the float paths
         self.bias = bias
         self.backend = backend
         self._padded = None
+
+    def fold(self, bn) -> _Lin:
+        """This layer and the inference BatchNorm ``bn`` after it as one layer: ``BN(y) = g y + β − g μ`` with
+        ``g = γ / sqrt(var + eps)`` folds into the output scales (``s_x s_w g``, per channel) and the bias
+        (``g (b − μ) + β``), the integer codes unchanged, as deployment runtimes fold a convolution's norm: a
+        pass over the rows fewer (on a small graph's batch, one op of the few a layer runs). The result differs
+        from the two ops by float32 rounding only."""
+        inv = torch.rsqrt(bn.var.to(torch.float32) + bn.eps)
+        g = inv if bn.weight is None else inv * bn.weight
+        b0 = torch.zeros_like(g) if self.bias is None else self.bias.to(torch.float32)
+        bias = (b0 - bn.mean) * g + (0.0 if bn.bias is None else bn.bias)
+        out = _Lin.__new__(_Lin)
+        out.__dict__.update(self.__dict__)
+        out.bias, out._padded = bias, None
+        out.wf = self.wf * g.view(-1, 1)
+        if self.quantized:
+            p = self.prep
+            out.prep = PreparedLinear(p.w, p.zero, p.scale * g, bias)
+        return out
 
     def _prep_for(self, k: int) -> PreparedLinear:
         """The prepared weight for ``k`` input columns: padding columns (zero codes of a planar table) get the
@@ -56,7 +76,7 @@ class _Lin:
         xf = u.to(torch.float32)
         xf = xf.sub_(z.view(-1, 1) if gran == "node" else z.to(torch.float32)).mul_(
             s.view(-1, 1) if gran == "node" else s)
-        y = F.linear(xf, self.w.dequant if self.quantized else self.w, self.bias)
+        y = F.linear(xf, self.wf, self.bias)
         if out is None:
             return y
         s_y, z_y, u_max = out  # the output grid's codes, as the fused kernel would return them
@@ -67,7 +87,7 @@ class _Lin:
         ``scratch``: ``x`` may be overwritten; ``on_grid``: ``x`` holds ``q``'s grid values already (decoded
         codes of ``q``), which the kernel reads without snapping them first."""
         if q is None:
-            return F.linear(x, self.w.dequant if self.quantized else self.w, self.bias)
+            return F.linear(x, self.wf, self.bias)
         if self.quantized and q.plain:  # quantized inside the GEMM kernel: no code tensor in between
             return qlinear_from_float(x, q.z - int(q.qmin), q.s, q.span, self.prep, self.backend, scratch, on_grid)
         u, s, z, gran = q.unsigned(x, start)
@@ -312,14 +332,43 @@ class PackedGIN(_PackedConv):
         return "" if all(isinstance(m, (Linear, BatchNorm, ReLU)) for m in conv.nn) else "GIN MLP with an unknown layer"
 
     def __init__(self, conv, backend):
-        from .runtime import Linear
+        from .runtime import BatchNorm, Linear
 
         super().__init__(conv, backend)
         self.mlp = [(m, _Lin(m.weight, m.bias, backend["linear"]) if isinstance(m, Linear) else None)
                     for m in conv.nn]
+        # the MLP as run: a Linear without an output quantizer and the BatchNorm after it fold into one step
+        self.steps: list = []
+        for m, lin in self.mlp:
+            if isinstance(m, BatchNorm) and self.steps and self.steps[-1][1] is not None \
+                    and self.steps[-1][0].output is None and not self.steps[-1][2]:
+                prev, plin, _ = self.steps.pop()
+                self.steps.append((prev, plin.fold(m), True))
+            else:
+                self.steps.append((m, lin, False))
+
+    def _self_loops(self) -> bool:
+        """Whether the self term ``(1 + ε) x̂_i`` joins the neighbour sum as a self loop of the plan (weight
+        1 + ε): one embedding bag a chunk instead of a bag, a decode of the chunk's own rows and an add. Only for a
+        sum with no prompt between the sum and the self term (LoRAP's prompt reads the neighbour sum)."""
+        return self.conv.reduce == "sum" and self.prompt is None
+
+    def form(self):
+        return ("gin", float(self.conv.eps)) if self._self_loops() else ("raw",)
+
+    def plan(self, edge_index: Tensor, n: int) -> CSRPlan:
+        if not self._self_loops():
+            return super().plan(edge_index, n)
+        loop = torch.arange(n, dtype=edge_index.dtype)
+        eps = float(self.conv.eps)
+        values = None if eps == 0 else torch.cat([torch.ones(edge_index.size(1)), torch.full((n,), 1 + eps)])
+        # appended after the edges: each target's loop comes after its neighbours in the CSR (a stable sort by
+        # target), so the sum adds the self term last, as ``Σ_j x̂_j + (1 + ε) x̂_i`` does
+        return CSRPlan(torch.cat([edge_index[0], loop]), torch.cat([edge_index[1], loop]), n, values)
 
     def run(self, x: QRows, plan: CSRPlan, emit, coef: None = None) -> None:
         c = self.conv
+        loops = self._self_loops()
         self._agg_label(x, plan, None)
         for k, (m, lin) in enumerate(self.mlp):
             if lin is not None:
@@ -327,10 +376,10 @@ class PackedGIN(_PackedConv):
         step = _tables.target_chunk(max([x.channels, *(m.weight.shape[0] for m, lin in self.mlp if lin is not None)]))
         for start in range(0, x.n, step):
             end = min(x.n, start + step)
-            a = self._prompted(x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"]))
-            y = a.add_(x.dequant(start, end), alpha=1 + c.eps)
+            a = x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"])
+            y = a if loops else self._prompted(a).add_(x.dequant(start, end), alpha=1 + c.eps)
             y = _requant(self.q.get("aggr"), y, start)
-            for m, lin in self.mlp:
+            for m, lin, _ in self.steps:
                 if lin is not None:
                     y = _requant(m.output, lin(m.input, y, start, scratch=True), start)
                 else:

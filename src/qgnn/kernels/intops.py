@@ -116,6 +116,25 @@ class PreparedLinear:
         self._packed = None
         self._wt = None
         self.rowsum = self.w.to(torch.int32).sum(1)
+        self.zero_free = self.zero.numel() == 1 and int(self.zero) == 0  # symmetric weights: no z_w terms
+        # per activation grid, the [O] vectors a small graph's calls would otherwise rebuild each call (one
+        # torch op each: several µs, against a few µs for the whole GEMM of a [345, 64] batch)
+        self._out_scale: dict[float, Tensor] = {}
+        self._zero_term: dict[int, Tensor] = {}
+
+    def out_scale(self, x_scale: float) -> Tensor:
+        """``s_x · s_w`` (scalar or [O]) for one activation scale."""
+        v = self._out_scale.get(x_scale)
+        if v is None:
+            v = self._out_scale[x_scale] = torch.tensor(x_scale, dtype=torch.float32) * self.scale
+        return v
+
+    def zero_term(self, za: int) -> Tensor:
+        """``za · Σ_k w_ok`` (int32 [O]) for one integer activation offset ``za``."""
+        v = self._zero_term.get(za)
+        if v is None:
+            v = self._zero_term[za] = self.rowsum * za
+        return v
 
     def packed(self):
         if self._packed is None:
@@ -153,23 +172,53 @@ def linear_backend(per_row: bool, backend: str = "auto") -> tuple[str, str]:
 def _int_mm_linear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None) -> Tensor:
     """``torch._int_mm`` on ``u − 128`` (int8) with the zero-point expansion of the reference's ``acc``."""
     a = torch.bitwise_xor(u, 128).view(torch.int8)  # u − 128, as int8, in one pass
-    acc = torch._int_mm(a, lin.transposed())
     za = torch.as_tensor(x_zero, dtype=torch.int32)
     za = (za.view(-1, 1) if za.numel() > 1 else za.reshape(())) - 128
-    acc -= za * lin.rowsum.view(1, -1)
-    if lin.zero.numel() > 1 or int(lin.zero) != 0:
+    return _int_mm_shifted(a, za, x_scale, lin, out)
+
+
+def _int_mm_shifted(a: Tensor, za, x_scale, lin: PreparedLinear, out: OutGrid | None) -> Tensor:
+    """The reference's result from shifted codes ``a = u − z_x + za`` (int8; ``za``: an int, or an int32 scalar
+    or [M, 1] tensor): ``acc = Σ_k (a − za)(w − z_w) = a·w − za Σ_k w − z_w Σ_k a + K za z_w`` by
+    ``torch._int_mm`` on ``a`` and the rank-one corrections (Jacob et al., eq. 7; none for ``za = 0`` and
+    symmetric weights)."""
+    acc = torch._int_mm(a, lin.transposed())
+    plain = isinstance(za, int)
+    if not plain or za != 0:
+        acc -= lin.zero_term(za) if plain else za * lin.rowsum.view(1, -1)
+    if not lin.zero_free:
         zw = lin.zero.view(1, -1) if lin.zero.dim() else lin.zero
         acc -= a.sum(1, dtype=torch.int32).view(-1, 1) * zw
-        acc += lin.in_features * za * zw
-    sx = torch.as_tensor(x_scale, dtype=torch.float32)
-    sx = sx.view(-1, 1) if sx.numel() > 1 else sx.reshape(())
-    y = acc.to(torch.float32).mul_(sx * (lin.scale.view(1, -1) if lin.scale.dim() else lin.scale))
+        if not plain or za != 0:
+            acc += lin.in_features * za * zw
+    if isinstance(x_scale, float):
+        s = lin.out_scale(x_scale)
+    else:
+        sx = torch.as_tensor(x_scale, dtype=torch.float32)
+        s = (sx.view(-1, 1) if sx.numel() > 1 else sx.reshape(())) * (lin.scale.view(1, -1) if lin.scale.dim()
+                                                                        else lin.scale)
+    # int32 · float32 -> float32 in one pass: the reference's acc.to(float32) * s, value for value
+    y = torch.mul(acc, s)
     if lin.bias is not None:
         y += lin.bias
     if out is None:
         return y
     s_y, z_y, u_max = out
     return y.div_(s_y).round_().add_(z_y).clamp_(0, u_max).to(torch.uint8)
+
+
+def _int_mm_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: PreparedLinear,
+                       scratch: bool = False) -> Tensor:
+    """Float rows through :func:`_int_mm_shifted`, their codes ``u = clamp(round(x / s) + z, 0, u_max)`` formed in
+    the quantizer's own passes (``x / s``, round half to even) and stored shifted as int8: centred, ``u − z``,
+    where that range fits (any 4-bit grid; an 8-bit grid with z = 128), else ``u − 128`` (adding an integer
+    after the rounding is exact). No unsigned code tensor in between."""
+    t = x.div_(x_scale) if scratch else torch.div(x, x_scale)
+    if x_zero <= 128 and u_max - x_zero <= 127:
+        a = t.round_().clamp_(-x_zero, u_max - x_zero).to(torch.int8)
+        return _int_mm_shifted(a, 0, x_scale, lin, None)
+    a = t.round_().add_(x_zero - 128).clamp_(-128, u_max - 128).to(torch.int8)
+    return _int_mm_shifted(a, x_zero - 128, x_scale, lin, None)
 
 
 def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None = None,
@@ -228,9 +277,11 @@ class ShapeChoice:
         return self._call(name, u, x_zero, x_scale, lin, qx)
 
     def _measure(self, name: str, fn) -> tuple[float, Tensor]:
-        """(median seconds of ``trials`` calls of backend ``name``'s ``fn``, its result)."""
+        """(median seconds of ``trials`` calls of backend ``name``'s ``fn`` after an untimed one, its result):
+        a kernel's first call in a process pays for its set-up (fbgemm's weight packing, first allocations)."""
         import time
 
+        y = fn()
         times = []
         for _ in range(self.trials):
             t = time.perf_counter()
@@ -248,13 +299,20 @@ def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: 
     zero-point), float32 [M, O]. For fbgemm the rows are snapped to the grid in float, ``s · clamp(round(x / s),
     −z, u_max − z)`` (the quantizer's own ops: ``x / s``, round half to even, so ties go where the fake-quant
     model sends them), and the kernel (``linear_with_input_q_dq_qweight_dq_output_fp32``) quantizes those grid
-    values back to exactly ``u``: no code tensor in between. ``scratch``: ``x`` may be overwritten. ``on_grid``:
-    ``x`` already holds grid values ``s · (u − z)`` (a table's decoded rows), so the snap is skipped: the
-    kernel's ``x · (1/s)`` lies within 1e-4 of the integer ``u − z`` (|u − z| <= 255) and rounds to it."""
+    values back to exactly ``u``: no code tensor in between. For ``int_mm`` the codes are formed shifted into
+    int8 in the same passes (:func:`_int_mm_from_float`). ``scratch``: ``x`` may be overwritten. ``on_grid``:
+    ``x`` already holds grid values ``s · (u − z)`` (a table's decoded rows), so fbgemm's snap is skipped: the
+    kernel's ``x · (1/s)`` lies within 1e-4 of the integer ``u − z`` (|u − z| <= 255) and rounds to it.
+
+    No per-shape choice here (unlike :data:`FLOAT_OUT_CHOICE`): on a small graph's batches (MUTAG, [345, 64]
+    -> 64, one thread) the int_mm path was as slow as fbgemm's ~40 µs call once its quantizing passes are
+    counted, and a timing-dependent choice would make a model's outputs depend on the machine's load."""
     name, _ = linear_backend(False, backend)
-    if name != "fbgemm" or x.size(0) == 0:
+    if x.size(0) == 0 or name == "reference":
         u = torch.div(x, x_scale).round_().add_(x_zero).clamp_(0, u_max).to(torch.uint8)
         return qlinear(u, x_zero, x_scale, lin, None, backend)
+    if name == "int_mm":
+        return _int_mm_from_float(x, x_zero, x_scale, u_max, lin, scratch)
     if on_grid:
         return qlinear_fbgemm_float(x.contiguous(), int(x_zero), float(x_scale), lin.packed())
     y = x.div_(x_scale) if scratch else torch.div(x, x_scale)

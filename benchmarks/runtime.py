@@ -354,16 +354,19 @@ def part_small(args) -> dict:
     prior = _read("runtime-small")
     rows = {r["case"]: r for r in prior.get("rows", [])}
     for dataset, model, bits in SMALL_CASES:
+        case = f"{dataset.lower()}-{model}-qat{bits}"
         if args.datasets and dataset.lower() not in [d.lower() for d in args.datasets]:
             continue
+        if args.cases and not any(case.startswith(c.lower()) for c in args.cases):
+            continue
         path = model_file(dataset, model, bits, GRAPH_TRAIN.get(dataset))
-        case = f"{dataset.lower()}-{model}-qat{bits}"
         print(f"[small] {case}", flush=True)
         r = median_rounds([eval_child(path, args.repeats) for _ in range(args.rounds)])
         r = {**r, "slot_bits": r.get("bits"), "case": case, "dataset": dataset, "model": model, "bits": bits}
         rows[case] = r
-        # the command that runs every case (a --datasets run updates its rows and keeps the others)
-        command = command_line().replace(f" --datasets {' '.join(args.datasets or [])}", "")
+        # the command that runs every case (a --datasets / --cases run updates its rows and keeps the others)
+        command = command_line().replace(f" --datasets {' '.join(args.datasets or [])}", "").replace(
+            f" --cases {' '.join(args.cases or [])}", "")
         write_json("runtime-small", {"command": command, "rows": list(rows.values())})
     return {"rows": list(rows.values())}
 
@@ -556,6 +559,8 @@ def main() -> None:
     p.add_argument("--part", choices=("scale", "small", "kernels", "gemm"))
     p.add_argument("--dataset", default="sbm-1m")
     p.add_argument("--datasets", nargs="*", default=None, help="part small: only these datasets")
+    p.add_argument("--cases", nargs="*", default=None,
+                   help="part small: only the cases whose name starts with one of these (e.g. cora-gin mutag)")
     p.add_argument("--models", nargs="*", default=["gcn", "sage"])
     p.add_argument("--bits", nargs="*", type=int, default=[8, 4])
     p.add_argument("--repeats", type=int, default=3)

@@ -58,7 +58,9 @@ def test_mlp_norm_folds_into_the_linear_before_it(method, bits):
         assert isinstance(layer, PackedGIN)
         kinds = [type(m).__name__ for m, _, _ in layer.steps]
         assert kinds == ["Linear", "ReLU", "Linear"], kinds  # Linear · BatchNorm as one step
-        assert [folded for _, _, folded in layer.steps] == [True, False, False]
+        # the last Linear took the graph model's norm after the layer (norms[i])
+        assert [folded for _, _, folded in layer.steps] == [True, False, True]
+    assert im.packed.norms == [None] * len(im.packed.layers)
     _compare_graph(im, ref)
 
 
@@ -87,8 +89,13 @@ def test_an_output_quantizer_keeps_the_norm_apart():
     lin0 = desc["model"]["convs"][0]["nn"][0]
     lin0["slots"]["output"] = dict(lin0["slots"]["input"], signed=True, qmin=-128, qmax=127)
     im, ref = _both(tensors, desc)
-    assert [f for _, _, f in im.packed.layers[0].steps] == [False, False, False, False]
+    assert [f for _, _, f in im.packed.layers[0].steps] == [False, False, False, True]
+    assert [f for _, _, f in im.packed.layers[1].steps] == [True, False, True]
+    # an output quantizer on the layer keeps the model's norm after it apart
+    desc["model"]["convs"][1]["slots"]["output"] = dict(lin0["slots"]["output"])
+    im, ref = _both(tensors, desc)
     assert [f for _, _, f in im.packed.layers[1].steps] == [True, False, False]
+    assert im.packed.norms[1] is not None and im.packed.norms[0] is None
     _compare_graph(im, ref)
 
 

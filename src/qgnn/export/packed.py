@@ -19,7 +19,8 @@ Per layer kind (``x̂ = s_x (u_x − z_x)``, stored tables in capitals):
   D^-1/2)`` computed once per graph.
 * **SAGE**: ``a_i = mean_j x̂_j`` by the aggregation kernel at the *input* width, then
   ``y_i = Q_aggr(a_i) Ŵ_lᵀ + b + x̂_i Ŵ_rᵀ`` by two quantized GEMMs on the chunk.
-* **GIN**: ``a_i = (1 + ε) x̂_i + Σ_j x̂_j``, then the MLP on the chunk (its Linear layers quantized GEMMs).
+* **GIN**: ``a_i = Σ_j x̂_j + (1 + ε) x̂_i`` (one embedding bag over the CSR with a self loop per node),
+  then the MLP on the chunk (its Linear layers quantized GEMMs, each with the BatchNorm after it folded in).
 
 Each chunk's float result goes through the layer's remaining slots (aggr, bias, output), the activation,
 and the next layer's input quantizer, and lands as codes in the next table. Scales are applied after the
@@ -198,6 +199,9 @@ class PackedGraphModel(PackedNodeModel):
         super().__init__(model, linear, aggregate)
         self.heads = [(m, _Lin(m.weight, m.bias, linear)) for m in model.heads]
         self.pooling = model.desc["model"]["pooling"]
+        # each layer's norm, or None where the layer's op folded it into its last GEMM (PackedGIN.absorb_norm)
+        self.norms = [None if getattr(op, "absorb_norm", lambda _: False)(bn) else bn
+                      for op, bn in zip(self.layers, model.norms, strict=True)]
 
     def prepare(self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None) -> dict:
         n = x.size(0)
@@ -242,7 +246,8 @@ class PackedGraphModel(PackedNodeModel):
         pools: list[Tensor] = []
 
         def step(i, start, y):
-            y = F.relu(self.model.norms[i](y, None), inplace=True)
+            norm = self.norms[i]
+            y = F.relu(y if norm is None else norm(y, None), inplace=True)
             if len(pools) <= i:
                 pools.append(self._pool_init(size, y.size(1)))
             self._pool_into(pools[i], y, batch[start:start + y.size(0)])

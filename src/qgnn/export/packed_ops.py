@@ -347,6 +347,18 @@ class PackedGIN(_PackedConv):
             else:
                 self.steps.append((m, lin, False))
 
+    def absorb_norm(self, bn) -> bool:
+        """Fold the inference BatchNorm that follows this layer (a graph model's ``norms[i]``) into the MLP's last
+        Linear, where nothing sits between them (no output quantizer on either); True when folded, and the
+        caller skips the norm."""
+        if not self.steps or self.q.get("output") is not None:
+            return False
+        m, lin, folded = self.steps[-1]
+        if lin is None or folded or m.output is not None:
+            return False
+        self.steps[-1] = (m, lin.fold(bn), True)
+        return True
+
     def _self_loops(self) -> bool:
         """Whether the self term ``(1 + ε) x̂_i`` joins the neighbour sum as a self loop of the plan (weight
         1 + ε): one embedding bag a chunk instead of a bag, a decode of the chunk's own rows and an add. Only for a

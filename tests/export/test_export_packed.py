@@ -241,7 +241,8 @@ def test_packed_backends():
         aggr = ("fbgemm" if fbgemm else "reference") if agg == "auto" else agg
         k = im.packed.kernels()  # with "auto", also the float-out GEMM choices measured in this process
         assert {key: k[key] for key in ("linear", "aggregate")} == {"linear": lin, "aggregate": aggr}
-        assert set(k) <= {"linear", "aggregate"} | ({"linear_float_out"} if gemm == "auto" else set())
+        assert set(k) <= {"linear", "aggregate"} | ({"linear_float_out", "linear_small_layers"} if gemm == "auto"
+                                                     else set())
         assert set(im.paths.values()) == {"int8 x int8 -> int32", "integer"}, im.paths
 
 

@@ -142,3 +142,36 @@ def test_lin_fold_without_bias_or_affine():
     bn.mean, bn.var, bn.eps = torch.randn(5), torch.rand(5) + 0.1, 1e-5
     x = torch.randn(4, 3)
     assert torch.allclose(lin.fold(bn)(None, x, 0), bn(lin(None, x, 0), None), atol=1e-5)
+
+
+@pytest.mark.parametrize(("task", "name", "method", "bits"),
+                         [("graph", "gin", "qat", 8), ("graph", "gin", "dq", 4), ("node", "sage", "qat", 8),
+                          ("node", "gin", "lsq", 4)])
+def test_small_layers_run_exact_float_gemms(task, name, method, bits, monkeypatch):
+    # a layer of at most SMALL_ROWS rows (graph batches, pooled rows, a small graph) runs its float-input GEMMs as
+    # exact float32 GEMMs on the codes; above it, fbgemm's kernel: both agree with the per-layer runtime
+    from qgnn.kernels import intops
+
+    calls = []
+    real = intops._float_exact_from_float
+
+    def counted(*a, **k):
+        calls.append(a[0].size(0))
+        return real(*a, **k)
+
+    monkeypatch.setattr(intops, "_float_exact_from_float", counted)
+    model = graph_model(name, method, bits) if task == "graph" else node_model(name, method, bits)
+    im, ref = _both(*export_model(model))
+
+    def check():
+        if task == "graph":
+            _compare_graph(im, ref)
+        else:
+            assert_agrees(im(D.x, GRAPH), ref(D.x, GRAPH))
+
+    check()
+    assert calls, "no GEMM took the small-layer path"
+    calls.clear()
+    monkeypatch.setattr(intops, "SMALL_ROWS", 0)
+    check()
+    assert calls == []

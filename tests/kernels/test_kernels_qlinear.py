@@ -414,3 +414,46 @@ def test_int_mm_from_float_equals_the_reference(x_zero, u_max, per_channel, zero
     y = x.clone()
     assert torch.equal(intops._int_mm_from_float(y, x_zero, s, u_max, lin, scratch=True), want)
     assert torch.equal(intops._int_mm_from_float(x[:0], x_zero, s, u_max, lin), want[:0])
+
+
+@pytest.mark.parametrize(("x_zero", "u_max"), [(0, 255), (128, 255), (7, 15), (2, 3)])
+@pytest.mark.parametrize(("per_channel", "zero"), [(False, False), (True, False), (True, True)])
+def test_exact_float_gemm_equals_the_reference(x_zero, u_max, per_channel, zero):
+    # a small layer's GEMM as a float32 GEMM on the centred codes: every partial sum an integer within 2^24, so
+    # the accumulators are the reference's and so is the float result, bit for bit; ties and huge inputs clamp
+    g = torch.Generator().manual_seed(3 * x_zero + u_max)
+    w, wz, ws, b = weights(9, 64, per_channel, zero, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    s = 0.029
+    x = torch.randn(40, 64, generator=g) * s * u_max / 2
+    x[:2] = (torch.arange(64) - 30 + 0.5) * s
+    x[2, :3] = torch.tensor([1e9, -1e9, -0.0])
+    u = torch.div(x, s).round_().add_(x_zero).clamp_(0, u_max).to(torch.uint8)
+    want = qlinear_reference(u, x_zero, s, w, wz, ws, b)
+    assert intops.float_exact_ok(64, x_zero, u_max, lin)
+    assert torch.equal(intops._float_exact_from_float(x.clone(), x_zero, s, lin, u_max), want)
+    assert torch.equal(qlinear_from_float(x.clone(), x_zero, s, u_max, lin, "auto", small=True), want)
+    y = x.clone()
+    assert torch.equal(qlinear_from_float(y, x_zero, s, u_max, lin, "auto", scratch=True, small=True), want)
+
+
+def test_exact_float_gemm_bound_and_precision():
+    # K · max|u − z| · max|w − z_w| <= 2^24: 8-bit codes against full-range weights pass at K = 64 and fail at
+    # Cora's 1,433 features (then fbgemm or int_mm runs); a lowered float32 matmul precision (TF32 / bf16) fails
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-128, 128, (4, 1433), generator=g, dtype=torch.int8)
+    w[0, 0] = -128
+    lin = PreparedLinear(w, torch.tensor(0), torch.tensor(0.01))
+    assert lin.centred_float()[1] == 128
+    assert intops.float_exact_ok(64, 0, 255, lin) and not intops.float_exact_ok(1433, 0, 255, lin)
+    assert intops.float_exact_ok(1433, 7, 15, lin)  # 1433 · 8 · 128 < 2^24
+    x = torch.rand(30, 1433, generator=g) * 2
+    u = torch.div(x, 0.01).round_().clamp_(0, 255).to(torch.uint8)
+    want = qlinear(u, 0, 0.01, lin, None, "reference")
+    assert torch.allclose(qlinear_from_float(x, 0, 0.01, 255, lin, "auto", small=True), want, rtol=1e-5, atol=1e-3)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not intops.float_exact_ok(64, 0, 255, lin)
+    finally:
+        torch.set_float32_matmul_precision(old)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qgnn.errors import ConfigError
+from qgnn.kernels import intops as _intops  # SMALL_ROWS, read at call time (tests patch it)
 
 from .packed_ops import PACKED_OPS, PackedSAGE, _gran, _Lin, _lin_label, _requant, packed_op
 from .tables import CSRPlan, FloatRows, QRows, gran_is_node, row_chunk, target_chunk
@@ -182,6 +183,9 @@ class PackedNodeModel:
         out = {"linear": linear_backend(False, self.backend["linear"])[0] + (
                    ", int_mm (per-node scales)" if per_row and self.backend["linear"] == "auto" else ""),
                "aggregate": aggregate_backend(torch.empty(0, dtype=torch.uint8), self.backend["aggregate"])[0]}
+        if self.backend["linear"] == "auto":
+            out["linear_small_layers"] = (f"float rows into a layer of <= {_intops.SMALL_ROWS} rows: exact float32 "
+                                          "GEMM on the centred codes where its sums fit 2^24")
         if FLOAT_OUT_CHOICE.table and self.backend["linear"] == "auto":  # codes in, float out: measured per
             # shape (rows bucket x K -> O), in this process
             out["linear_float_out"] = ", ".join(f"{m}x{k}->{o}: {name}"
@@ -239,7 +243,7 @@ class PackedGraphModel(PackedNodeModel):
         if rn is not None:
             pooled = rn[k](pooled, None)
         m, lin = self.heads[k]
-        return _requant(m.output, lin(m.input, pooled, 0), 0)
+        return _requant(m.output, lin(m.input, pooled, 0, small=pooled.size(0) <= _intops.SMALL_ROWS), 0)
 
     def run(self, prepared: dict) -> Tensor:
         batch, size, counts = prepared["batch"], prepared["size"], prepared["counts"]

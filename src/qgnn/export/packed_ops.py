@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
+from qgnn.kernels import intops as _intops  # SMALL_ROWS, read at call time (tests patch it)
 from qgnn.kernels.intops import CodeBuffer, PreparedLinear, qlinear, qlinear_from_float, rowwise_aggregate
 
 from . import tables as _tables  # the chunk sizes, read at call time (tests patch them)
@@ -82,14 +83,17 @@ class _Lin:
         s_y, z_y, u_max = out  # the output grid's codes, as the fused kernel would return them
         return torch.div(y, s_y).round_().add_(z_y).clamp_(0, u_max).to(torch.uint8)
 
-    def __call__(self, q, x: Tensor, start: int, scratch: bool = False, on_grid: bool = False) -> Tensor:
+    def __call__(self, q, x: Tensor, start: int, scratch: bool = False, on_grid: bool = False,
+                 small: bool = False) -> Tensor:
         """Float rows ``x`` (node ids from ``start``) through input quantizer ``q`` (None: float) and W;
         ``scratch``: ``x`` may be overwritten; ``on_grid``: ``x`` holds ``q``'s grid values already (decoded
-        codes of ``q``), which the kernel reads without snapping them first."""
+        codes of ``q``), which the kernel reads without snapping them first; ``small``: the layer has at most
+        ``SMALL_ROWS`` rows (:func:`qgnn.kernels.intops.qlinear_from_float`)."""
         if q is None:
             return F.linear(x, self.wf, self.bias)
         if self.quantized and q.plain:  # quantized inside the GEMM kernel: no code tensor in between
-            return qlinear_from_float(x, q.z - int(q.qmin), q.s, q.span, self.prep, self.backend, scratch, on_grid)
+            return qlinear_from_float(x, q.z - int(q.qmin), q.s, q.span, self.prep, self.backend, scratch, on_grid,
+                                      small)
         u, s, z, gran = q.unsigned(x, start)
         return self.from_codes(u, s, z, gran)
 
@@ -303,11 +307,12 @@ class PackedSAGE(_PackedConv):
         if self.lin_r is not None:
             self.paths[f"{self.name}.{root}"] = _lin_label(self.lin_r, x.granularity)
         step = _tables.target_chunk(max(x.channels, c.weight.shape[0]))
+        small = x.n <= _intops.SMALL_ROWS
         for start in range(0, x.n, step):
             end = min(x.n, start + step)
             a = x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"])
             if self.prompt is None:
-                y = self.lin_l(aggr_q, a, start, scratch=True)
+                y = self.lin_l(aggr_q, a, start, scratch=True, small=small)
             else:  # the prompt's float output is lin_l's input (prompts sit outside every quantizer slot)
                 y = self.lin_l(None, self.prompt(_requant(aggr_q, a, start)), start)
             if self.lin_r is not None:
@@ -315,7 +320,8 @@ class PackedSAGE(_PackedConv):
                     # the rows decoded by fbgemm's bag (one kernel: the grid values s (u − z)), which the GEMM
                     # kernel quantizes back to the same codes; reading 8-bit codes as they are costs more
                     # (a copy out of the fused rows, then the quantized tensor's own float copy)
-                    y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True, on_grid=True)
+                    y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True, on_grid=True,
+                                    small=small)
                 else:
                     y += x.map_rows(start, end, lambda u, s, z: self.lin_r.from_codes(u, s, z, x.granularity))
             if c.normalize:
@@ -386,6 +392,7 @@ class PackedGIN(_PackedConv):
             if lin is not None:
                 self.paths[f"{self.name}.nn.{k}"] = _lin_label(lin, _gran(m.input))
         step = _tables.target_chunk(max([x.channels, *(m.weight.shape[0] for m, lin in self.mlp if lin is not None)]))
+        small = x.n <= _intops.SMALL_ROWS
         for start in range(0, x.n, step):
             end = min(x.n, start + step)
             a = x.aggregate(plan, start, end, c.reduce, self.backend["aggregate"])
@@ -393,7 +400,7 @@ class PackedGIN(_PackedConv):
             y = _requant(self.q.get("aggr"), y, start)
             for m, lin, _ in self.steps:
                 if lin is not None:
-                    y = _requant(m.output, lin(m.input, y, start, scratch=True), start)
+                    y = _requant(m.output, lin(m.input, y, start, scratch=True, small=small), start)
                 else:
                     y = m(y, None)
             emit(start, _requant(self.q.get("output"), y, start))

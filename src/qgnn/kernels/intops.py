@@ -38,9 +38,9 @@ from .cpu.fbgemm import (
 from .reference.qlinear import OutGrid, check_qlinear, qlinear_reference
 from .reference.rowwise import MODES, check_csr, rowwise_aggregate_reference, unpack_rows
 
-__all__ = ["AGGREGATE_BACKENDS", "FLOAT_OUT_CHOICE", "LINEAR_BACKENDS", "CodeBuffer", "PreparedLinear", "ShapeChoice",
-           "aggregate_backend", "linear_backend", "qlinear", "qlinear_from_float", "rowwise_aggregate",
-           "rowwise_values", "runtime_backends"]
+__all__ = ["AGGREGATE_BACKENDS", "FLOAT_OUT_CHOICE", "LINEAR_BACKENDS", "SMALL_ROWS", "CodeBuffer", "PreparedLinear",
+           "ShapeChoice", "aggregate_backend", "float_exact_ok", "linear_backend", "qlinear", "qlinear_from_float",
+           "rowwise_aggregate", "rowwise_values", "runtime_backends"]
 
 AGGREGATE_BACKENDS = ("auto", "fbgemm", "reference")
 LINEAR_BACKENDS = ("auto", "fbgemm", "int_mm", "reference")
@@ -121,6 +121,7 @@ class PreparedLinear:
         # torch op each: several µs, against a few µs for the whole GEMM of a [345, 64] batch)
         self._out_scale: dict[float, Tensor] = {}
         self._zero_term: dict[int, Tensor] = {}
+        self._centred: tuple[Tensor, int] | None = None
 
     def out_scale(self, x_scale: float) -> Tensor:
         """``s_x · s_w`` (scalar or [O]) for one activation scale."""
@@ -128,6 +129,15 @@ class PreparedLinear:
         if v is None:
             v = self._out_scale[x_scale] = torch.tensor(x_scale, dtype=torch.float32) * self.scale
         return v
+
+    def centred_float(self) -> tuple[Tensor, int]:
+        """(``(w − z_w)ᵀ`` as float32 [K, O], contiguous; its largest magnitude): the exact-float GEMM's operand,
+        built once."""
+        if self._centred is None:
+            z = self.zero.view(-1, 1) if self.zero.dim() else self.zero
+            c = self.w.to(torch.int32) - z
+            self._centred = (c.to(torch.float32).t().contiguous(), int(c.abs().max()) if c.numel() else 0)
+        return self._centred
 
     def zero_term(self, za: int) -> Tensor:
         """``za · Σ_k w_ok`` (int32 [O]) for one integer activation offset ``za``."""
@@ -221,6 +231,36 @@ def _int_mm_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: 
     return _int_mm_shifted(a, x_zero - 128, x_scale, lin, None)
 
 
+# A layer of at most this many rows (a small graph, a batch of small graphs, a graph model's pooled rows) runs its
+# float-input GEMMs as exact float32 GEMMs on the centred codes (_float_exact_from_float): fbgemm's call costs
+# about 40 µs whatever the shape on one thread, more than sgemm's whole product at these sizes (MUTAG's batches of
+# ~350 nodes); from about a thousand rows fbgemm is faster (benchmarks/runtime.py --part gemm). Decided per layer
+# (its rows), not per chunk, so the chunk size changes no result.
+SMALL_ROWS = 1024
+FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
+
+
+def float_exact_ok(k: int, x_zero: int, u_max: int, lin: PreparedLinear) -> bool:
+    """Whether float32 sums ``Σ_k (u − z)(w − z_w)`` over ``k`` columns are exact: every partial sum is an integer
+    bounded by ``k · max|u − z| · max|w − z_w| <= 2^24``, whatever the summation order; and float32 matmuls run at
+    full precision (no TF32 / bf16)."""
+    return (torch.get_float32_matmul_precision() == "highest"
+            and k * max(x_zero, u_max - x_zero) * lin.centred_float()[1] <= FLOAT_EXACT)
+
+
+def _float_exact_from_float(x: Tensor, x_zero: int, x_scale: float, lin: PreparedLinear,
+                            u_max: int, scratch: bool = False) -> Tensor:
+    """The reference's result from float rows: the centred codes ``c = clamp(round(x / s), −z, u_max − z)`` (the
+    quantizer's passes; ``u − z = c``), ``acc = c (w − z_w)ᵀ`` by a float32 GEMM, exact under
+    :func:`float_exact_ok`, then ``acc · s_x s_w + bias`` as the reference computes it: bit for bit its value."""
+    t = x.div_(x_scale) if scratch else torch.div(x, x_scale)
+    acc = torch.mm(t.round_().clamp_(-x_zero, u_max - x_zero), lin.centred_float()[0])
+    y = acc.mul_(lin.out_scale(x_scale))
+    if lin.bias is not None:
+        y += lin.bias
+    return y
+
+
 def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None = None,
             backend: str = "auto", qx: Tensor | None = None) -> Tensor:
     """The quantized linear layer (:mod:`qgnn.kernels.reference.qlinear`) by the backend
@@ -294,7 +334,8 @@ FLOAT_OUT_CHOICE = ShapeChoice()
 
 
 def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: PreparedLinear,
-                       backend: str = "auto", scratch: bool = False, on_grid: bool = False) -> Tensor:
+                       backend: str = "auto", scratch: bool = False, on_grid: bool = False,
+                       small: bool = False) -> Tensor:
     """:func:`qlinear` on the codes ``u = clamp(round(x / s) + z, 0, u_max)`` of float rows ``x`` (one scale and
     zero-point), float32 [M, O]. For fbgemm the rows are snapped to the grid in float, ``s · clamp(round(x / s),
     −z, u_max − z)`` (the quantizer's own ops: ``x / s``, round half to even, so ties go where the fake-quant
@@ -303,8 +344,10 @@ def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: 
     int8 in the same passes (:func:`_int_mm_from_float`). ``scratch``: ``x`` may be overwritten. ``on_grid``:
     ``x`` already holds grid values ``s · (u − z)`` (a table's decoded rows), so fbgemm's snap is skipped: the
     kernel's ``x · (1/s)`` lies within 1e-4 of the integer ``u − z`` (|u − z| <= 255) and rounds to it.
+    ``small``: the caller's layer has at most :data:`SMALL_ROWS` rows; with ``"auto"`` its GEMMs are exact float32
+    GEMMs on the centred codes where :func:`float_exact_ok` holds (the reference's value, bit for bit).
 
-    No per-shape choice here (unlike :data:`FLOAT_OUT_CHOICE`): on a small graph's batches (MUTAG, [345, 64]
+    No timed per-shape choice here (unlike :data:`FLOAT_OUT_CHOICE`): on a small graph's batches (MUTAG, [345, 64]
     -> 64, one thread) the int_mm path was as slow as fbgemm's ~40 µs call once its quantizing passes are
     counted, and a timing-dependent choice would make a model's outputs depend on the machine's load."""
     name, _ = linear_backend(False, backend)
@@ -313,6 +356,8 @@ def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: 
         return qlinear(u, x_zero, x_scale, lin, None, backend)
     if name == "int_mm":
         return _int_mm_from_float(x, x_zero, x_scale, u_max, lin, scratch)
+    if small and backend == "auto" and float_exact_ok(x.size(1), x_zero, u_max, lin):
+        return _float_exact_from_float(x, x_zero, x_scale, lin, u_max, scratch)
     if on_grid:
         return qlinear_fbgemm_float(x.contiguous(), int(x_zero), float(x_scale), lin.packed())
     y = x.div_(x_scale) if scratch else torch.div(x, x_scale)

@@ -385,7 +385,14 @@ def test_aggregate_backend_reasons(monkeypatch):
 
 def test_runtime_backends():
     info = runtime_backends()
-    assert set(info) == {"runtime aggregation", "runtime linear"}
+    assert set(info) == {"runtime aggregation", "runtime linear", "runtime linear, small layers"}
+    assert "exact float32 GEMM" in info["runtime linear, small layers"][1]  # the tests run at 'highest'
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert "not 'highest'" in runtime_backends()["runtime linear, small layers"][1]
+    finally:
+        torch.set_float32_matmul_precision(old)
     for ok, why in info.values():
         assert ok is True and isinstance(why, str) and why
     if fbgemm_available()[0]:

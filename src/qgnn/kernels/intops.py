@@ -369,5 +369,10 @@ def runtime_backends() -> dict[str, tuple[bool, str]]:
     """What the integer runtime's kernels run on here, and why (for ``qgnn info``)."""
     agg_ok, agg_why = fbgemm_available()
     lin_ok, lin_why = fbgemm_linear_exact()
+    highest = torch.get_float32_matmul_precision() == "highest"
+    small = (f"float rows into a layer of <= {SMALL_ROWS} rows: exact float32 GEMM on the centred codes where its "
+             "sums fit 2^24" if highest else "as other layers (float32 matmul precision is not 'highest', so a "
+             "float32 GEMM would not be exact)")
     return {"runtime aggregation": (True, agg_why if agg_ok else f"reference ({agg_why})"),
-            "runtime linear": (True, lin_why if lin_ok else f"torch._int_mm ({lin_why})")}
+            "runtime linear": (True, lin_why if lin_ok else f"torch._int_mm ({lin_why})"),
+            "runtime linear, small layers": (True, small)}

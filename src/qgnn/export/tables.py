@@ -122,11 +122,31 @@ class QRows:
             if self.bits == 8:  # the rows' fields were written with the table
                 self.rows[start:start + x.size(0), :self.channels].copy_(y)
                 return
+            if self.bits == 4 and self._put_nibbles(start, y):
+                return
             u = y.to(torch.uint8)
             self.write(start, u, self.scale, self.zero)
             return
         u, s, z, _ = q.unsigned(x, start)
         self.write(start, u, s, z)
+
+    def _put_nibbles(self, start: int, y: Tensor) -> bool:
+        """4-bit codes ``y`` (integer-valued float rows, 0..15) packed in two passes: each byte's value
+        ``lo + 16 hi`` in float (exact: at most 255), converted into the table's bytes by the copy. Fused rows
+        pair columns 2j and 2j + 1, planar rows columns j and j + nb (:mod:`qgnn.kernels.reference.rowwise`).
+        False where the rows need a padding column (odd C; a planar row longer than the codes)."""
+        c = self.channels
+        if self.fields:
+            if c % 2:
+                return False
+            lo, hi = y[:, 0::2], y[:, 1::2]
+        else:
+            nb = self.rows.size(1)
+            if 2 * nb != c:
+                return False
+            lo, hi = y[:, :nb], y[:, nb:]
+        self.rows[start:start + y.size(0), :c // 2].copy_(torch.add(lo, hi, alpha=16))
+        return True
 
     def _fields(self, start: int, end: int, bias: float) -> None:
         """Scale 1 and ``bias`` (an integer, exact in float16) in the fields of rows ``start .. end``: one row's

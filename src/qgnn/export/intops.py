@@ -43,14 +43,13 @@ import torch
 from torch import Tensor
 
 from qgnn.errors import ConfigError
-from qgnn.kernels import INT32_MAX, integer_accumulate
+from qgnn.kernels import FLOAT_EXACT, INT32_MAX, integer_accumulate
 
 __all__ = ["GEMM_BACKENDS", "AGG_BACKENDS", "int8_matmul", "int_linear", "centred_matmul_float", "GraphPlan",
            "scipy_available"]
 
 GEMM_BACKENDS = ("auto", "reference", "int_mm", "float")
 AGG_BACKENDS = ("auto", "reference", "scipy", "float_csr")
-FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
 _FLOAT_BLOCK = 1024  # 1024 · 2^14 = 2^24: the largest K whose int8 dot products float32 holds exactly
 
 

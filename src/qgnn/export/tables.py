@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from qgnn.errors import ConfigError
+from qgnn.kernels import FLOAT_EXACT
 from qgnn.kernels.intops import CodeBuffer, rowwise_aggregate, rowwise_values
 from qgnn.kernels.reference.rowwise import (
     container_bits,
@@ -251,9 +252,6 @@ class QRows:
 
     def nbytes(self) -> int:
         return self.rows.numel() + (self.scale.numel() + self.zero.numel()) * 4
-
-
-FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
 
 
 class GroupedRows:

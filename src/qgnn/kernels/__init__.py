@@ -13,6 +13,7 @@ dispatch point the rest of qgnn calls. The integer kernels resolve to their refe
 
 from .lorap import LORAP_BACKENDS, lorap_backend, lorap_inject
 from .reference import (
+    FLOAT_EXACT,
     INT32_MAX,
     REDUCTIONS,
     accumulator_bound,
@@ -23,6 +24,7 @@ from .reference import (
 from .reference.lorap import lorap_inject_reference
 
 __all__ = [
+    "FLOAT_EXACT",
     "INT32_MAX",
     "REDUCTIONS",
     "accumulator_bound",

@@ -35,6 +35,7 @@ from .cpu.fbgemm import (
     qlinear_fbgemm_float,
     rowwise_aggregate_fbgemm,
 )
+from .reference import FLOAT_EXACT
 from .reference.qlinear import OutGrid, check_qlinear, qlinear_reference
 from .reference.rowwise import MODES, check_csr, rowwise_aggregate_reference, unpack_rows
 
@@ -237,7 +238,6 @@ def _int_mm_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: 
 # ~350 nodes); from about a thousand rows fbgemm is faster (benchmarks/runtime.py --part gemm). Decided per layer
 # (its rows), not per chunk, so the chunk size changes no result.
 SMALL_ROWS = 1024
-FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
 
 
 def float_exact_ok(k: int, x_zero: int, u_max: int, lin: PreparedLinear) -> bool:

@@ -8,6 +8,7 @@ Nothing here imports triton; each function checks its inputs and favours clarity
 """
 
 from .integer_aggregate import (
+    FLOAT_EXACT,
     INT32_MAX,
     REDUCTIONS,
     accumulator_bound,
@@ -18,6 +19,7 @@ from .integer_aggregate import (
 from .lorap import lorap_inject_reference
 
 __all__ = [
+    "FLOAT_EXACT",
     "INT32_MAX",
     "REDUCTIONS",
     "accumulator_bound",

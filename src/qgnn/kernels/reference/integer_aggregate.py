@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 INT32_MAX = (1 << 31) - 1
+FLOAT_EXACT = 1 << 24  # float32 holds every integer of magnitude <= 2^24 exactly
 INT64_MAX = (1 << 63) - 1
 REDUCTIONS = ("sum", "mean")
 

@@ -7,6 +7,8 @@ input table (:class:`~qgnn.export.tables.QRows`) in chunks of rows and hands eve
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,8 +47,7 @@ class _Lin:
         g = inv if bn.weight is None else inv * bn.weight
         b0 = torch.zeros_like(g) if self.bias is None else self.bias.to(torch.float32)
         bias = (b0 - bn.mean) * g + (0.0 if bn.bias is None else bn.bias)
-        out = _Lin.__new__(_Lin)
-        out.__dict__.update(self.__dict__)
+        out = copy.copy(self)
         out.bias, out._padded = bias, None
         out.wf = self.wf * g.view(-1, 1)
         if self.quantized:

@@ -86,6 +86,10 @@ def test_node_models_agree_with_runtime(name, bits):
     assert set(paths.values()) == {"MatMulInteger", "integer"}, paths
     assert {"MatMulInteger", "QuantizeLinear", "ScatterND"} <= ops(model)
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)  # standard operators only
+    # weights as uint8: onnxruntime's uint8 x int8 kernel saturates int16 pair sums without AVX512-VNNI
+    inits = {t.name: t for t in model.graph.initializer}
+    weights = [inits[n.input[1]] for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert weights and all(t.data_type == onnx.TensorProto.UINT8 for t in weights)
     if bits < 8:
         assert "Clip" in ops(model)  # codes clamped to the narrower grid
 

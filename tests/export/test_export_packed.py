@@ -21,6 +21,7 @@ from qgnn.errors import ConfigError
 from qgnn.export import IntModel, export_model
 from qgnn.export.packed import QRows
 from qgnn.kernels.cpu.fbgemm import fbgemm_available, fbgemm_linear_exact
+from qgnn.kernels.intops import exact_backend
 from qgnn.kernels.reference.rowwise import row_bytes
 from qgnn.methods.config import ALL_SLOTS
 from qgnn.quant import UniformQuantizer
@@ -233,12 +234,16 @@ def test_packed_backends():
     m = node_model("gin", "qat", 4)
     tensors, desc = export_model(m)
     ref = IntModel(tensors, desc, packed=False)(D.x, GRAPH)
-    fbgemm = fbgemm_available()[0] and fbgemm_linear_exact()[0]
-    for gemm, agg in (("reference", "reference"), ("int_mm", "auto"), ("auto", "reference"), ("auto", "auto")):
+    fallback = exact_backend()[0]
+    auto_lin = ("fbgemm" if fbgemm_linear_exact()[0] else
+                f"fbgemm where a layer's codes cannot saturate it, else {fallback}" if fbgemm_available()[0]
+                else fallback)
+    for gemm, agg in (("reference", "reference"), ("int_mm", "auto"), ("float", "auto"), ("auto", "reference"),
+                      ("auto", "auto")):
         im = IntModel(tensors, desc, gemm=gemm, agg=agg)
         assert_agrees(im(D.x, GRAPH), ref)
-        lin = ("fbgemm" if fbgemm else "int_mm") if gemm == "auto" else gemm
-        aggr = ("fbgemm" if fbgemm else "reference") if agg == "auto" else agg
+        lin = auto_lin if gemm == "auto" else gemm
+        aggr = ("fbgemm" if fbgemm_available()[0] else "reference") if agg == "auto" else agg
         k = im.packed.kernels()  # with "auto", also the float-out GEMM choices measured in this process
         assert {key: k[key] for key in ("linear", "aggregate")} == {"linear": lin, "aggregate": aggr}
         assert set(k) <= {"linear", "aggregate"} | ({"linear_float_out", "linear_small_layers"} if gemm == "auto"
@@ -248,7 +253,7 @@ def test_packed_backends():
 
 def test_per_node_scales_use_int_mm():
     im, _ = int_models(node_model("gcn", "a2q", 4, steps=2))
-    assert im.packed.kernels()["linear"].endswith("int_mm (per-node scales)")
+    assert im.packed.kernels()["linear"].endswith(f"{exact_backend()[0]} (per-node scales)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,7 +326,8 @@ def test_per_layer_backend_names_keep_the_per_layer_path():
     im = IntModel(tensors, desc, gemm="float", agg="scipy")
     assert im.packed is None and "per-layer path" in im.packed_why
     with pytest.raises(ConfigError, match="per-layer path"):
-        IntModel(tensors, desc, gemm="float", packed=True)
+        IntModel(tensors, desc, gemm="float", agg="float_csr", packed=True)
+    assert IntModel(tensors, desc, gemm="float").packed is not None  # the exact float GEMM: both paths have it
 
 
 def test_per_node_tables_refuse_another_graph_size():

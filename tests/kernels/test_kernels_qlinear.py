@@ -24,6 +24,7 @@ import torch
 
 from qgnn.errors import ConfigError
 from qgnn.kernels import intops
+from qgnn.kernels.cpu import fbgemm as fbgemm_mod
 from qgnn.kernels.cpu.fbgemm import fbgemm_available, fbgemm_linear_exact
 from qgnn.kernels.intops import (
     AGGREGATE_BACKENDS,
@@ -102,7 +103,9 @@ def test_float_output(m, k, o, per_channel, zero, bias):
     assert ref.dtype == torch.float32 and ref.shape == (m, o)
     assert torch.equal(qlinear(u, 3, 0.021, lin, backend="reference"), ref)
     assert torch.equal(qlinear(u, 3, 0.021, lin, backend="int_mm"), ref)
-    if not FBGEMM_OK:
+    assert torch.equal(qlinear(u, 3, 0.021, lin, backend="float"), ref)
+    if not FBGEMM_OK:  # full-range 8-bit codes: auto is the exact fallback
+        assert torch.equal(qlinear(u, 3, 0.021, lin), ref)
         return
     bound = FBGEMM_RTOL * magnitude(u, 3, 0.021, w, wz, ws, b)
     for backend in ("fbgemm", "auto"):
@@ -134,7 +137,9 @@ def test_requantized_codes(u_max, per_channel, zero):
     assert float(interior) > 0.5  # most codes lie inside the grid, not on its clamps
     assert torch.equal(qlinear(u, 7, 0.05, lin, grid, "reference"), ref)
     assert torch.equal(qlinear(u, 7, 0.05, lin, grid, "int_mm"), ref)  # the same float ops
+    assert torch.equal(qlinear(u, 7, 0.05, lin, grid, "float"), ref)
     if not FBGEMM_OK:
+        assert torch.equal(qlinear(u, 7, 0.05, lin, grid), ref)  # u_max 255 with 8-bit weights: the fallback
         return
     for backend in ("fbgemm", "auto"):
         y = qlinear(u, 7, 0.05, lin, grid, backend)
@@ -156,7 +161,7 @@ def test_codes_written_into_a_code_buffer(out):
         view, qx = buf.take(m)
         view.copy_(u)
         assert torch.equal(qx.int_repr(), u) and qx.q_scale() == 0.021 and qx.q_zero_point() == 3
-        for backend in ("reference", "int_mm", "auto") + (("fbgemm",) if FBGEMM_OK else ()):
+        for backend in ("reference", "int_mm", "float", "auto") + (("fbgemm",) if FBGEMM_OK else ()):
             want = qlinear(u, 3, 0.021, lin, grid, backend)
             assert torch.equal(qlinear(view, 3, 0.021, lin, grid, backend, qx), want)
     # a view of another grid is not read as this one's: qlinear wraps the codes itself
@@ -207,9 +212,12 @@ def test_linear_from_float_rows(u_max):
     x[:5] = (torch.arange(45) - 20 + 0.5) * s  # exact ties: x / s on half-integers
     x[5] = 1e9
     u = torch.div(x, s).round_().add_(z).clamp_(0, u_max).to(torch.uint8)
-    for backend in ("reference", "int_mm", "auto") + (("fbgemm",) if FBGEMM_OK else ()):
-        # from float rows "auto" is fbgemm's float-input kernel where it is exact (no per-shape choice)
-        want = qlinear(u, z, s, lin, None, "fbgemm" if backend == "auto" and FBGEMM_OK else backend)
+    fb = lin.fbgemm_exact(u_max)  # everywhere with AVX512-VNNI; at 4 bits (u_max 15) on any x86 CPU
+    for backend in ("reference", "int_mm", "float", "auto") + (("fbgemm",) if fb else ()):
+        # from float rows "auto" is fbgemm's float-input kernel where it is exact for the layer's codes (no
+        # per-shape choice), else the exact fallback
+        auto = "fbgemm" if fb else intops.exact_backend()[0]
+        want = qlinear(u, z, s, lin, None, auto if backend == "auto" else backend, u_max=u_max)
         assert torch.equal(qlinear_from_float(x, z, s, u_max, lin, backend), want), backend
         y = x.clone()
         assert torch.equal(qlinear_from_float(y, z, s, u_max, lin, backend, scratch=True), want), backend
@@ -231,7 +239,7 @@ def test_exact_half_integers_round_to_even(s_y):
     acc = u.long() @ w.long().t()
     halves = ((acc.double() / s_y) % 1 == 0.5) & (ref > 0) & (ref < 15)
     assert s_y < 1 or int(halves.sum()) > 100  # many exact ties inside the grid
-    for backend in ("int_mm", "fbgemm"):
+    for backend in ("int_mm", "float", "fbgemm"):
         assert torch.equal(qlinear(u, 0, 1.0, lin, grid, backend), ref), backend
 
 
@@ -245,11 +253,12 @@ def test_per_row_activation_scales():
         w, wz, ws, b = weights(o, k, per_channel, zero, g)
         lin = PreparedLinear(w, wz, ws, b)
         ref = qlinear_reference(u, xz, xs, w, wz, ws, b)
-        for backend in ("auto", "int_mm"):  # auto: int_mm (fbgemm takes one scale per tensor)
+        for backend in ("auto", "int_mm", "float"):  # auto: the exact fallback (fbgemm takes one scale a tensor)
             assert torch.equal(qlinear(u, xz, xs, lin, backend=backend), ref)
         grid = output_grid(ref, 15)
         codes = qlinear_reference(u, xz, xs, w, wz, ws, b, grid)
-        assert torch.equal(qlinear(u, xz, xs, lin, grid, "auto"), codes)
+        for backend in ("auto", "int_mm", "float"):
+            assert torch.equal(qlinear(u, xz, xs, lin, grid, backend), codes)
         with pytest.raises(ConfigError, match="one activation scale per tensor"):
             qlinear(u, xz, xs, lin, backend="fbgemm")
 
@@ -331,6 +340,70 @@ def test_bad_operands_are_refused():
 
 
 # --------------------------------------------------------------------------------------------------
+# the exact float GEMM and fbgemm's pair bound
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, 1, 514, 515, 2000])
+@pytest.mark.parametrize("precision", ["highest", "high"])
+def test_exact_mm_blocks(k, precision):
+    # full-range centred codes against full-range weights: 514 columns is the largest single float32 block
+    # (514 · 255 · 128 < 2^24 < 515 · 255 · 128); beyond it blocks summed in float64; at reduced float32 matmul
+    # precision float64 throughout. Every case is the exact integer product rounded once to float32.
+    g = torch.Generator().manual_seed(k)
+    w = torch.randint(-128, 128, (9, k), generator=g, dtype=torch.int8)
+    c = torch.randint(-255, 256, (40, k), generator=g).to(torch.float32)
+    if k:
+        c[:3], w[:2] = 255, -128  # the extremes: |acc| = 255 · 128 · k, past 2^24 from k = 515
+    lin = PreparedLinear(w, torch.tensor(0), torch.tensor(1.0))
+    want = (c.long() @ w.long().t()).to(torch.float32)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        assert torch.equal(intops.exact_mm(c, lin, 255), want)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert intops.float_exact_ok(k, 0, 255, lin) == (k <= 514 or not k)
+
+
+def test_fbgemm_pairs_exact_bound(monkeypatch):
+    # the int16 bound of vpmaddubsw's pair sums, where fbgemm is not exact for full-range codes
+    monkeypatch.setattr(fbgemm_mod, "fbgemm_linear_exact", lambda: (False, "no VNNI"))
+    monkeypatch.setattr(fbgemm_mod, "fbgemm_available", lambda: (True, "fbgemm"))
+    for u_max, lo, hi, ok in [(255, -64, 64, True), (255, -65, 64, False), (255, -64, 65, False),
+                              (128, -128, 127, True), (129, -128, 127, False), (15, -128, 127, True),
+                              (255, -8, 7, True), (255, 0, 0, True), (0, -128, 127, True)]:
+        assert fbgemm_mod.fbgemm_pairs_exact(u_max, lo, hi) is ok, (u_max, lo, hi)
+    monkeypatch.setattr(fbgemm_mod, "fbgemm_linear_exact", lambda: (True, "VNNI"))
+    assert fbgemm_mod.fbgemm_pairs_exact(255, -128, 127)
+
+
+@pytest.mark.skipif(not fbgemm_available()[0], reason="no fbgemm engine")
+@pytest.mark.parametrize(("u_max", "lo", "hi"), [(255, -64, 64), (255, -64, 63), (128, -128, 127), (127, -128, 127),
+                                                 (15, -128, 127), (255, -8, 7), (255, -128, 127)])
+def test_fbgemm_is_exact_where_the_bound_says(u_max, lo, hi):
+    # on the CPU the tests run on: wherever fbgemm_pairs_exact holds, fbgemm's GEMM is the exact product (codes
+    # at the bound's extremes in adjacent columns, as vpmaddubsw pairs them)
+    if not fbgemm_mod.fbgemm_pairs_exact(u_max, lo, hi):
+        pytest.skip("outside the bound on this CPU")
+    g = torch.Generator().manual_seed(u_max + hi)
+    for m, k, o in ((64, 256, 32), (5, 1433, 16), (300, 64, 64)):
+        u = torch.randint(0, u_max + 1, (m, k), generator=g, dtype=torch.uint8)
+        u[:4] = u_max
+        w = torch.randint(lo, hi + 1, (o, k), generator=g, dtype=torch.int8)
+        w[:4], w[4:8] = lo, hi
+        lin = PreparedLinear(w, torch.tensor(0), torch.tensor(1.0))
+        y = qlinear(u, 0, 1.0, lin, backend="fbgemm", u_max=u_max)
+        assert torch.equal(y, (u.long() @ w.long().t()).to(torch.float32)), (m, k, o)  # rounded once
+
+
+def test_exact_fallback_is_timed_once():
+    fast, why = intops.int_mm_fast()
+    assert isinstance(fast, bool) and why and intops.int_mm_fast() == (fast, why)
+    assert intops.exact_backend()[0] == ("int_mm" if fast else "float")
+
+
+# --------------------------------------------------------------------------------------------------
 # backend choice and reasons
 # --------------------------------------------------------------------------------------------------
 
@@ -338,27 +411,45 @@ def test_bad_operands_are_refused():
 def test_linear_backend_reasons():
     assert linear_backend(False, "reference") == ("reference", "requested")
     assert linear_backend(True, "int_mm") == ("int_mm", "requested")
+    assert linear_backend(True, "float") == ("float", "requested")
+    fallback, fallback_why = intops.exact_backend()
+    assert fallback in ("int_mm", "float") and fallback_why
     name, why = linear_backend(True, "auto")
-    assert name == "int_mm" and "per row" in why
+    assert name == fallback and "per row" in why and fallback_why in why
     name, why = linear_backend(False, "auto")
-    assert (name, why) == (("fbgemm", fbgemm_linear_exact()[1]) if FBGEMM_OK else ("int_mm", fbgemm_linear_exact()[1]))
+    if FBGEMM_OK:
+        assert (name, why) == ("fbgemm", fbgemm_linear_exact()[1])
+    else:
+        assert name == fallback and fbgemm_linear_exact()[1] in why
     with pytest.raises(ConfigError, match="one activation scale per tensor"):
         linear_backend(True, "fbgemm")
-    with pytest.raises(ConfigError, match="unknown linear backend 'float'"):
-        linear_backend(False, "float")
+    with pytest.raises(ConfigError, match="unknown linear backend 'numba'"):
+        linear_backend(False, "numba")
 
 
-def test_linear_falls_back_where_fbgemm_saturates(monkeypatch):
-    why = "fbgemm's uint8 x int8 GEMM saturates on this CPU (no AVX512-VNNI); torch._int_mm is used"
+@pytest.mark.parametrize("fast", [True, False])
+def test_linear_falls_back_where_fbgemm_saturates(monkeypatch, fast):
+    # a CPU without AVX512-VNNI: 8-bit codes against 8-bit weights go to the exact fallback (int_mm where it is
+    # fast, else the exact float GEMM), a layer whose codes cannot saturate the int16 pair sums stays on fbgemm
+    why = "fbgemm's uint8 x int8 GEMM saturates on full-range codes on this CPU (no AVX512-VNNI)"
     monkeypatch.setattr(intops, "fbgemm_linear_exact", lambda: (False, why))
-    assert linear_backend(False, "auto") == ("int_mm", why)
-    with pytest.raises(ConfigError, match="unusable here"):
-        linear_backend(False, "fbgemm")
-    assert runtime_backends()["runtime linear"] == (True, f"torch._int_mm ({why})")
+    monkeypatch.setattr(fbgemm_mod, "fbgemm_linear_exact", lambda: (False, why))
+    monkeypatch.setattr(intops, "int_mm_fast", lambda: (fast, "timed"))
+    fallback = "int_mm" if fast else "float"
     g = torch.Generator().manual_seed(8)
     w, wz, ws, b = weights(6, 20, False, False, g)
+    lin = PreparedLinear(w, wz, ws, b)
+    assert linear_backend(False, "auto") == (fallback, f"{why}: timed")
+    assert linear_backend(False, "auto", lin, 255) == (fallback, f"{why}: timed")
+    assert linear_backend(False, "auto", lin, 15)[0] == ("fbgemm" if fbgemm_available()[0] else fallback)
+    with pytest.raises(ConfigError, match="unusable here"):
+        linear_backend(False, "fbgemm", lin, 255)
+    assert runtime_backends()["runtime linear"] == (True, f"fbgemm where a layer's codes cannot saturate it (4-bit "
+                                                          f"activations or weights), else timed ({why})")
     u = activations(9, 20, g)
-    assert torch.equal(qlinear(u, 1, 0.5, PreparedLinear(w, wz, ws, b)), qlinear_reference(u, 1, 0.5, w, wz, ws, b))
+    assert torch.equal(qlinear(u, 1, 0.5, lin), qlinear_reference(u, 1, 0.5, w, wz, ws, b))
+    grid = (0.3, 4, 255)
+    assert torch.equal(qlinear(u, 1, 0.5, lin, grid), qlinear_reference(u, 1, 0.5, w, wz, ws, b, grid))
 
 
 def test_aggregate_backend_reasons(monkeypatch):

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from qgnn.errors import ConfigError
 from qgnn.kernels import FLOAT_EXACT, INT32_MAX, integer_accumulate
+from qgnn.kernels.intops import float_exact_mm
 
 __all__ = ["GEMM_BACKENDS", "AGG_BACKENDS", "int8_matmul", "int_linear", "centred_matmul_float", "GraphPlan",
            "scipy_available"]
@@ -126,7 +127,7 @@ def int_linear(a: Tensor, z_a: Tensor | None, w: Tensor, z_w: Tensor | None, w_r
     return acc
 
 
-CENTRED_BLOCK = 258  # 258 · 255 · 255 < 2^24: K block whose centred int8-grid dot products float32 holds
+CENTRED_BLOCK = FLOAT_EXACT // (255 * 255)  # 258: K block whose centred int8-grid dot products float32 holds
 
 
 def centred_matmul_float(ac: Tensor, wc_t: Tensor) -> Tensor:
@@ -143,14 +144,7 @@ def centred_matmul_float(ac: Tensor, wc_t: Tensor) -> Tensor:
     if ac.dim() != 2 or wc_t.dim() != 2 or ac.size(1) != wc_t.size(0):
         raise ConfigError(f"centred_matmul_float needs [N, K] and [K, O], got {tuple(ac.shape)} and "
                           f"{tuple(wc_t.shape)}")
-    k = ac.size(1)
-    if k <= CENTRED_BLOCK:
-        return ac @ wc_t
-    acc = None
-    for start in range(0, k, CENTRED_BLOCK):
-        part = (ac[:, start:start + CENTRED_BLOCK] @ wc_t[start:start + CENTRED_BLOCK]).to(torch.float64)
-        acc = part if acc is None else acc.add_(part)
-    return acc.to(torch.float32)
+    return float_exact_mm(ac, wc_t, 255 * 255)  # blocks of CENTRED_BLOCK columns
 
 
 class GraphPlan:

@@ -12,10 +12,11 @@ floats are involved, so the ONNX model and the runtime agree up to the summation
   per entry; nearest-neighbour groups picked per row as ``qgnn.quant.a2q.nearest_group`` does).
 * **Fake-quant values** ``x̂ = (q − z) · s``: ``DequantizeLinear`` (A2Q: ``Cast`` · ``Mul``).
 * **Integer linear** (per-tensor or per-row input scale, quantized weight): ``MatMulInteger`` on the codes
-  with their zero-points (weights int8 [K, O], shifted by −128 when their grid is unsigned 8-bit, exactly as
-  the runtime's int8 view) -> exact int32 ``Σ_k (q_x − z_x)(q_w − z_w)``, then ``Cast`` and one ``Mul`` by
-  ``s_x · s_w`` and ``Add`` of the bias. Per-row input zero-points (onnxruntime takes a scalar ``a_zero_point``
-  only) are subtracted as ``z_x · Σ_k (q_w − z_w)`` in int32.
+  with their zero-points (weights the runtime's int8 view [K, O], shifted by −128 when their grid is unsigned
+  8-bit, then stored as uint8, + 128, for onnxruntime's exact uint8 x uint8 kernel) -> exact int32
+  ``Σ_k (q_x − z_x)(q_w − z_w)``, then ``Cast`` and one ``Mul`` by ``s_x · s_w`` and ``Add`` of the bias.
+  Per-row input zero-points (onnxruntime takes a scalar ``a_zero_point`` only) are subtracted as
+  ``z_x · Σ_k (q_w − z_w)`` in int32.
 * **Float linear** (a float input, per-channel input scales, a float weight): ``MatMul`` by the dequantized
   weight, as the runtime's fake-quant fallback.
 """
@@ -303,10 +304,14 @@ def int_accumulator(b: Builder, c: Codes, w: Weight) -> str:
     q8 = (w.codes.reshape(w.shape[0], -1) - offset).astype(np.int8)
     z8 = np.broadcast_to(w.zero - offset, (w.shape[0],)).astype(np.int8) if w.zero.size > 1 \
         else (w.zero.reshape(()) - offset).astype(np.int8)
+    # stored as uint8 (codes and zero-point + 128; q − z unchanged): onnxruntime's uint8 x int8 kernel sums
+    # pairs of products in int16 with saturation (vpmaddubsw) on CPUs without AVX512-VNNI, wrong for full-range
+    # codes; uint8 x uint8 and int8 x uint8 are exact on every CPU (tests/export/test_export_onnx.py)
+    qu, zu = (q8.astype(np.int16) + 128).astype(np.uint8), (z8.astype(np.int16) + 128).astype(np.uint8)
     per_tensor_zx = c.zero.size == 1
     a_zero = b.const(c.zero.reshape(()).astype(c.dtype)) if per_tensor_zx else ""
-    acc = b.op("MatMulInteger", c.name, b.const(np.ascontiguousarray(q8.T), hint="w_codes"), a_zero,
-               b.const(z8, hint="w_zero"), hint="acc")
+    acc = b.op("MatMulInteger", c.name, b.const(np.ascontiguousarray(qu.T), hint="w_codes"), a_zero,
+               b.const(zu, hint="w_zero"), hint="acc")
     if not per_tensor_zx and c.zero.any():  # Σ_k (q_x − z_x)(q_w − z_w) = Σ_k q_x (q_w − z_w) − z_x Σ_k (q_w − z_w)
         wsum = (q8.astype(np.int32) - z8.astype(np.int32).reshape(-1, 1)).sum(1).astype(np.int32)
         acc = b.op("Sub", acc, b.op("Mul", b.const(c.zero.astype(np.int32)), b.const(wsum.reshape(1, -1))))

@@ -177,15 +177,20 @@ class PackedNodeModel:
 
     def kernels(self) -> dict[str, str]:
         """Which backend runs the linear layers and the aggregations here."""
-        from qgnn.kernels.intops import FLOAT_OUT_CHOICE, aggregate_backend, linear_backend
+        from qgnn.kernels.cpu.fbgemm import fbgemm_available
+        from qgnn.kernels.intops import FLOAT_OUT_CHOICE, aggregate_backend, exact_backend, linear_backend
 
+        auto = self.backend["linear"] == "auto"
         per_row = any(gran_is_node(layer.input) for layer in self.layers)
-        out = {"linear": linear_backend(False, self.backend["linear"])[0] + (
-                   ", int_mm (per-node scales)" if per_row and self.backend["linear"] == "auto" else ""),
+        linear = linear_backend(False, self.backend["linear"])[0]
+        if auto and linear != "fbgemm" and fbgemm_available()[0]:  # a CPU where fbgemm saturates on full-range
+            # codes: it still runs the layers whose codes cannot reach its int16 limits (4-bit ones)
+            linear = f"fbgemm where a layer's codes cannot saturate it, else {linear}"
+        out = {"linear": linear + (f", {exact_backend()[0]} (per-node scales)" if per_row and auto else ""),
                "aggregate": aggregate_backend(torch.empty(0, dtype=torch.uint8), self.backend["aggregate"])[0]}
-        if self.backend["linear"] == "auto":
+        if auto:
             out["linear_small_layers"] = (f"float rows into a layer of <= {_intops.SMALL_ROWS} rows: exact float32 "
-                                          "GEMM on the centred codes where its sums fit 2^24")
+                                          "GEMM on the centred codes (blocks whose sums fit 2^24)")
         if FLOAT_OUT_CHOICE.table and self.backend["linear"] == "auto":  # codes in, float out: measured per
             # shape (rows bucket x K -> O), in this process
             out["linear_float_out"] = ", ".join(f"{m}x{k}->{o}: {name}"

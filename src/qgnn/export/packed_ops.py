@@ -67,13 +67,15 @@ class _Lin:
             self._padded = PreparedLinear(torch.cat([w, pad], 1), self.prep.zero, self.prep.scale, self.prep.bias)
         return self._padded
 
-    def from_codes(self, u: Tensor, s: Tensor, z: Tensor, gran: str, out=None, qx: Tensor | None = None) -> Tensor:
-        """``qx``: ``u`` as a quint8 tensor (:func:`_gemm_chunks`), which fbgemm reads without a copy."""
+    def from_codes(self, u: Tensor, s: Tensor, z: Tensor, gran: str, out=None, qx: Tensor | None = None,
+                   u_max: int = 255) -> Tensor:
+        """``qx``: ``u`` as a quint8 tensor (:func:`_gemm_chunks`), which fbgemm reads without a copy; ``u_max``:
+        the largest code of the input's grid (where fbgemm is exact only for some codes)."""
         if self.quantized and gran in ("tensor", "node"):
             prep = self._prep_for(u.size(1))
             if gran == "tensor":
-                return qlinear(u, int(z), float(s), prep, out, self.backend, qx)
-            return qlinear(u, z, s, prep, out, self.backend)
+                return qlinear(u, int(z), float(s), prep, out, self.backend, qx, u_max)
+            return qlinear(u, z, s, prep, out, self.backend, u_max=u_max)
         u = u[:, :self.w.shape[1]]  # padding columns of a planar table, if any
         xf = u.to(torch.float32)
         xf = xf.sub_(z.view(-1, 1) if gran == "node" else z.to(torch.float32)).mul_(
@@ -265,10 +267,10 @@ class PackedGCN(_PackedConv):
             h = QRows(n, self.lin.prep.out_features, self.xw.span, "tensor",
                       self.xw.scale.reshape(()), self.xw.zero_point.reshape(()) - int(self.xw.qmin))
             grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
-        gran_x = x.granularity
+        gran_x, span_x = x.granularity, getattr(x, "span", 255)
 
         def gemm(u, qx, s, z):
-            return self.lin.from_codes(u, s, z, gran_x, grid, qx)
+            return self.lin.from_codes(u, s, z, gran_x, grid, qx, span_x)
 
         for start, _end, y in _gemm_rows(x, _tables.row_chunk(x.channels), gemm):
             if fused:  # y: the codes of X·W
@@ -324,7 +326,8 @@ class PackedSAGE(_PackedConv):
                     y += self.lin_r(self.input, x.dequant(start, end), start, scratch=True, on_grid=True,
                                     small=small)
                 else:
-                    y += x.map_rows(start, end, lambda u, s, z: self.lin_r.from_codes(u, s, z, x.granularity))
+                    y += x.map_rows(start, end, lambda u, s, z: self.lin_r.from_codes(
+                        u, s, z, x.granularity, u_max=getattr(x, "span", 255)))
             if c.normalize:
                 y = F.normalize(y, p=2.0, dim=-1)
             emit(start, _requant(self.q.get("output"), y, start))
@@ -482,10 +485,10 @@ class PackedGAT(_PackedConv):
         z_h = self.xw.zero_point.reshape(()) - int(self.xw.qmin)
         h = QRows(n * heads, ch, self.xw.span, "tensor", self.xw.scale.reshape(()), z_h)  # heads interleaved
         grid = (float(self.xw.scale.reshape(())), int(h.zero), h.span)
-        gran_x = x.granularity
+        gran_x, span_x = x.granularity, getattr(x, "span", 255)
 
         def gemm(u, qx, s, z):
-            return self.lin.from_codes(u, s, z, gran_x, grid, qx)
+            return self.lin.from_codes(u, s, z, gran_x, grid, qx, span_x)
 
         for start, end, hu in _gemm_rows(x, _tables.row_chunk(x.channels), gemm):
             a_src[start:end], a_dst[start:end] = self._logits(hu, h)

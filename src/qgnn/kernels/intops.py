@@ -8,18 +8,25 @@ fast backend, and a reason for every choice (``qgnn info`` prints :func:`runtime
   weight prepared once as a :class:`PreparedLinear`. Backends: ``"fbgemm"`` (``quantized::linear``, the
   requantisation to the next grid fused; one scale per activation tensor), ``"int_mm"``
   (``torch._int_mm``, int8 x int8 -> int32, with Jacob et al.'s zero-point corrections; any activation
-  scale), ``"reference"``. ``"auto"``: fbgemm where it applies and is exact on this CPU
-  (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_linear_exact`), else int_mm; with float output, the faster of the
-  two for the shape, measured on its first call (:class:`ShapeChoice`).
+  scale), ``"float"`` (float32 GEMMs on the centred codes, exact: :func:`exact_mm`), ``"reference"``.
+  ``"auto"``: fbgemm where it applies and is exact for the layer's codes on this CPU
+  (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_pairs_exact`), else the exact fallback, int_mm or float, whichever is
+  faster here (:func:`exact_backend`; both give the same accumulators); with float output, the faster of fbgemm
+  and that fallback for the shape, measured on its first call (:class:`ShapeChoice`).
 
 Measured on one thread of the project's machine (``benchmarks/runtime.py --part kernels``, codes in, codes of
 the next grid out): fbgemm's linear takes 0.50x the FP32 ``F.linear`` time at (262,144 x 128) @ (128 x 256) and
 0.48x at (262,144 x 256) @ (256 x 40); the ``_int_mm`` path 3.0x and 1.5x (its zero-point corrections and
 requantisation are separate passes), so it serves only per-row scales; the rowwise bag 0.20-0.37x torch's
-FP32 CSR SpMM on sbm-1m's graph at 40-256 channels and 8 / 4 / 2 bits.
+FP32 CSR SpMM on sbm-1m's graph at 40-256 channels and 8 / 4 / 2 bits. On a CPU without AVX512-VNNI (an AVX2
+EPYC, one thread) ``torch._int_mm`` is a plain loop, 30x sgemm's time at (4,096 x 128) @ (128 x 256), and fbgemm
+saturates on full-range 8-bit codes: there 8-bit layers run the exact float32 GEMM and 4-bit ones fbgemm.
 """
 
 from __future__ import annotations
+
+import functools
+import time
 
 import torch
 from torch import Tensor
@@ -30,6 +37,7 @@ from .cpu.fbgemm import (
     CodeBuffer,
     fbgemm_available,
     fbgemm_linear_exact,
+    fbgemm_pairs_exact,
     prepack_linear,
     qlinear_fbgemm,
     qlinear_fbgemm_float,
@@ -40,11 +48,12 @@ from .reference.qlinear import OutGrid, check_qlinear, qlinear_reference
 from .reference.rowwise import MODES, check_csr, rowwise_aggregate_reference, unpack_rows
 
 __all__ = ["AGGREGATE_BACKENDS", "FLOAT_OUT_CHOICE", "LINEAR_BACKENDS", "SMALL_ROWS", "CodeBuffer", "PreparedLinear",
-           "ShapeChoice", "aggregate_backend", "float_exact_ok", "linear_backend", "qlinear", "qlinear_from_float",
-           "rowwise_aggregate", "rowwise_values", "runtime_backends"]
+           "ShapeChoice", "aggregate_backend", "exact_backend", "exact_mm", "float_exact_mm", "float_exact_ok",
+           "int_mm_fast", "linear_backend", "qlinear", "qlinear_from_float", "rowwise_aggregate", "rowwise_values",
+           "runtime_backends"]
 
 AGGREGATE_BACKENDS = ("auto", "fbgemm", "reference")
-LINEAR_BACKENDS = ("auto", "fbgemm", "int_mm", "reference")
+LINEAR_BACKENDS = ("auto", "fbgemm", "int_mm", "float", "reference")
 
 
 def _check(name: str, valid: tuple[str, ...], what: str) -> None:
@@ -123,6 +132,12 @@ class PreparedLinear:
         self._out_scale: dict[float, Tensor] = {}
         self._zero_term: dict[int, Tensor] = {}
         self._centred: tuple[Tensor, int] | None = None
+        self._w_range = (int(self.w.min()), int(self.w.max())) if self.w.numel() else (0, 0)
+
+    def fbgemm_exact(self, u_max: int) -> bool:
+        """Whether fbgemm's GEMM is exact on activation codes ``0 .. u_max`` against these weight codes here
+        (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_pairs_exact`)."""
+        return fbgemm_pairs_exact(u_max, *self._w_range)
 
     def out_scale(self, x_scale: float) -> Tensor:
         """``s_x · s_w`` (scalar or [O]) for one activation scale."""
@@ -161,23 +176,68 @@ class PreparedLinear:
         return self.w.numel() + 4 * (self.scale.numel() + self.zero.numel())
 
 
-def linear_backend(per_row: bool, backend: str = "auto") -> tuple[str, str]:
-    """(backend, why) for :func:`qlinear`; ``per_row``: the activations have one scale per row."""
+@functools.cache
+def int_mm_fast() -> tuple[bool, str]:
+    """(whether ``torch._int_mm`` is at least as fast here as the exact float32 GEMM it stands beside, why):
+    timed once per process at (512 x 256) @ (256 x 256), the best of 3 calls each after an untimed one. Where
+    the CPU lacks AVX512-VNNI, torch's kernel is a plain loop (30x sgemm's time on an AVX2 EPYC). Both give the
+    same exact accumulators and the same float ops after them, so the choice changes the time, never a
+    result."""
+    if not hasattr(torch, "_int_mm"):  # pragma: no cover - every supported torch has it
+        return False, "this torch has no torch._int_mm"
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (512, 256), generator=gen, dtype=torch.int8)
+    b = torch.randint(-128, 128, (256, 256), generator=gen, dtype=torch.int8)
+    af, bf = a.to(torch.float32), b.to(torch.float32)
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    t_int, t_float = best(lambda: torch._int_mm(a, b)), best(lambda: torch.mm(af, bf))
+    ratio = t_int / max(t_float, 1e-9)
+    if ratio <= 1.0:
+        return True, f"torch._int_mm ({ratio:.2f}x the float32 GEMM's time here)"
+    return False, f"exact float32 GEMMs on the centred codes (torch._int_mm takes {ratio:.1f}x their time here)"
+
+
+def exact_backend() -> tuple[str, str]:
+    """(``"int_mm"`` or ``"float"``, why): the exact GEMM for what fbgemm cannot take (per-row activation scales,
+    codes that would saturate its int16 pair sums), whichever is faster here (:func:`int_mm_fast`)."""
+    fast, why = int_mm_fast()
+    return ("int_mm" if fast else "float"), why
+
+
+def linear_backend(per_row: bool, backend: str = "auto", lin: PreparedLinear | None = None,
+                   u_max: int = 255) -> tuple[str, str]:
+    """(backend, why) for :func:`qlinear`; ``per_row``: the activations have one scale per row; ``lin`` and
+    ``u_max``: the layer's weights and largest activation code, where fbgemm is exact only for some codes
+    (:func:`~qgnn.kernels.cpu.fbgemm.fbgemm_pairs_exact`)."""
     _check(backend, LINEAR_BACKENDS, "linear")
-    if backend == "reference":
-        return "reference", "requested"
-    if backend == "int_mm":
-        return "int_mm", "requested"
+    if backend in ("reference", "int_mm", "float"):
+        return backend, "requested"
     exact, why = fbgemm_linear_exact()
+    layer_ok = exact or (lin is not None and lin.fbgemm_exact(u_max))
     if backend == "fbgemm":
         if per_row:
             raise ConfigError("linear backend 'fbgemm' needs one activation scale per tensor")
-        if not exact:
+        if not layer_ok:
             raise ConfigError(f"linear backend 'fbgemm' is unusable here: {why}")
         return "fbgemm", "requested"
     if per_row:
-        return "int_mm", "one activation scale per row (fbgemm takes one per tensor)"
-    return ("fbgemm", why) if exact else ("int_mm", why)
+        name, fallback = exact_backend()
+        return name, f"one activation scale per row (fbgemm takes one per tensor): {fallback}"
+    if exact:
+        return "fbgemm", why
+    if layer_ok:
+        return "fbgemm", "this layer's codes cannot saturate fbgemm's int16 pair sums"
+    name, fallback = exact_backend()
+    return name, f"{why}: {fallback}"
 
 
 def _int_mm_linear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None) -> Tensor:
@@ -202,6 +262,13 @@ def _int_mm_shifted(a: Tensor, za, x_scale, lin: PreparedLinear, out: OutGrid | 
         acc -= a.sum(1, dtype=torch.int32).view(-1, 1) * zw
         if not plain or za != 0:
             acc += lin.in_features * za * zw
+    return _finish(acc, x_scale, lin, out)
+
+
+def _finish(acc: Tensor, x_scale, lin: PreparedLinear, out: OutGrid | None) -> Tensor:
+    """``acc · s_x s_w + bias`` from exact accumulators (int32, or float32 holding the integers the reference's
+    ``acc.to(float32)`` gives), then the output grid's codes where ``out`` is given: the int_mm and float paths'
+    common end, so the two give the same values."""
     if isinstance(x_scale, float):
         s = lin.out_scale(x_scale)
     else:
@@ -248,35 +315,84 @@ def float_exact_ok(k: int, x_zero: int, u_max: int, lin: PreparedLinear) -> bool
             and k * max(x_zero, u_max - x_zero) * lin.centred_float()[1] <= FLOAT_EXACT)
 
 
+def float_exact_mm(c: Tensor, wt: Tensor, bound: int) -> Tensor:
+    """``c @ wt`` for integer-valued float32 operands [M, K] and [K, O] whose products are at most ``bound`` in
+    magnitude, exactly: float32 GEMMs over blocks of at most ``2^24 / bound`` columns, whose partial sums are
+    integers within 2^24 whatever the summation order, summed in float64 where there is more than one block
+    (exact to 2^53) and rounded once to float32, as an int32 sum's ``.to(float32)`` rounds (float64 throughout
+    where float32 matmuls may run at reduced precision: TF32 / bf16)."""
+    k = c.size(1)
+    if torch.get_float32_matmul_precision() != "highest":
+        return torch.mm(c.to(torch.float64), wt.to(torch.float64)).to(torch.float32)
+    per = max(1, FLOAT_EXACT // max(1, bound))
+    if k <= per:
+        return torch.mm(c, wt)
+    acc = torch.mm(c[:, :per], wt[:per]).to(torch.float64)
+    for s in range(per, k, per):
+        acc += torch.mm(c[:, s:s + per], wt[s:s + per])
+    return acc.to(torch.float32)
+
+
+def exact_mm(c: Tensor, lin: PreparedLinear, c_max: int) -> Tensor:
+    """``acc = c (w − z_w)ᵀ`` for centred codes ``c`` (float32 [M, K], integers, ``|c| <= c_max``), exactly, by
+    :func:`float_exact_mm` (blocks of ``2^24 / (c_max · max|w − z_w|)`` columns): the reference's
+    ``acc.to(float32)``."""
+    wt, w_max = lin.centred_float()
+    return float_exact_mm(c, wt, c_max * w_max)
+
+
 def _float_exact_from_float(x: Tensor, x_zero: int, x_scale: float, lin: PreparedLinear,
                             u_max: int, scratch: bool = False) -> Tensor:
     """The reference's result from float rows: the centred codes ``c = clamp(round(x / s), −z, u_max − z)`` (the
-    quantizer's passes; ``u − z = c``), ``acc = c (w − z_w)ᵀ`` by a float32 GEMM, exact under
-    :func:`float_exact_ok`, then ``acc · s_x s_w + bias`` as the reference computes it: bit for bit its value."""
+    quantizer's passes; ``u − z = c``), ``acc = c (w − z_w)ᵀ`` by :func:`exact_mm`, then ``acc · s_x s_w + bias``
+    as the reference computes it: bit for bit its value."""
     t = x.div_(x_scale) if scratch else torch.div(x, x_scale)
-    acc = torch.mm(t.round_().clamp_(-x_zero, u_max - x_zero), lin.centred_float()[0])
-    y = acc.mul_(lin.out_scale(x_scale))
-    if lin.bias is not None:
-        y += lin.bias
-    return y
+    c = t.round_().clamp_(-x_zero, u_max - x_zero)
+    return _finish(exact_mm(c, lin, max(x_zero, u_max - x_zero)), x_scale, lin, None)
+
+
+def _float_exact_codes(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None,
+                       u_max: int) -> Tensor:
+    """The reference's result from codes ``u`` (one zero-point, or one per row): ``c = u − z`` in float32, then
+    :func:`exact_mm` and the common end (:func:`_finish`)."""
+    c = u.to(torch.float32)
+    z = torch.as_tensor(x_zero)
+    if z.numel() > 1:
+        z = z.reshape(-1)
+        c.sub_(z.view(-1, 1).to(torch.float32))
+        c_max = max(int(z.max()), u_max - int(z.min()))
+    else:
+        z = int(z)
+        if z:
+            c.sub_(float(z))
+        c_max = max(z, u_max - z)
+    return _finish(exact_mm(c, lin, max(c_max, 1)), x_scale, lin, out)
 
 
 def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None = None,
-            backend: str = "auto", qx: Tensor | None = None) -> Tensor:
+            backend: str = "auto", qx: Tensor | None = None, u_max: int = 255) -> Tensor:
     """The quantized linear layer (:mod:`qgnn.kernels.reference.qlinear`) by the backend
     :func:`linear_backend` picks: float32 [M, O], or uint8 codes on the output grid ``out``. ``qx``: ``u`` as a
-    quint8 tensor of one scale / zero-point (a :class:`CodeBuffer`'s view), read by fbgemm without a copy."""
+    quint8 tensor of one scale / zero-point (a :class:`CodeBuffer`'s view), read by fbgemm without a copy;
+    ``u_max``: the largest code ``u`` can hold (its grid's span)."""
     check_qlinear(u, lin.w)
     per_row = any(torch.is_tensor(v) and v.numel() > 1 for v in (x_scale, x_zero))
-    name, _ = linear_backend(per_row, backend)
+    name, _ = linear_backend(per_row, backend, lin, u_max)
     if u.size(0) == 0:
         return torch.empty((0, lin.out_features), dtype=torch.float32 if out is None else torch.uint8)
+    if name == "fbgemm" and out is None and backend == "auto":  # float out: the faster for this shape
+        return FLOAT_OUT_CHOICE.run(u, int(x_zero), float(x_scale), lin, qx, u_max)
+    return _codes_call(name, u, x_zero, x_scale, lin, out, qx, u_max)
+
+
+def _codes_call(name: str, u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None,
+                qx: Tensor | None, u_max: int) -> Tensor:
     if name == "reference":
         return qlinear_reference(u, x_zero, x_scale, lin.w, lin.zero, lin.scale, lin.bias, out)
     if name == "int_mm":
         return _int_mm_linear(u, x_zero, x_scale, lin, out)
-    if out is None and backend == "auto":  # float out: both backends apply; the faster for this shape
-        return FLOAT_OUT_CHOICE.run(u, int(x_zero), float(x_scale), lin, qx)
+    if name == "float":
+        return _float_exact_codes(u, x_zero, x_scale, lin, out, u_max)
     return qlinear_fbgemm(u.contiguous(), int(x_zero), float(x_scale), lin.packed(), out, qx)
 
 
@@ -284,7 +400,8 @@ class ShapeChoice:
     """The faster backend of :func:`qlinear` with float32 output, per shape, measured on first use.
 
     Codes in, float out: fbgemm's kernel takes float input, so its path dequantizes the codes first (a float
-    copy of the input), where ``torch._int_mm`` reads the codes; which is faster depends on the shape
+    copy of the input), where ``torch._int_mm`` reads the codes (or, where it is slow, :func:`exact_backend`,
+    the float path converts them once); which is faster depends on the shape
     (``benchmarks/runtime.py --part gemm``, one thread: fbgemm 0.03 against int_mm 0.05 ms at (64, 64) -> 64
     rows, int_mm 1.1 against fbgemm 5.8 ms at 4,096 rows of (1,433 -> 16)). The first call of a shape (rows
     rounded up to a power of two, K, O) runs both ``trials`` times and keeps the faster; later calls run it.
@@ -300,21 +417,20 @@ class ShapeChoice:
     def key(m: int, k: int, o: int) -> tuple[int, int, int]:
         return 1 << max(0, (m - 1).bit_length()), k, o
 
-    def _call(self, name: str, u, x_zero, x_scale, lin, qx):
-        if name == "int_mm":
-            return _int_mm_linear(u, x_zero, x_scale, lin, None)
-        return qlinear_fbgemm(u.contiguous(), x_zero, x_scale, lin.packed(), None, qx)
+    def _call(self, name: str, u, x_zero, x_scale, lin, qx, u_max: int = 255):
+        return _codes_call(name, u, x_zero, x_scale, lin, None, qx, u_max)
 
-    def run(self, u: Tensor, x_zero: int, x_scale: float, lin: PreparedLinear, qx: Tensor | None = None) -> Tensor:
+    def run(self, u: Tensor, x_zero: int, x_scale: float, lin: PreparedLinear, qx: Tensor | None = None,
+            u_max: int = 255) -> Tensor:
         key = self.key(u.size(0), u.size(1), lin.out_features)
         name = self.table.get(key)
         if name is None:
-            best = {c: self._measure(c, lambda c=c: self._call(c, u, x_zero, x_scale, lin, qx))
-                    for c in ("fbgemm", "int_mm")}
+            best = {c: self._measure(c, lambda c=c: self._call(c, u, x_zero, x_scale, lin, qx, u_max))
+                    for c in ("fbgemm", exact_backend()[0])}
             name = min(best, key=lambda c: best[c][0])
             self.table[key] = name
             return best[name][1]
-        return self._call(name, u, x_zero, x_scale, lin, qx)
+        return self._call(name, u, x_zero, x_scale, lin, qx, u_max)
 
     def _measure(self, name: str, fn) -> tuple[float, Tensor]:
         """(median seconds of ``trials`` calls of backend ``name``'s ``fn`` after an untimed one, its result):
@@ -344,19 +460,19 @@ def qlinear_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: 
     int8 in the same passes (:func:`_int_mm_from_float`). ``scratch``: ``x`` may be overwritten. ``on_grid``:
     ``x`` already holds grid values ``s · (u − z)`` (a table's decoded rows), so fbgemm's snap is skipped: the
     kernel's ``x · (1/s)`` lies within 1e-4 of the integer ``u − z`` (|u − z| <= 255) and rounds to it.
-    ``small``: the caller's layer has at most :data:`SMALL_ROWS` rows; with ``"auto"`` its GEMMs are exact float32
-    GEMMs on the centred codes where :func:`float_exact_ok` holds (the reference's value, bit for bit).
+    ``small``: the caller's layer has at most :data:`SMALL_ROWS` rows; with ``"auto"`` its GEMMs are the exact
+    float GEMMs on the centred codes (:func:`exact_mm`; the reference's value, bit for bit).
 
     No timed per-shape choice here (unlike :data:`FLOAT_OUT_CHOICE`): on a small graph's batches (MUTAG, [345, 64]
     -> 64, one thread) the int_mm path was as slow as fbgemm's ~40 µs call once its quantizing passes are
     counted, and a timing-dependent choice would make a model's outputs depend on the machine's load."""
-    name, _ = linear_backend(False, backend)
+    name = "float" if small and backend == "auto" else linear_backend(False, backend, lin, u_max)[0]
     if x.size(0) == 0 or name == "reference":
         u = torch.div(x, x_scale).round_().add_(x_zero).clamp_(0, u_max).to(torch.uint8)
-        return qlinear(u, x_zero, x_scale, lin, None, backend)
+        return qlinear(u, x_zero, x_scale, lin, None, backend, u_max=u_max)
     if name == "int_mm":
         return _int_mm_from_float(x, x_zero, x_scale, u_max, lin, scratch)
-    if small and backend == "auto" and float_exact_ok(x.size(1), x_zero, u_max, lin):
+    if name == "float":
         return _float_exact_from_float(x, x_zero, x_scale, lin, u_max, scratch)
     if on_grid:
         return qlinear_fbgemm_float(x.contiguous(), int(x_zero), float(x_scale), lin.packed())
@@ -370,9 +486,12 @@ def runtime_backends() -> dict[str, tuple[bool, str]]:
     agg_ok, agg_why = fbgemm_available()
     lin_ok, lin_why = fbgemm_linear_exact()
     highest = torch.get_float32_matmul_precision() == "highest"
-    small = (f"float rows into a layer of <= {SMALL_ROWS} rows: exact float32 GEMM on the centred codes where its "
-             "sums fit 2^24" if highest else "as other layers (float32 matmul precision is not 'highest', so a "
-             "float32 GEMM would not be exact)")
+    small = (f"float rows into a layer of <= {SMALL_ROWS} rows: exact float32 GEMM on the centred codes (blocks of "
+             "columns whose sums fit 2^24)" if highest else f"float rows into a layer of <= {SMALL_ROWS} rows: "
+             "exact float64 GEMM on the centred codes (float32 matmul precision is not 'highest', so a float32 "
+             "GEMM would not be exact)")
+    linear = lin_why if lin_ok else (f"fbgemm where a layer's codes cannot saturate it (4-bit activations or "
+                                     f"weights), else {exact_backend()[1]} ({lin_why})")
     return {"runtime aggregation": (True, agg_why if agg_ok else f"reference ({agg_why})"),
-            "runtime linear": (True, lin_why if lin_ok else f"torch._int_mm ({lin_why})"),
+            "runtime linear": (True, linear),
             "runtime linear, small layers": (True, small)}

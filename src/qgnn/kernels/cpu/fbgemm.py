@@ -11,8 +11,9 @@
 
 fbgemm on CPUs without AVX512-VNNI multiplies uint8 by int8 with ``vpmaddubsw``, whose int16 pair sums can
 saturate for full-range codes (why torch's default qconfig reduces activations to 7 bits);
-:func:`fbgemm_linear_exact` probes that once per process and the dispatcher (:mod:`qgnn.kernels.intops`)
-falls back to ``torch._int_mm`` where it does.
+:func:`fbgemm_linear_exact` probes that once per process. Where it does, a layer whose codes cannot reach the
+int16 limits (:func:`fbgemm_pairs_exact`: 4-bit activations or weights, 7-bit activations) still runs on
+fbgemm, and the dispatcher (:mod:`qgnn.kernels.intops`) runs the others on an exact fallback.
 
 torch 2.13 warns that quantized tensors are deprecated; the codes are wrapped as quantized tensors only for
 the call (no copy), and the warning is silenced here.
@@ -27,8 +28,8 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["CodeBuffer", "fbgemm_available", "fbgemm_linear_exact", "rowwise_aggregate_fbgemm", "qlinear_fbgemm",
-           "qlinear_fbgemm_float", "prepack_linear"]
+__all__ = ["CodeBuffer", "fbgemm_available", "fbgemm_linear_exact", "fbgemm_pairs_exact", "rowwise_aggregate_fbgemm",
+           "qlinear_fbgemm", "qlinear_fbgemm_float", "prepack_linear"]
 
 _BAG_OPS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets",
             2: "embedding_bag_2bit_rowwise_offsets"}
@@ -165,5 +166,22 @@ def fbgemm_linear_exact() -> tuple[bool, str]:
         return False, f"fbgemm linear failed ({e})"
     ref = (u.to(torch.int64) @ w.to(torch.int64).t()).to(torch.float32)
     if not torch.equal(y, ref):
-        return False, "fbgemm's uint8 x int8 GEMM saturates on this CPU (no AVX512-VNNI); torch._int_mm is used"
+        return False, "fbgemm's uint8 x int8 GEMM saturates on full-range codes on this CPU (no AVX512-VNNI)"
     return True, "fbgemm quantized linear, exact on full-range codes here"
+
+
+INT16_MIN, INT16_MAX = -(2**15), 2**15 - 1
+
+
+def fbgemm_pairs_exact(u_max: int, w_min: int, w_max: int) -> bool:
+    """Whether fbgemm's linear is exact on uint8 codes in ``0 .. u_max`` and int8 weight codes in ``w_min ..
+    w_max``: everywhere it is exact for full-range codes (:func:`fbgemm_linear_exact`), else where no pair sum
+    ``u_k w_k + u_(k+1) w_(k+1)`` of ``vpmaddubsw`` can leave int16: ``2 u_max w_max <= 32767`` and
+    ``2 u_max w_min >= −32768``. Holds for any 4-bit activation grid (2 · 15 · 128), any activations of at
+    most 7 bits against int8 weights (2 · 128 · 127 = 32,512; 2 · 128 · −128 = −32,768), and 8-bit activations
+    against weights within ±64; tested against the exact product on the CPU the tests run on."""
+    if fbgemm_linear_exact()[0]:
+        return True
+    if not fbgemm_available()[0]:
+        return False
+    return 2 * u_max * max(w_max, 0) <= INT16_MAX and 2 * u_max * min(w_min, 0) >= INT16_MIN

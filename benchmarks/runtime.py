@@ -43,6 +43,7 @@ import functools
 import gc
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -358,8 +359,37 @@ def round_ratios(rounds: list[dict]) -> dict:
             "memory_ratio": med(x["peak_memory_bytes"] / max(1, x["fp32_peak_memory_bytes"]) for x in rounds)}
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and whether it has AVX512-VNNI, and whether fbgemm's GEMM is exact on full-range codes
+    here (its kernels without VNNI saturate int16 pair sums, so the runtime's 8-bit GEMMs take another path)."""
+    from qgnn.kernels.cpu.fbgemm import fbgemm_linear_exact
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"model": model, "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags,
+            "fbgemm_full_range_exact": fbgemm_linear_exact()[0]}
+
+
+def small_name() -> str:
+    """The small-graph table of this CPU kind: ``runtime-small`` where fbgemm is exact on full-range codes
+    (AVX512-VNNI), ``runtime-small-no-vnni`` elsewhere (8-bit GEMMs on the exact float path)."""
+    from qgnn.kernels.cpu.fbgemm import fbgemm_linear_exact
+
+    return "runtime-small" if fbgemm_linear_exact()[0] else "runtime-small-no-vnni"
+
+
 def part_small(args) -> dict:
-    prior = _read("runtime-small")
+    name = small_name()
+    prior = _read(name)
     rows = {r["case"]: r for r in prior.get("rows", [])}
     for dataset, model, bits in SMALL_CASES:
         case = f"{dataset.lower()}-{model}-qat{bits}"
@@ -375,7 +405,7 @@ def part_small(args) -> dict:
         # the command that runs every case (a --datasets / --cases run updates its rows and keeps the others)
         command = command_line().replace(f" --datasets {' '.join(args.datasets or [])}", "").replace(
             f" --cases {' '.join(args.cases or [])}", "")
-        write_json("runtime-small", {"command": command, "rows": list(rows.values())})
+        write_json(name, {"command": command, "cpu": cpu_info(), "rows": list(rows.values())})
     return {"rows": list(rows.values())}
 
 
@@ -537,31 +567,48 @@ def render() -> None:
                   "use for float out (`ShapeChoice`: rows rounded up to a power of two, K, O). Command: "
                   f"`{gemm['command']}`."]
         update_section("runtime-gemm", "\n".join(lines))
-    small = _read("runtime-small")
-    if small:
-        lines = ["## The integer runtime against FP32 PyG on Planetoid and TU", "",
-                 "| dataset | model | bits | accuracy FP32 twin / runtime | latency ms FP32 → runtime (speedup) | "
-                 "peak MiB FP32 → runtime (ratio) |", "|---|---|---|---|---|---|"]
-        for r in small["rows"]:
-            f = r["fp32"]
-            bits = int(r["case"].rsplit("qat", 1)[1])  # the case's width (older rows: the slot table)
-            ratio = "n/a" if r.get("memory_ratio") is None else f"{r['memory_ratio']:.2f}"
-            lines.append(f"| {r['dataset']} | {r['model'].upper()} | {bits} | {100 * f['accuracy']:.1f} / "
-                         f"{100 * r['accuracy']:.1f} | {f['latency_ms']:.2f} → {r['latency_ms']:.2f} "
-                         f"({r['speedup']:.2f}x) | {f['peak_memory_bytes'] / 2**20:.2f} → "
-                         f"{r['peak_memory_bytes'] / 2**20:.2f} ({ratio}) |")
-        lines += ["", "QAT models trained with each dataset's recipe (one seed; MUTAG 100 epochs, REDDIT-BINARY 10, "
-                  "one fold), exported, and run by `qgnn eval MODEL --fp32-reference`: the FP32 twin is the same "
-                  "weights dequantized in PyG FP32 layers on a CSR `adj_t` (no activation quantization, hence its "
-                  "accuracy); "
-                  "latency is the median of the passes after the load step (graph plans, features encoded; for "
-                  "graph tasks once per batch, as the FP32 twin builds each batch's `adj_t` once), one "
-                  "thread; peak the RSS growth of a pass (median of up to 5). Each side's figures are the medians "
-                  "over fresh processes (`--rounds`, 3; 5 for the GIN rows of Cora, MUTAG and REDDIT-BINARY), the "
-                  "ratios the medians of each round's ratios (both sides of a round run in one process). Graph "
-                  "tasks: the "
-                  f"selected fold's test graphs in batches of the recipe's size. Command: `{small['command']}`."]
-        update_section("runtime-small", "\n".join(lines))
+    for name, title in (("runtime-small", ""), ("runtime-small-no-vnni", ", on a CPU without AVX512-VNNI")):
+        small = _read(name)
+        if small:
+            update_section(name, small_table(small, title))
+
+
+def small_table(small: dict, title: str) -> str:
+    """The small-graph table (section ``runtime-small`` or its CPU twin) from its JSON."""
+    cpu = small.get("cpu")
+    counts: dict[int, list[str]] = {}  # rounds -> cases
+    for r in small["rows"]:
+        counts.setdefault(len(r.get("rounds", [])) or 1, []).append(r["case"])
+    common = max(counts, key=lambda n: len(counts[n]))
+    rounds = "; ".join([str(common)] + [f"{n} for {', '.join(cases)}" for n, cases in sorted(counts.items())
+                                        if n != common])
+    lines = [f"## The integer runtime against FP32 PyG on Planetoid and TU{title}", "",
+             "| dataset | model | bits | accuracy FP32 twin / runtime | latency ms FP32 → runtime (speedup) | "
+             "peak MiB FP32 → runtime (ratio) |", "|---|---|---|---|---|---|"]
+    for r in small["rows"]:
+        f = r["fp32"]
+        bits = int(r["case"].rsplit("qat", 1)[1])  # the case's width (older rows: the slot table)
+        ratio = "n/a" if r.get("memory_ratio") is None else f"{r['memory_ratio']:.2f}"
+        lines.append(f"| {r['dataset']} | {r['model'].upper()} | {bits} | {100 * f['accuracy']:.1f} / "
+                     f"{100 * r['accuracy']:.1f} | {f['latency_ms']:.2f} → {r['latency_ms']:.2f} "
+                     f"({r['speedup']:.2f}x) | {f['peak_memory_bytes'] / 2**20:.2f} → "
+                     f"{r['peak_memory_bytes'] / 2**20:.2f} ({ratio}) |")
+    lines += ["", "QAT models trained with each dataset's recipe (one seed; MUTAG 100 epochs, REDDIT-BINARY 10, "
+              "one fold), exported, and run by `qgnn eval MODEL --fp32-reference`: the FP32 twin is the same "
+              "weights dequantized in PyG FP32 layers on a CSR `adj_t` (no activation quantization, hence its "
+              "accuracy); "
+              "latency is the median of the passes after the load step (graph plans, features encoded; for "
+              "graph tasks once per batch, as the FP32 twin builds each batch's `adj_t` once), one "
+              "thread; peak the RSS growth of a pass (median of up to 5). Each side's figures are the medians "
+              f"over fresh processes (`--rounds`: {rounds}), the "
+              "ratios the medians of each round's ratios (both sides of a round run in one process). Graph "
+              "tasks: the "
+              f"selected fold's test graphs in batches of the recipe's size. Command: `{small['command']}`."]
+    if cpu:
+        lines += ["", f"CPU: {cpu['model']}, AVX512-VNNI {'yes' if cpu['avx512_vnni'] else 'no'}, fbgemm's "
+                  f"GEMM exact on full-range codes {'yes' if cpu['fbgemm_full_range_exact'] else 'no'} (where "
+                  "not, 8-bit GEMMs run as exact float32 GEMMs on the centred codes, 4-bit ones on fbgemm)."]
+    return "\n".join(lines)
 
 
 def main() -> None:

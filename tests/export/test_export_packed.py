@@ -251,7 +251,7 @@ def test_packed_backends():
         assert set(im.paths.values()) == {"int8 x int8 -> int32", "integer"}, im.paths
 
 
-def test_per_node_scales_use_int_mm():
+def test_per_node_scales_use_the_exact_fallback():
     im, _ = int_models(node_model("gcn", "a2q", 4, steps=2))
     assert im.packed.kernels()["linear"].endswith(f"{exact_backend()[0]} (per-node scales)")
 

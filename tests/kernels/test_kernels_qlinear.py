@@ -367,6 +367,30 @@ def test_exact_mm_blocks(k, precision):
     assert intops.float_exact_ok(k, 0, 255, lin) == (k <= 514 or not k)
 
 
+@pytest.mark.parametrize("precision", ["highest", "high"])
+def test_float_backend_on_wide_codes(precision):
+    # codes converted one block of columns at a time (3 blocks of at most 514 at K = 1,433; 512-column float64
+    # blocks below 'highest'), per-tensor and per-row zero-points, float and requantized output: the reference
+    g = torch.Generator().manual_seed(9)
+    k = 1433
+    u = activations(70, k, g)
+    u[:3] = 255
+    w, wz, ws, b = weights(16, k, True, True, g)
+    w[:2] = -128
+    lin = PreparedLinear(w, wz, ws, b)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        for xz in (0, 17, torch.randint(0, 256, (70,), generator=g)):
+            ref = qlinear_reference(u, xz, 0.01, w, wz, ws, b)
+            assert torch.equal(qlinear(u, xz, 0.01, lin, backend="float"), ref)
+            grid = output_grid(ref, 255)
+            assert torch.equal(qlinear(u, xz, 0.01, lin, grid, "float"), qlinear_reference(u, xz, 0.01, w, wz, ws, b,
+                                                                                            grid))
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 def test_fbgemm_pairs_exact_bound(monkeypatch):
     # the int16 bound of vpmaddubsw's pair sums, where fbgemm is not exact for full-range codes
     monkeypatch.setattr(fbgemm_mod, "fbgemm_linear_exact", lambda: (False, "no VNNI"))

@@ -315,21 +315,28 @@ def float_exact_ok(k: int, x_zero: int, u_max: int, lin: PreparedLinear) -> bool
             and k * max(x_zero, u_max - x_zero) * lin.centred_float()[1] <= FLOAT_EXACT)
 
 
-def float_exact_mm(c: Tensor, wt: Tensor, bound: int) -> Tensor:
+def float_exact_mm(c, wt: Tensor, bound: int) -> Tensor:
     """``c @ wt`` for integer-valued float32 operands [M, K] and [K, O] whose products are at most ``bound`` in
     magnitude, exactly: float32 GEMMs over blocks of at most ``2^24 / bound`` columns, whose partial sums are
     integers within 2^24 whatever the summation order, summed in float64 where there is more than one block
-    (exact to 2^53) and rounded once to float32, as an int32 sum's ``.to(float32)`` rounds (float64 throughout
-    where float32 matmuls may run at reduced precision: TF32 / bf16)."""
-    k = c.size(1)
+    (exact to 2^53) and rounded once to float32, as an int32 sum's ``.to(float32)`` rounds (float64 blocks
+    where float32 matmuls may run at reduced precision: TF32 / bf16). ``c``: the float32 tensor, or a function
+    ``(start, end) -> float32 [M, end − start]`` giving its columns block by block (codes converted per
+    block: no float copy of all K columns at once)."""
+    cols = c if callable(c) else (lambda start, end: c[:, start:end])
+    k = wt.size(0)
     if torch.get_float32_matmul_precision() != "highest":
-        return torch.mm(c.to(torch.float64), wt.to(torch.float64)).to(torch.float32)
+        acc = None
+        for start in range(0, max(k, 1), 512):
+            part = torch.mm(cols(start, start + 512).to(torch.float64), wt[start:start + 512].to(torch.float64))
+            acc = part if acc is None else acc.add_(part)
+        return acc.to(torch.float32)
     per = max(1, FLOAT_EXACT // max(1, bound))
     if k <= per:
-        return torch.mm(c, wt)
-    acc = torch.mm(c[:, :per], wt[:per]).to(torch.float64)
-    for s in range(per, k, per):
-        acc += torch.mm(c[:, s:s + per], wt[s:s + per])
+        return torch.mm(cols(0, k), wt)
+    acc = torch.mm(cols(0, per), wt[:per]).to(torch.float64)
+    for start in range(per, k, per):
+        acc += torch.mm(cols(start, start + per), wt[start:start + per])
     return acc.to(torch.float32)
 
 
@@ -353,20 +360,23 @@ def _float_exact_from_float(x: Tensor, x_zero: int, x_scale: float, lin: Prepare
 
 def _float_exact_codes(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None,
                        u_max: int) -> Tensor:
-    """The reference's result from codes ``u`` (one zero-point, or one per row): ``c = u − z`` in float32, then
-    :func:`exact_mm` and the common end (:func:`_finish`)."""
-    c = u.to(torch.float32)
+    """The reference's result from codes ``u`` (one zero-point, or one per row): ``c = u − z`` in float32, converted
+    one block of columns at a time (a float copy of all of a wide input, CiteSeer's 3,703 columns, would
+    quadruple the bytes of the codes), through :func:`float_exact_mm`, then the common end (:func:`_finish`)."""
     z = torch.as_tensor(x_zero)
     if z.numel() > 1:
         z = z.reshape(-1)
-        c.sub_(z.view(-1, 1).to(torch.float32))
-        c_max = max(int(z.max()), u_max - int(z.min()))
+        c_max, zc = max(int(z.max()), u_max - int(z.min())), z.view(-1, 1).to(torch.float32)
     else:
         z = int(z)
-        if z:
-            c.sub_(float(z))
-        c_max = max(z, u_max - z)
-    return _finish(exact_mm(c, lin, max(c_max, 1)), x_scale, lin, out)
+        c_max, zc = max(z, u_max - z), (float(z) if z else None)
+
+    def cols(start: int, end: int) -> Tensor:
+        c = u[:, start:end].to(torch.float32)
+        return c if zc is None else c.sub_(zc)
+
+    wt, w_max = lin.centred_float()
+    return _finish(float_exact_mm(cols, wt, max(c_max, 1) * w_max), x_scale, lin, out)
 
 
 def qlinear(u: Tensor, x_zero, x_scale, lin: PreparedLinear, out: OutGrid | None = None,

@@ -296,7 +296,8 @@ def _child(args_list: list[str], timeout: int = 3600) -> dict:
 
 def part_scale(args) -> dict:
     cases = [c for c in SCALE_CASES if c[0] in args.models and c[1] in args.bits]
-    prior = _read("runtime-scale")
+    name = cpu_name("runtime-scale")
+    prior = _read(name)
     rows = {r["case"]: r for r in prior.get("rows", [])}
     for model, bits in cases:
         path = model_file(TRAIN["dataset"], model, bits, {k: v for k, v in TRAIN.items() if k != "dataset"})
@@ -313,8 +314,8 @@ def part_scale(args) -> dict:
         print(f"[scale] {case}: {r['runtime_ms']:.0f} ms vs FP32 {r['fp32_ms']:.0f} ms ({r['speedup']:.2f}x), "
               f"peak {r['peak_runtime']['peak_bytes'] / 2**20:.0f} vs {r['peak_fp32']['peak_bytes'] / 2**20:.0f} MiB "
               f"({r['memory_ratio']:.3f})", flush=True)
-        out = {"command": command_line(), "rows": list(rows.values())}
-        write_json("runtime-scale", out)
+        out = {"command": command_line(), "cpu": cpu_info(), "rows": list(rows.values())}
+        write_json(name, out)
     return out
 
 
@@ -379,16 +380,25 @@ def cpu_info() -> dict:
             "fbgemm_full_range_exact": fbgemm_linear_exact()[0]}
 
 
-def small_name() -> str:
-    """The small-graph table of this CPU kind: ``runtime-small`` where fbgemm is exact on full-range codes
-    (AVX512-VNNI), ``runtime-small-no-vnni`` elsewhere (8-bit GEMMs on the exact float path)."""
+def cpu_name(base: str) -> str:
+    """The results of this CPU kind: ``base`` where fbgemm is exact on full-range codes (AVX512-VNNI),
+    ``base-no-vnni`` elsewhere (8-bit GEMMs on the exact float path)."""
     from qgnn.kernels.cpu.fbgemm import fbgemm_linear_exact
 
-    return "runtime-small" if fbgemm_linear_exact()[0] else "runtime-small-no-vnni"
+    return base if fbgemm_linear_exact()[0] else f"{base}-no-vnni"
+
+
+def cpu_line(cpu: dict | None) -> list[str]:
+    """The table's CPU note (none for results written before the CPU was recorded)."""
+    if not cpu:
+        return []
+    return ["", f"CPU: {cpu['model']}, AVX512-VNNI {'yes' if cpu['avx512_vnni'] else 'no'}, fbgemm's GEMM exact on "
+            f"full-range codes {'yes' if cpu['fbgemm_full_range_exact'] else 'no'} (where not, 8-bit GEMMs run as "
+            "exact float32 GEMMs on the centred codes, 4-bit ones on fbgemm)."]
 
 
 def part_small(args) -> dict:
-    name = small_name()
+    name = cpu_name("runtime-small")
     prior = _read(name)
     rows = {r["case"]: r for r in prior.get("rows", [])}
     for dataset, model, bits in SMALL_CASES:
@@ -523,32 +533,42 @@ def _read(name: str) -> dict:
 
 
 def render() -> None:
-    scale = _read("runtime-scale")
-    if scale:
-        lines = ["## The integer runtime on a million nodes", "",
-                 "| model | latency s: PyG FP32 / FP32 `adj_t @ h` / runtime | speedup vs PyG (vs `adj_t @ h`) | "
-                 "peak MiB FP32 → runtime (ratio) | runtime / its limit | accuracy FP32 twin / runtime | target |",
-                 "|---|---|---|---|---|---|---|"]
-        for r in scale["rows"]:
-            pf, pr = r["peak_fp32"]["peak_bytes"] / 2**20, r["peak_runtime"]["peak_bytes"] / 2**20
-            tgt = ">= 2x faster, peak <= 0.4x" if r["bits"] == 8 else "peak <= 0.25x, not slower than INT8"
-            lines.append(
-                f"| {r['model'].upper()} QAT {r['bits']} | {r['fp32_ms'] / 1e3:.2f} / "
-                f"{r['fp32_matmul_ms'] / 1e3:.2f} / "
-                f"{r['runtime_ms'] / 1e3:.2f} | {r['speedup']:.2f}x ({r['speedup_vs_matmul']:.2f}x) | "
-                f"{pf:,.0f} → {pr:,.0f} ({r['memory_ratio']:.3f}) | {r['runtime_over_limit']:.1f}x "
-                f"({r['limit_runtime_ms'] / 1e3:.2f} s) | {100 * r['accuracy_fp32']:.2f} / "
-                f"{100 * r['accuracy_runtime']:.2f} | {tgt} |")
-        r0 = scale["rows"][0]
-        lines += ["", f"sbm-1m ({r0['nodes']:,} nodes, {r0['edges']:,} edges), 128 → 256 → 40, one thread; models "
-                  "trained on sbm-100k (QAT, full batch, 20 epochs, one seed), the FP32 side their dequantized "
-                  f"weights. Copy bandwidth {r0['copy_bandwidth_gbs']:.1f} GB/s; the limit is the bytes a forward "
-                  "moves over it (FP32 PyG's own limit: "
-                  + ", ".join(f"{r['model'].upper()} {r['limit_fp32_ms'] / 1e3:.2f} s" for r in scale["rows"]
-                              if r["bits"] == 8)
-                  + "). The runtime's features are encoded at load as the first layer's codes and the float copy "
-                  f"freed; FP32 holds them as float32. Command: `{scale['command']}`."]
-        update_section("runtime-scale", "\n".join(lines))
+    for name, title in (("runtime-scale", ""), ("runtime-scale-no-vnni", ", on a CPU without AVX512-VNNI")):
+        scale = _read(name)
+        if scale:
+            update_section(name, scale_table(scale, title))
+    _render_rest()
+
+
+def scale_table(scale: dict, title: str) -> str:
+    """The sbm-1m table (section ``runtime-scale`` or its CPU twin) from its JSON."""
+    lines = [f"## The integer runtime on a million nodes{title}", "",
+             "| model | latency s: PyG FP32 / FP32 `adj_t @ h` / runtime | speedup vs PyG (vs `adj_t @ h`) | "
+             "peak MiB FP32 → runtime (ratio) | runtime / its limit | accuracy FP32 twin / runtime | target |",
+             "|---|---|---|---|---|---|---|"]
+    for r in scale["rows"]:
+        pf, pr = r["peak_fp32"]["peak_bytes"] / 2**20, r["peak_runtime"]["peak_bytes"] / 2**20
+        tgt = ">= 2x faster, peak <= 0.4x" if r["bits"] == 8 else "peak <= 0.25x, not slower than INT8"
+        lines.append(
+            f"| {r['model'].upper()} QAT {r['bits']} | {r['fp32_ms'] / 1e3:.2f} / "
+            f"{r['fp32_matmul_ms'] / 1e3:.2f} / "
+            f"{r['runtime_ms'] / 1e3:.2f} | {r['speedup']:.2f}x ({r['speedup_vs_matmul']:.2f}x) | "
+            f"{pf:,.0f} → {pr:,.0f} ({r['memory_ratio']:.3f}) | {r['runtime_over_limit']:.1f}x "
+            f"({r['limit_runtime_ms'] / 1e3:.2f} s) | {100 * r['accuracy_fp32']:.2f} / "
+            f"{100 * r['accuracy_runtime']:.2f} | {tgt} |")
+    r0 = scale["rows"][0]
+    lines += ["", f"sbm-1m ({r0['nodes']:,} nodes, {r0['edges']:,} edges), 128 → 256 → 40, one thread; models "
+              "trained on sbm-100k (QAT, full batch, 20 epochs, one seed), the FP32 side their dequantized "
+              f"weights. Copy bandwidth {r0['copy_bandwidth_gbs']:.1f} GB/s; the limit is the bytes a forward "
+              "moves over it (FP32 PyG's own limit: "
+              + ", ".join(f"{r['model'].upper()} {r['limit_fp32_ms'] / 1e3:.2f} s" for r in scale["rows"]
+                          if r["bits"] == 8)
+              + "). The runtime's features are encoded at load as the first layer's codes and the float copy "
+              f"freed; FP32 holds them as float32. Command: `{scale['command']}`."]
+    return "\n".join(lines + cpu_line(scale.get("cpu")))
+
+
+def _render_rest() -> None:
     gemm = _read("runtime-gemm")
     if gemm:
         lines = ["## The integer GEMM backends per shape", "",
@@ -604,11 +624,7 @@ def small_table(small: dict, title: str) -> str:
               "ratios the medians of each round's ratios (both sides of a round run in one process). Graph "
               "tasks: the "
               f"selected fold's test graphs in batches of the recipe's size. Command: `{small['command']}`."]
-    if cpu:
-        lines += ["", f"CPU: {cpu['model']}, AVX512-VNNI {'yes' if cpu['avx512_vnni'] else 'no'}, fbgemm's "
-                  f"GEMM exact on full-range codes {'yes' if cpu['fbgemm_full_range_exact'] else 'no'} (where "
-                  "not, 8-bit GEMMs run as exact float32 GEMMs on the centred codes, 4-bit ones on fbgemm)."]
-    return "\n".join(lines)
+    return "\n".join(lines + cpu_line(cpu))
 
 
 def main() -> None:

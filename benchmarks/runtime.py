@@ -74,7 +74,8 @@ def model_file(dataset: str, model: str, bits: int, over: dict | None = None, me
         if not ckpt.exists():
             over.setdefault("seeds", 1)
             cfg = TrainConfig(dataset=dataset, model=model, method=method, bits=bits, **over)
-            run_experiment(cfg, out=RUNS / f"{tag}.json", save=ckpt, progress=False)
+            # resume: a benchmark stopped during training continues it (training resumes to the same result)
+            run_experiment(cfg, out=RUNS / f"{tag}.json", save=ckpt, progress=False, resume=True)
         export_checkpoint(ckpt, out)
     return out
 

@@ -167,7 +167,10 @@ def render() -> None:
         "5.81 bits, IMDB-BINARY 73.05 at 6.76 bits; 32 / b: 5.51x, 4.73x; its FP32 70.46 and 75.25; "
         "REDDIT-BINARY 89.34). A uniform INT8 model is 16x in qgnn's BitOPs and 4x in the "
         "linear measure; INT4 64x / 8x. The search / FP32 ratio divides the search epoch by the FP32 epoch "
-        "of the same sweep (the FP32 runs follow the searches in that process).")
+        "of the same sweep (the FP32 runs follow the searches in that process). REDDIT-BINARY: no fold run "
+        "(0 of 10): its GIN training epoch takes 10-30 s on one shared core (results.md section 2) and a search "
+        "epoch about 3.4 training epochs (PROTEINS: 5.8 against 1.7 s), so one fold of 100 search and 350 "
+        "training epochs would take 2 to 4 hours, ten folds a day or more.")
     if fp32_lines:
         text += "\n\n" + "\n".join(fp32_lines)
     plots = [p for p in (pareto_plot(d) for d in ("cora", "citeseer", "proteins", "imdb-binary")) if p]

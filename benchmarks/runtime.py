@@ -305,7 +305,7 @@ def part_scale(args) -> dict:
         case = f"{model}-qat{bits}"
         print(f"[scale] {case}: timing on {args.dataset}", flush=True)
         r = {"case": case, "model": model, "bits": bits, "file": str(path.relative_to(ROOT)),
-             "dataset": args.dataset, "trained_on": TRAIN}
+             "dataset": args.dataset, "trained_on": TRAIN, "command": command_line()}
         r.update(_child(["--child", "time", str(path), args.dataset, str(args.repeats)]))
         for side in ("runtime", "fp32"):
             print(f"[scale] {case}: peak memory ({side}, fresh process)", flush=True)
@@ -543,6 +543,7 @@ def render() -> None:
 
 def scale_table(scale: dict, title: str) -> str:
     """The sbm-1m table (section ``runtime-scale`` or its CPU twin) from its JSON."""
+    commands = list(dict.fromkeys(r.get("command", scale["command"]) for r in scale["rows"]))
     lines = [f"## The integer runtime on a million nodes{title}", "",
              "| model | latency s: PyG FP32 / FP32 `adj_t @ h` / runtime | speedup vs PyG (vs `adj_t @ h`) | "
              "peak MiB FP32 → runtime (ratio) | runtime / its limit | accuracy FP32 twin / runtime | target |",
@@ -565,7 +566,8 @@ def scale_table(scale: dict, title: str) -> str:
               + ", ".join(f"{r['model'].upper()} {r['limit_fp32_ms'] / 1e3:.2f} s" for r in scale["rows"]
                           if r["bits"] == 8)
               + "). The runtime's features are encoded at load as the first layer's codes and the float copy "
-              f"freed; FP32 holds them as float32. Command: `{scale['command']}`."]
+              "freed; FP32 holds them as float32. Command" + ("s" if len(commands) > 1 else "") + ": "
+              + "; ".join(f"`{c}`" for c in commands) + "."]
     return "\n".join(lines + cpu_line(scale.get("cpu")))
 
 

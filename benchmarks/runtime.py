@@ -23,6 +23,11 @@ peak over the rounds, and the median over the rounds of each round's ratios, bot
 in one process (``--repeats`` passes per round; use 30: a pass of a few milliseconds varies by 10-20 % between
 processes).
 
+Parts ``scale`` and ``small`` write their results per CPU kind (:func:`cpu_name`): ``runtime-scale`` /
+``runtime-small`` where fbgemm's GEMM is exact on full-range codes (AVX512-VNNI), ``runtime-scale-no-vnni`` /
+``runtime-small-no-vnni`` elsewhere, where the runtime's 8-bit GEMMs take the exact float path; each JSON names
+its CPU (:func:`cpu_info`).
+
 Part ``kernels``: the kernels alone against their FP32 counterparts on sbm-1m's graph.
 
 Part ``gemm`` (section ``runtime-gemm``): the two integer GEMM backends (fbgemm, ``torch._int_mm``) per shape

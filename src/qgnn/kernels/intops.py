@@ -19,8 +19,9 @@ the next grid out): fbgemm's linear takes 0.50x the FP32 ``F.linear`` time at (2
 0.48x at (262,144 x 256) @ (256 x 40); the ``_int_mm`` path 3.0x and 1.5x (its zero-point corrections and
 requantisation are separate passes), so it serves only per-row scales; the rowwise bag 0.20-0.37x torch's
 FP32 CSR SpMM on sbm-1m's graph at 40-256 channels and 8 / 4 / 2 bits. On a CPU without AVX512-VNNI (an AVX2
-EPYC, one thread) ``torch._int_mm`` is a plain loop, 30x sgemm's time at (4,096 x 128) @ (128 x 256), and fbgemm
-saturates on full-range 8-bit codes: there 8-bit layers run the exact float32 GEMM and 4-bit ones fbgemm.
+EPYC, one thread) ``torch._int_mm`` is a plain loop, 30x sgemm's time at (4,096 x 128) @ (128 x 256) (ad hoc),
+and fbgemm saturates on full-range 8-bit codes: there 8-bit layers run the exact float32 GEMM and 4-bit ones
+fbgemm.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from .reference.qlinear import OutGrid, check_qlinear, qlinear_reference
 from .reference.rowwise import MODES, check_csr, rowwise_aggregate_reference, unpack_rows
 
 __all__ = ["AGGREGATE_BACKENDS", "FLOAT_OUT_CHOICE", "LINEAR_BACKENDS", "SMALL_ROWS", "CodeBuffer", "PreparedLinear",
-           "ShapeChoice", "aggregate_backend", "exact_backend", "exact_mm", "float_exact_mm", "float_exact_ok",
-           "int_mm_fast", "linear_backend", "qlinear", "qlinear_from_float", "rowwise_aggregate", "rowwise_values",
+           "ShapeChoice", "aggregate_backend", "exact_backend", "exact_mm", "float_exact_mm", "int_mm_fast",
+           "linear_backend", "qlinear", "qlinear_from_float", "rowwise_aggregate", "rowwise_values",
            "runtime_backends"]
 
 AGGREGATE_BACKENDS = ("auto", "fbgemm", "reference")
@@ -305,14 +306,6 @@ def _int_mm_from_float(x: Tensor, x_zero: int, x_scale: float, u_max: int, lin: 
 # ~350 nodes); from about a thousand rows fbgemm is faster (benchmarks/runtime.py --part gemm). Decided per layer
 # (its rows), not per chunk, so the chunk size changes no result.
 SMALL_ROWS = 1024
-
-
-def float_exact_ok(k: int, x_zero: int, u_max: int, lin: PreparedLinear) -> bool:
-    """Whether float32 sums ``Σ_k (u − z)(w − z_w)`` over ``k`` columns are exact: every partial sum is an integer
-    bounded by ``k · max|u − z| · max|w − z_w| <= 2^24``, whatever the summation order; and float32 matmuls run at
-    full precision (no TF32 / bf16)."""
-    return (torch.get_float32_matmul_precision() == "highest"
-            and k * max(x_zero, u_max - x_zero) * lin.centred_float()[1] <= FLOAT_EXACT)
 
 
 def float_exact_mm(c, wt: Tensor, bound: int) -> Tensor:

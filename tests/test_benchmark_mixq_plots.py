@@ -22,3 +22,14 @@ def test_pareto_plots_are_written_from_the_committed_sweeps(tmp_path, monkeypatc
         assert path == tmp_path / f"mixq-pareto-{dataset}.png" and path.read_bytes()[:8] == PNG
     assert mod.pareto_plot("pubmed") is None  # no sweep row: no figure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixq-pareto-citeseer.png", "mixq-pareto-cora.png"]
+
+
+def test_plain_commands_are_the_cells_they_stand_for():
+    """A graph-classification row's `qgnn search` command parses to its cell's configuration (the check
+    plain_command makes); a group with options the defaults lack gets no plain command."""
+    mod = _script("mixq")
+    assert mod.plain_command("proteins-gin", 0.25) == ("qgnn search --dataset PROTEINS --model gin --lambda 0.25 "
+                                                        "--search-epochs 100")
+    assert mod.plain_command("imdb-binary-gin", 50.0) == ("qgnn search --dataset IMDB-BINARY --model gin "
+                                                           "--search-epochs 100")
+    assert mod.plain_command("cora-c48", 1.0) is None  # α lr 0.01, plain QAT, candidates {4, 8}: not the defaults

@@ -66,12 +66,30 @@ def main(argv=None) -> int:
                 kw["seeds"] = args.seeds
             cfg = TrainConfig(**kw, method="a2q", bits=args.bits, folds=args.folds, epochs=args.epochs,
                               device=args.device)
-            cells += [_harness.Cell(f"a2q-{name}-fp32", dataclasses.replace(cfg, method="fp32", bits=None)),
-                      _harness.Cell(f"a2q-{name}", cfg)]
+            cells += [fp32_cell(name, cfg), _harness.Cell(f"a2q-{name}", cfg)]
         _harness.run(cells, root=args.root, force=args.force, dry_run=args.dry_run,
                      after=lambda cell, res, cached: print(cell.name, pct(res["metrics"]["test_acc"]), flush=True))
     render()
     return 0
+
+
+def fp32_cell(name: str, cfg) -> _harness.Cell:
+    """The FP32 run beside A2Q cell ``name``: the baselines' result (benchmarks/baselines.py,
+    baseline-<model>-<dataset>.json) where it holds this very configuration, so that one FP32 protocol trains once
+    (REDDIT-BINARY GIN: 100 epochs of 12-15 s a fold); else a cell of its own, a2q-<name>-fp32."""
+    fp = dataclasses.replace(cfg, method="fp32", bits=None)
+    shared = _harness.Cell(f"baseline-{cfg.model}-{cfg.dataset}", fp, legacy=True)
+    return shared if _harness.status(shared)[0].startswith("reused") else _harness.Cell(f"a2q-{name}-fp32", fp)
+
+
+def _fp32_beside(name: str, r: dict) -> dict | None:
+    """The FP32 results of A2Q results ``r``'s protocol (same runs and epochs): its own cell's, else the
+    baselines' (:func:`fp32_cell`); None when neither ran it."""
+    c = r["config"]
+    for fp in (_harness.load(f"a2q-{name}-fp32"), _harness.load(f"baseline-{c['model']}-{c['dataset']}")):
+        if fp and len(fp["runs"]) == len(r["runs"]) and fp["config"]["epochs"] == c["epochs"]:
+            return fp
+    return None
 
 
 def render() -> None:
@@ -83,9 +101,7 @@ def render() -> None:
         r = _harness.load(f"a2q-{name}")
         if r is None:
             continue
-        fp = _harness.load(f"a2q-{name}-fp32")
-        if fp and len(fp["runs"]) != len(r["runs"]) or fp and fp["config"]["epochs"] != r["config"]["epochs"]:
-            fp = None  # another protocol: not comparable
+        fp = _fp32_beside(name, r)  # another protocol is not comparable
         c, m, cost = r["config"], r["metrics"], r["cost"]
         proto = f"{c['seeds']} seeds" if c["task"] == "node" else f"{len(r['runs'])} of 10 folds"
         proto += f", {c['epochs']} epochs"

@@ -96,3 +96,14 @@ def test_migrated_scripts_render_the_committed_section_from_the_committed_json(s
     monkeypatch.setattr(report, "NOTES_DIR", docs / "notes")
     assert mod.main(["--render"]) == 0  # the JSON files only: nothing trains
     assert _section((docs / page.relative_to(RESULTS_MD.parent)).read_text(), section) == committed
+
+
+def test_a2q_takes_the_baselines_fp32_run_of_its_very_protocol():
+    """benchmarks/a2q.py trains no second FP32 GIN where baselines.py ran the same configuration (committed
+    results: REDDIT-BINARY, 3 folds of 100 epochs); another protocol keeps a cell of its own."""
+    mod = _script("a2q")
+    cfg = TrainConfig(dataset="reddit-binary", model="gin", method="a2q", bits=4, folds=3, epochs=100)
+    assert mod.fp32_cell("gin-reddit-binary", cfg).name == "baseline-gin-reddit-binary"
+    other = TrainConfig(dataset="reddit-binary", model="gin", method="a2q", bits=4, folds=2, epochs=100)
+    cell = mod.fp32_cell("gin-reddit-binary", other)
+    assert cell.name == "a2q-gin-reddit-binary-fp32" and cell.config.method == "fp32" and cell.config.folds == 2

@@ -121,6 +121,45 @@ def test_gradients_match_the_analytic_forms(signed):
         assert (b_.grad != 0).any()
 
 
+def _mask_form(u, qmin, qmax):
+    """The quantization's pieces with bool masks, torch.where and a tensor-bound clamp: the plain form that
+    qgnn.quant.a2q._quantize computes in float arithmetic (faster on CPU), kept as its reference."""
+    r = torch.round(u)
+    q = torch.clamp(r, qmin, qmax)
+    above, below = u > qmax, u < qmin
+    return q, above, below, torch.where(above | below, q, r - u)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_float_form_of_the_quantization_is_the_mask_form_bit_for_bit(signed, dtype):
+    from qgnn.quant.a2q import _quantize
+
+    g = torch.Generator().manual_seed(3)
+    widths = torch.randint(1 if not signed else 2, 9, (300, 1), generator=g).to(dtype)
+    qmin, qmax, _, _ = a2q_grid(widths, signed)
+    u = torch.randn(300, 40, generator=g, dtype=dtype) * widths.exp2()  # inside and well beyond each grid
+    u[:, :3] = torch.tensor([math.inf, -math.inf, 0.0], dtype=dtype)  # infinite inputs: clipped, not NaN
+    u[:, 3] = qmax.view(-1) + 0.5  # a rounding tie at the top of the grid, and exact bounds
+    u[:, 4], u[:, 5] = qmax.view(-1), qmin.view(-1)
+    q_ref, above, below, ds_ref = _mask_form(u, qmin, qmax)
+    q, side, ds = _quantize(u.clone(), qmin, qmax, True)
+    assert torch.equal(q, q_ref) and torch.equal(ds, ds_ref) and torch.isfinite(ds).all()
+    assert torch.equal(side > 0, above) and torch.equal(side < 0, below) and set(side.unique().tolist()) <= {-1, 0, 1}
+    assert _quantize(u.clone(), qmin, qmax, False)[2] is None
+
+
+def test_infinite_inputs_give_finite_step_and_width_gradients():
+    x = torch.tensor([[math.inf, -math.inf, 0.7, 30.0]], requires_grad=True)
+    s = torch.tensor([[0.5]], requires_grad=True)
+    b = torch.tensor([[3.0]], requires_grad=True)
+    y = a2q_fake_quant(x, s, b, True)
+    assert torch.equal(y.detach(), torch.tensor([[1.5, -2.0, 0.5, 1.5]]))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+    assert torch.isfinite(s.grad).all() and torch.isfinite(b.grad).all() and b.grad.item() != 0
+
+
 @pytest.mark.parametrize("s_shape,b_shape", [("row", "row"), ("tensor", "row"), ("row", "tensor"),
                                              ("tensor", "tensor")])
 def test_gradients_when_step_and_width_broadcast_differently(s_shape, b_shape):

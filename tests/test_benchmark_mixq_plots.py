@@ -32,4 +32,5 @@ def test_plain_commands_are_the_cells_they_stand_for():
                                                         "--search-epochs 100")
     assert mod.plain_command("imdb-binary-gin", 50.0) == ("qgnn search --dataset IMDB-BINARY --model gin "
                                                            "--search-epochs 100")
+    assert mod.plain_command("reddit-binary-gin", 0.25).endswith("--search-epochs 100 --folds 3 --epochs 100")
     assert mod.plain_command("cora-c48", 1.0) is None  # α lr 0.01, plain QAT, candidates {4, 8}: not the defaults

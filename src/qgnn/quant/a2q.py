@@ -98,7 +98,7 @@ def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
 
 def _quantize(u: Tensor, qmin: Tensor, qmax: Tensor, need_ds: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """(q, side, ds) of the scaled input ``u`` = x/s (overwritten): the codes q = clamp(round(u), qmin, qmax);
-    ``side`` +1 where u > qmax, −1 where u < qmin, 0 inside (float, u's dtype); ``ds`` = ∂x̂/∂s / 1 =
+    ``side`` +1 where u > qmax, −1 where u < qmin, 0 inside (float, u's dtype); ``ds`` the factor of ∂x̂/∂s,
     round(u) − u inside and q outside (None unless ``need_ds``).
 
     Written in float arithmetic only: on CPU, torch's comparison, ``where`` and ``masked_fill`` kernels on

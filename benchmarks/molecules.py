@@ -269,23 +269,24 @@ def _freesolv_int8() -> str:
             "within the splits' spread when validation is level).") if parts else ""
 
 
-# Cells whose seconds per epoch include time the process did not run (stopped while a CI run had the cores)
-PAUSED = {"lipo-gcn-search-w48": 730}
+# Cells whose seconds include time the process did not run: (experiment, method) -> seconds it was stopped (kill
+# -STOP while a CI run had both cores; the stop's length by the clock)
+PAUSED = {("lipo-gcn", "search-w48"): 730}
 
 
 def _timing_notes() -> str:
-    """A line per cell of :data:`PAUSED` that has run: how much of its seconds per epoch is the stop."""
+    """A line per cell of :data:`PAUSED` that has run: its stop's share of the seconds per epoch (the stop spread
+    over the cell's epochs in proportion to their recorded time)."""
     lines = []
-    for key, paused in PAUSED.items():
-        r = _harness.load(f"molecules/{key}")
+    for (exp, m), paused in PAUSED.items():
+        r = _harness.load(name_of(exp, m))
         if r is None:
             continue
-        exp, m = key.split("-", 2)[:2], key.split("-", 2)[2]
-        epochs = r["timing"]["total_seconds"] / r["timing"]["seconds_per_epoch"]
-        lines.append(f"{'-'.join(exp)} {m}: its seconds include a stop of the process of about {paused} s (kill -STOP "
-                     f"while a CI run had both cores), about {paused / epochs:.1f} s of its "
-                     f"{r['timing']['seconds_per_epoch']:.3f} s an epoch.")
-    return ("\n\n" + "\n".join(f"- {line}" for line in lines)) if lines else ""
+        t = r["timing"]
+        lines.append(f"- {exp} {m}: its seconds include a stop of the process of about {paused} s (kill -STOP while "
+                     f"a CI run had both cores), about {t['seconds_per_epoch'] * paused / t['total_seconds']:.1f} s "
+                     f"of its {t['seconds_per_epoch']:.3f} s an epoch.")
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def render() -> None:

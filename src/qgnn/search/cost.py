@@ -158,6 +158,30 @@ class Op:
     def key(self) -> tuple:
         return (self.op, self.b_a, self.b_w, self.b_a_fp32, self.b_w_fp32, self.a_slot, self.w_slot)
 
+    def absorb(self, other: Op) -> bool:
+        """Add ``other``'s MACs to this op when it is the same op (True), else leave both (False).
+
+        The same op at other widths (A2Q's per-node widths: each call's b_a is the mean over its rows) is
+        absorbed when only one operand's width differs: that width becomes the MAC-weighted mean, so
+        MACs × b_a × b_w stays the sum of the two ops' BitOPs. Both widths differing: two ops."""
+        if other.key() == self.key():
+            self.macs += other.macs
+            return True
+        if (self.op, self.b_a_fp32, self.b_w_fp32, self.a_slot, self.w_slot) != (
+                other.op, other.b_a_fp32, other.b_w_fp32, other.a_slot, other.w_slot):
+            return False
+        total = self.macs + other.macs
+        if self.b_w == other.b_w:
+            if total:
+                self.b_a = _num((self.macs * self.b_a + other.macs * other.b_a) / total)
+        elif self.b_a == other.b_a:
+            if total:
+                self.b_w = _num((self.macs * self.b_w + other.macs * other.b_w) / total)
+        else:
+            return False
+        self.macs = total
+        return True
+
     def to_dict(self) -> dict:
         return {"op": self.op, "macs": self.macs, "b_a": self.b_a, "b_w": self.b_w, "bitops": self.bitops,
                 "bitops_fp32": self.bitops_fp32}
@@ -176,22 +200,27 @@ class _Layer:
     type: str
     calls: int = 0
     ops: list[Op] = field(default_factory=list)
-    acts: dict[str, list] = field(default_factory=dict)  # slot -> [numel, bits]
+    # slot -> [numel, Σ numel · bits, bits of the first call]: per-call widths can differ (A2Q per node)
+    acts: dict[str, list] = field(default_factory=dict)
     shape: dict = field(default_factory=dict)
 
     def add(self, ops: list[Op], acts: list[tuple[str, int, float]], shape: dict) -> None:
-        # A module called several times (shared weights, one head per layer) accumulates its MACs.
+        # A module called several times (shared weights, one head per layer, a forward over several
+        # batches) accumulates its MACs and activations.
         self.calls += 1
         for op in ops:
-            same = next((o for o in self.ops if o.key() == op.key()), None)
-            if same is None:
+            if not any(o.absorb(op) for o in self.ops):
                 self.ops.append(op)
-            else:
-                same.macs += op.macs
         for slot, numel, bits in acts:
-            entry = self.acts.setdefault(slot, [0, bits])
+            entry = self.acts.setdefault(slot, [0, 0, bits])
             entry[0] += numel
+            entry[1] += numel * bits
         self.shape = shape
+
+    def act_bits(self, slot: str) -> float | int:
+        """The slot's mean width over every element this layer saw (the first call's when it saw none)."""
+        numel, bit_sum, first = self.acts[slot]
+        return _num(bit_sum / numel) if numel else first
 
     def to_dict(self) -> dict:
         return {
@@ -203,7 +232,7 @@ class _Layer:
             "bitops": _num(sum(o.bitops for o in self.ops)),
             "bitops_fp32": _num(sum(o.bitops_fp32 for o in self.ops)),
             "ops": [o.to_dict() for o in self.ops],
-            "activations": {s: {"numel": n, "bits": b} for s, (n, b) in self.acts.items()},
+            "activations": {s: {"numel": n, "bits": self.act_bits(s)} for s, (n, _, _) in self.acts.items()},
         }
 
 
@@ -657,6 +686,10 @@ class CostReport:
 
 
 def _default_forward(model: nn.Module, data) -> object:
+    if not hasattr(data, "x") and isinstance(data, Iterable):  # batches (a DataLoader): one forward each
+        for batch in data:
+            _default_forward(model, batch)
+        return None
     batch = getattr(data, "batch", None)
     if batch is not None:
         return model(data.x, data.edge_index, batch)
@@ -674,8 +707,12 @@ def cost_report(model: nn.Module, data_or_batch, forward: Callable | None = None
     ``LGConv``, ``nn.Linear``, PyG ``Linear`` and their quantized subclasses) record the node counts,
     edge counts (plus the self loops GCN / GAT add; a cached GCN reports its cached graph) and widths of
     that call. ``forward(model, data)`` runs the model (default ``model(x, edge_index)``, with ``batch``
-    as a third argument when the data has one). Modules of other types that hold parameters, and other
-    message-passing layers, are skipped with one warning naming their types. Each module's train / eval
+    as a third argument when the data has one; ``data_or_batch`` may also be an iterable of batches, a
+    DataLoader, run one batch at a time). Counts add up over every call of a module, so a forward over a
+    dataset's batches reports what one batch of all its graphs would, at the memory of one batch (a width
+    that differs between calls, A2Q's per-node widths, is their MAC- or element-weighted mean). Modules
+    of other types that hold parameters, and other message-passing layers, are skipped with one warning
+    naming their types. Each module's train / eval
     flag is restored afterwards. Note that an uncalibrated quantizer calibrates on this forward, as it
     would on any first eval forward.
     """
@@ -721,8 +758,8 @@ def cost_report(model: nn.Module, data_or_batch, forward: Callable | None = None
     macs = sum(o.macs for layer in ordered for o in layer.ops)
     linear = sum(o.macs * (o.b_a + o.b_w) / 2 for layer in ordered for o in layer.ops)
     linear_fp32 = sum(o.macs * (o.b_a_fp32 + o.b_w_fp32) / 2 for layer in ordered for o in layer.ops)
-    act_bits = sum(n * b for layer in ordered for n, b in layer.acts.values())
-    act_numel = sum(n for layer in ordered for n, _ in layer.acts.values())
+    act_bits = sum(bit_sum for layer in ordered for _, bit_sum, _ in layer.acts.values())
+    act_numel = sum(n for layer in ordered for n, _, _ in layer.acts.values())
     by = _bytes(model)
     ei = getattr(data_or_batch, "edge_index", None)
     x = getattr(data_or_batch, "x", None)

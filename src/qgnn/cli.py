@@ -330,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             who = "qgnn" if rank == "0" else f"qgnn[rank {rank}]"
             print(f"{who}: {'interrupted' if interrupted else 'error'}: {e}", file=sys.stderr)
         return 130 if interrupted else 2
+    except BrokenPipeError:  # stdout's reader went away (`qgnn eval m | head -3`): stop quietly, as cat does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would raise again
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured in tests)
+            pass
+        return 141  # 128 + SIGPIPE, the shell's status of a command killed by a closed pipe
     except KeyboardInterrupt:  # a second Ctrl-C (abort without saving), or one outside a training loop
         print("qgnn: interrupted: aborted by Ctrl-C (a resume state saved before it, if any, is kept)",
               file=sys.stderr)

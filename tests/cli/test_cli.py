@@ -140,3 +140,16 @@ def test_load_model_refuses_a_checkpoint_of_another_shape(tmp_path):
     save_checkpoint(ckpt, state, meta)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(ckpt)
+
+
+def test_a_closed_stdout_pipe_stops_quietly(monkeypatch, capsys):
+    """`qgnn eval m | head -3`: the reader closes the pipe; no traceback, the shell's status of SIGPIPE."""
+    import qgnn.export.cli as export_cli
+
+    def closed_pipe(args):
+        print("first line")
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(export_cli, "cmd_eval", closed_pipe)  # the parser binds it when main builds it
+    assert main(["eval", "m.qgnn.safetensors"]) == 141
+    assert capsys.readouterr().err == ""

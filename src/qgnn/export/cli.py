@@ -35,7 +35,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="run an exported model with the integer runtime: accuracy, latency, memory")
-    p.add_argument("model", help="a file written by `qgnn export`")
+    p.add_argument("model", help="a file written by `qgnn export`: the packed file, run by qgnn's integer runtime, "
+                                 "or an ONNX model (*.onnx), run by onnxruntime")
     p.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=SPLITS,
                    help="which nodes / graphs are scored (graph tasks: the selected run's fold; all: every one)")

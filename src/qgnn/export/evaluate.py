@@ -141,10 +141,19 @@ def evaluate_file(path: str | os.PathLike, dataset: str | None = None, root=None
                   repeats: int = 5, gemm: str = "auto", agg: str = "auto", model: IntModel | None = None,
                   fp32_reference: bool = False) -> dict:
     """Evaluate an export file; returns accuracy, latency, peak memory, file size and the ops' paths, and
-    with ``fp32_reference`` the FP32 PyG twin's figures (``fp32``), ``speedup`` and ``memory_ratio``."""
+    with ``fp32_reference`` the FP32 PyG twin's figures (``fp32``), ``speedup`` and ``memory_ratio``. A path
+    ending in ``.onnx`` is an ONNX export, run by onnxruntime (:func:`~qgnn.export.onnx_eval.evaluate_onnx`)."""
+    from .onnx_eval import evaluate_onnx, is_onnx_path
     from .runtime import load_int_model  # torch / PyG: imported here so `qgnn --help` can read SPLITS
 
     path = Path(path)
+    if is_onnx_path(path) and model is None:  # `qgnn export --format onnx`: onnxruntime runs it
+        if fp32_reference:
+            raise ConfigError("--fp32-reference builds its FP32 twin from the packed file; evaluate the qgnn "
+                              "export (qgnn export without --format onnx) for it")
+        if gemm != "auto" or agg != "auto":
+            raise ConfigError("--gemm / --agg choose kernels of qgnn's runtime; an ONNX model runs on onnxruntime")
+        return evaluate_onnx(path, dataset=dataset, root=root, split=split, repeats=repeats)
     model = model or load_int_model(path, gemm=gemm, agg=agg)
     if model.desc.get("task") == "rec":  # LightGCN: Recall / NDCG @10, @20 (qgnn.export.rec)
         if fp32_reference:

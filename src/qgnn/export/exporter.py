@@ -34,7 +34,7 @@ from .format import write_file
 from .packing import pack_bits
 from .prompt_export import export_prompts, unwrap
 
-__all__ = ["export_model", "export_checkpoint", "SUPPORTED_QUANTIZERS"]
+__all__ = ["export_model", "export_checkpoint", "export_checkpoint_model", "SUPPORTED_QUANTIZERS"]
 
 SUPPORTED_QUANTIZERS = ("uniform", "lsq", "a2q")
 
@@ -375,8 +375,10 @@ def export_model(model: nn.Module, config: dict | None = None, num_features: int
     return w.tensors, desc
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, dict]:
-    """Read a training checkpoint (``qgnn train --save``), export it, write ``out``; returns (path, descriptor)."""
+def export_checkpoint_model(checkpoint: str | os.PathLike) -> tuple[dict, dict]:
+    """``(tensors, descriptor)`` of a training checkpoint (``qgnn train --save``), the descriptor's ``source``
+    naming the checkpoint, its selected run (a graph task's fold: the test graphs ``qgnn eval`` scores) and
+    its mean metrics."""
     from qgnn.train import load_model
 
     model, meta = load_model(checkpoint)
@@ -386,4 +388,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
     desc["source"] = {"checkpoint": Path(checkpoint).name,
                       "selected_run": {k: sel.get(k) for k in ("seed", "fold", "best_epoch") if k in sel},
                       "metrics": {k: v["mean"] for k, v in metrics.items() if isinstance(v, dict) and "mean" in v}}
+    return tensors, desc
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, dict]:
+    """Read a training checkpoint (``qgnn train --save``), export it, write ``out``; returns (path, descriptor)."""
+    tensors, desc = export_checkpoint_model(checkpoint)
     return write_file(out, tensors, desc), desc

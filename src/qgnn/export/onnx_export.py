@@ -84,8 +84,9 @@ def build_onnx(tensors: dict, desc: dict):
     graph = helper.make_graph(b.nodes, "qgnn", inputs, outputs, b.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qgnn",
                               ir_version=IR_VERSION)
-    # what a user needs to prepare the inputs as in training (dataset, normalize_features, ...) travels along
-    summary = {k: desc.get(k) for k in ("task", "num_features", "num_classes", "bits", "config")}
+    # what a user needs to prepare the inputs as in training (dataset, normalize_features, ...) travels along,
+    # and the selected run (a graph task's fold: the test graphs `qgnn eval` scores, qgnn.export.onnx_eval)
+    summary = {k: desc.get(k) for k in ("task", "num_features", "num_classes", "bits", "config", "source")}
     helper.set_model_props(model, {"qgnn": json.dumps({**summary, "paths": ctx.paths}, separators=(",", ":"))})
     onnx.checker.check_model(model)
     return model, ctx.paths
@@ -153,11 +154,8 @@ def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike
     """Read a training checkpoint, build the packed model in memory (``export_model``) and write ``out`` as
     ONNX; returns (path, descriptor)."""
     require_onnx()  # before the checkpoint is read
-    from qgnn.train import load_model
+    from .exporter import export_checkpoint_model
 
-    from .exporter import export_model
-
-    model, meta = load_model(checkpoint)
-    tensors, desc = export_model(model, meta.get("config"), meta.get("num_features"), meta.get("num_classes"))
+    tensors, desc = export_checkpoint_model(checkpoint)
     _check_supported(desc)
     return write_onnx(to_onnx((tensors, desc)), out), desc

@@ -538,13 +538,13 @@ class Runner:
         }
 
     def cost(self, state: dict) -> dict:
-        """The ``cost`` entry (docs/cost.md) of the selected model, from one eval forward.
+        """The ``cost`` entry (docs/cost.md) of the selected model, from eval forwards.
 
         Node tasks: the whole graph. Graph tasks: every graph of the dataset, in batches of
         ``COST_BATCH_GRAPHS`` (the counts add up over batches: the totals of one batch of every graph, at the
         memory of one evaluation batch); the totals are divided by the number of graphs (``bitops`` is then
-        per graph, ``per_layer`` stays the whole dataset's), so datasets of any size compare. Recommendation:
-        the stored embedding table (:func:`~qgnn.train.rec.rec_cost`).
+        per graph; ``per_layer`` keeps the whole dataset's MACs, its ``shape`` the last batch's), so datasets
+        of any size compare. Recommendation: the stored embedding table (:func:`~qgnn.train.rec.rec_cost`).
         """
         import warnings
 

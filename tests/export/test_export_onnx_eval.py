@@ -102,6 +102,13 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     del m.metadata_props[:]
     onnx.save(m, str(foreign))
     cases.append(([str(foreign)], "without qgnn's metadata"))
+    renamed = tmp_path / "renamed.onnx"  # onnxruntime refuses the inputs (here: no input called x)
+    m = onnx.load(str(onnx_file))
+    m.graph.input[0].name = "features"
+    for node in m.graph.node:
+        node.input[:] = ["features" if i == "x" else i for i in node.input]
+    onnx.save(m, str(renamed))
+    cases.append(([str(renamed)], "onnxruntime cannot run renamed.onnx"))
     for args, words in cases:
         assert main(["eval", *args]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()

@@ -102,7 +102,11 @@ def evaluate_onnx(path: str | os.PathLike, dataset: str | None = None, root=None
     def forward():
         return [sess.run(["logits"], f)[0] for f in feeds]
 
-    outs = [torch.from_numpy(o) for o in forward()]  # warm-up (onnxruntime plans its first run)
+    try:
+        outs = [torch.from_numpy(o) for o in forward()]  # warm-up (onnxruntime plans its first run)
+    except Exception as e:  # onnxruntime's own errors (e.g. per-node tables sized for another graph): one line
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"onnxruntime cannot run {path.name} on {cfg.dataset}: {msg}") from None
     if scale is None:
         acc, n = _accuracy(outs, inputs)
         scores = {"accuracy": acc}

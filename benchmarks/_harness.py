@@ -169,11 +169,13 @@ def preview(cells: Iterable, others: Iterable[tuple[str, bool]] = ()) -> dict[st
     return counts
 
 
-def run(cells: Iterable, *, root=None, force: bool = False, progress: bool | None = False,
+def run(cells: Iterable, *, root=None, force: bool = False, progress: bool | None = None,
         after: Callable[[Cell, dict, bool], None] | None = None, dry_run: bool = False) -> dict[str, dict]:
     """Run (or reuse) every cell in order; ``after(cell, results, cached)`` follows each one. Ctrl-C stops at
     the next epoch boundary and exits with status 130 after saying how to continue. ``dry_run``: print what
-    would happen (:func:`preview`) and exit with status 0, so that the script writes nothing after it."""
+    would happen (:func:`preview`) and exit with status 0, so that the script writes nothing after it.
+    ``progress`` None: a bar per cell on a terminal, else a line per finished run on stderr (a log file shows
+    the runs as they end, :func:`qgnn.train.results.log_run`); False: silent."""
     from qgnn.train import Control, Interrupted
 
     if dry_run:

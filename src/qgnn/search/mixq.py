@@ -59,7 +59,7 @@ from qgnn.search.assignment import BitAssignment
 from qgnn.search.penalty import PENALTY_KINDS
 from qgnn.train.config import TrainConfig
 from qgnn.train.minibatch import MiniBatchNodeTask
-from qgnn.train.results import summarize, summarize_runs
+from qgnn.train.results import log_run, summarize, summarize_runs
 from qgnn.train.runner import STATE_FORMAT, Control, Interrupted, Runner, _normalised, _run_list, task_generators
 from qgnn.train.seeding import load_rng_state, rng_state, set_seed
 from qgnn.train.task import better, selection_key, summary_keys
@@ -445,6 +445,7 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
     try:
         for r in range(len(runs), len(run_list)):
             seed, fold = run_list[r]
+            t_run = time.perf_counter()
             cur = current if current is not None and current["index"] == r else None
             current = None
             if cur is not None and cur["phase"] == "train":  # the assignment was found before the interruption
@@ -469,6 +470,8 @@ def run_search(cfg: TrainConfig, sc: SearchConfig, *, root=None, out: str | Path
                            "bitops_reduction_linear": cost["bitops_reduction_linear"],
                            "avg_bits": cost["avg_bits"], "cost": cost})
             runs.append(result)
+            log_run(progress, bar, f"{cfg.dataset}/{cfg.model}/search λ={sc.lam:g}", r, len(run_list), result,
+                    trainer.task_class.metric, time.perf_counter() - t_run)
             key = selection_key(trainer.task_class, result)  # the task's rule (regression: lowest val MAE)
             if best is None or better(key, (best["val"], best["val_loss"])):
                 best = {"index": r, "val": key[0], "val_loss": key[1], "state": model_state}

@@ -49,7 +49,7 @@ from qgnn.errors import CheckpointError, ConfigError, QgnnError
 from qgnn.prompts.train import apply_prompts
 from qgnn.train.checkpoint import load_state, save_checkpoint
 from qgnn.train.config import TrainConfig
-from qgnn.train.results import summarize_runs
+from qgnn.train.results import log_run, summarize_runs
 from qgnn.train.seeding import load_rng_state, rng_state, set_seed
 from qgnn.train.selection import BestTracker, validation_due
 from qgnn.train.task import (
@@ -371,9 +371,12 @@ class Runner:
         try:
             for r in range(len(runs_done), len(run_list)):
                 seed, fold = run_list[r]
+                t_run = time.perf_counter()
                 result, best_state = self._one_run(r, seed, fold, current if current and current["index"] == r
                                                    else None, runs_done, best, bar)
                 current = None
+                log_run(self.progress, bar, f"{self.cfg.dataset}/{self.cfg.model}/{self.cfg.method}", r,
+                        len(run_list), result, self.task_class.metric, time.perf_counter() - t_run)
                 # the selected run: the task's selection rule on the runs' records (each holds its selected
                 # epoch's scores), compared with the best run's record, so a state of any earlier layout works
                 key = selection_key(self.task_class, result)

@@ -34,7 +34,8 @@ def add_parsers(sub) -> None:
                         "onnxruntime runs (docs/onnx.md; needs pip install 'qgnn[onnx]')")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("eval", help="run an exported model with the integer runtime: accuracy, latency, memory")
+    p = sub.add_parser("eval", help="run an exported model (the integer runtime; onnxruntime for *.onnx): "
+                                   "accuracy, latency, memory")
     p.add_argument("model", help="a file written by `qgnn export`: the packed file, run by qgnn's integer runtime, "
                                  "or an ONNX model (*.onnx), run by onnxruntime")
     p.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import textwrap
 
 
@@ -63,8 +64,6 @@ def log_run(progress: bool | None, bar, name: str, index: int, total: int, resul
             seconds: float) -> None:
     """Print :func:`run_line` on stderr where progress is automatic (``progress=None``) but ``bar`` (a tqdm)
     draws nothing, stderr not being a terminal: a log file then shows each run as it ends."""
-    import sys
-
     if progress is None and getattr(bar, "disable", False):
         print(run_line(name, index, total, result, metric, seconds), file=sys.stderr, flush=True)
 

@@ -181,10 +181,11 @@ def render() -> None:
                  "rows.")
     if fp32_lines:
         text += "\n\n" + "\n".join(fp32_lines)
-    plots = [p for p in (pareto_plot(d) for d in ("cora", "citeseer", "proteins", "imdb-binary")) if p]
+    plots = [p for p in (pareto_plot(d) for d in ("cora", "citeseer", *CLI_NAMES)) if p]
     if plots:
-        text += "\n\nAll rows against MixQ-GNN's logged points (linear measure), the Pareto front of the qgnn rows " \
-                "as a line: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "."
+        text += ("\n\nAll rows against MixQ-GNN's logged points (left: the linear measure; right: qgnn's BitOPs, "
+                 "where MixQ-GNN logged no point), the Pareto front of the qgnn rows as a line: "
+                 + ", ".join(f"[{p.name}]({p.name})" for p in plots) + ".")
     update_section("mixq", "## Mixed precision: MixQ-GNN search\n\n" + text)
     render_tu()
 
@@ -250,9 +251,7 @@ def render_tu() -> None:
             if run is None:
                 notes.append(f"{CLI_NAMES.get(g['dataset'], g['dataset'])} λ {lam:g}")
                 continue
-            # FP32 GIN of the same protocol (folds and epochs): the baselines' run, paired fold by fold
-            same = base is not None and base["config"]["epochs"] == run["config"]["epochs"]
-            fp32 = {r["fold"]: r["test_acc"] for r in base["runs"]} if same else {}
+            fp32 = _fp32_folds(base, run)
             accs = {r["fold"]: r["test_acc"] for r in run["runs"]}
             paired = [100 * (accs[f] - fp32[f]) for f in accs if f in fp32]
             acc = run["metrics"]["test_acc"]
@@ -291,17 +290,38 @@ def render_tu() -> None:
     if notes:
         text += "\n\nNot run yet (CPU time on the shared machine): " + ", ".join(notes) + "."
     if plots:
-        text += ("\n\nPareto plots (linear measure, MixQ-GNN's points as crosses): "
+        text += ("\n\nPareto plots (left: the linear measure, MixQ-GNN's points as crosses; right: qgnn's BitOPs): "
                  + ", ".join(f"[{p.name}]({p.name})" for p in plots) + ". Every sweep: "
                  "[notes/mixq.md](notes/mixq.md).")
     update_section("mixq-tu", text)
 
 
+def _fp32_folds(base: dict | None, run: dict) -> dict:
+    """FP32 test accuracy by fold from the baselines' run ``base`` (baseline-<model>-<dataset>.json) where it has
+    ``run``'s protocol (the same epochs), so a search row is paired fold by fold; {} where it has not."""
+    same = base is not None and base["config"]["epochs"] == run["config"]["epochs"]
+    return {r["fold"]: r["test_acc"] for r in base["runs"]} if same else {}
+
+
+def _fp32_reference(run: dict) -> float | None:
+    """Mean FP32 test accuracy (%) on ``run``'s folds (a graph task's search row), or None where the baselines'
+    run lacks one of them or has another protocol."""
+    from qgnn.train.results import summarize
+
+    c = run["config"]
+    fp32 = _fp32_folds(_harness.load(f"baseline-{c['model']}-{c['dataset'].lower()}"), run)
+    folds = [r["fold"] for r in run["runs"]]
+    if not folds or any(f not in fp32 for f in folds):
+        return None
+    return 100 * summarize([fp32[f] for f in folds])["mean"]
+
+
 def pareto_plot(dataset: str) -> Path | None:
-    """docs/mixq-pareto-<dataset>.png: every sweep row of ``dataset`` (test accuracy against the linear
-    reduction), the front of rows no other row beats on both axes, FP32, and MixQ-GNN's logged points.
-    None without matplotlib (qgnn.plotting)."""
-    from qgnn.compare.table import pareto_optimal
+    """docs/mixq-pareto-<dataset>.png: every sweep row of ``dataset`` (test accuracy, ± std, against the reduction),
+    the front of rows no other row beats on both axes, FP32, and MixQ-GNN's logged points, in two panels: the
+    linear measure (MixQ-GNN's: 32 / average bits, where its points can stand) and qgnn's BitOPs (docs/cost.md;
+    MixQ-GNN logged no BitOPs). FP32 is the sweep's own run (node tasks) or FP32 GIN on the same folds (graph
+    tasks, baseline-<model>-<dataset>.json). None without matplotlib (qgnn.plotting)."""
     from qgnn.plotting import pyplot
     from qgnn.search.cli import PUBLISHED_MIXQ
 
@@ -315,37 +335,38 @@ def pareto_plot(dataset: str) -> Path | None:
         for row in summary["rows"]:
             run = json.loads((d.parent / f"search-l{row['lambda']:g}.json").read_text())
             if run["config"]["dataset"].lower() == dataset:
-                pts.append((row["bitops_reduction_linear"], row["test_acc"], row["test_std"]))
+                pts.append((row["bitops_reduction_linear"], row["bitops_reduction"], row["test_acc"], row["test_std"]))
                 models.add(run["config"]["model"].upper())
                 protocols.add(_protocol(run))
-                if summary.get("fp32_test_acc") is not None:
-                    fp32.append(summary["fp32_test_acc"])
+                ref = summary.get("fp32_test_acc")
+                fp32.append(ref if ref is not None else _fp32_reference(run))
     if not pts:
         return None
-    # both axes maximised: reduction and test accuracy (equal points both stay on the front)
-    front = sorted(p for p, on in zip(pts, pareto_optimal([(p[0], p[1]) for p in pts]), strict=True) if on)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o", capsize=3,
-                alpha=0.6, label=f"qgnn MixQ search + fixed-bit training ({', '.join(sorted(protocols))})")
-    ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="C0", label="qgnn Pareto front")
+    fp32 = [f for f in fp32 if f is not None]
     pub = PUBLISHED_MIXQ.get(dataset, [])
-    ax.scatter([p[1] for p in pub], [p[0] for p in pub], marker="x", s=60, color="r", label="MixQ-GNN (logs)")
-    if fp32:
-        ax.scatter([1.0], [fp32[0]], marker="*", s=120, color="k", label="FP32")
-    ax.set_xscale("log", base=2)
-    # powers of two around every point, the axis reaching them: a front inside one octave (4x-8x) would
-    # otherwise show no tick label at all
-    xs = [p[0] for p in pts] + [p[1] for p in pub] + ([1.0] if fp32 else [])
-    lo, hi = math.floor(math.log2(min(xs))), math.ceil(math.log2(max(xs)))
-    ticks = [2.0 ** k for k in range(lo, max(hi, lo + 1) + 1)]
-    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlim(ticks[0] / 1.15, ticks[-1] * 1.15)
-    ax.set_xlabel("reduction, linear in bits (MixQ-GNN's measure)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{dataset}: {', '.join(sorted(models))}, mixed precision")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, col, measure in ((axes[0], 0, "linear in bits (MixQ-GNN's measure)"), (axes[1], 1, "BitOPs (qgnn's)")):
+        xs = [p[col] for p in pts]
+        _pareto_panel(ax, xs, pts, protocols)
+        if col == 0:
+            ax.scatter([p[1] for p in pub], [p[0] for p in pub], marker="x", s=60, color="r",
+                       label="MixQ-GNN (logs)")
+            xs = xs + [p[1] for p in pub]
+            if pub and dataset in MIXQ_FP32:
+                ax.scatter([1.0], [MIXQ_FP32[dataset]], marker="*", s=120, color="r", label="MixQ-GNN's FP32")
+                xs.append(1.0)
+            if dataset in MIXQ_NO_WIDTH:
+                ax.axhline(MIXQ_NO_WIDTH[dataset], color="r", ls=":", label="MixQ-GNN (logged, width not given)")
+        if fp32:
+            ax.scatter([1.0], [fp32[0]], marker="*", s=120, color="k",
+                       label="FP32, same folds" if any("folds" in p for p in protocols) else "FP32")
+            xs.append(1.0)
+        _log2_axis(ax, xs)
+        ax.set_xlabel(f"reduction, {measure}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(f"{dataset}: {', '.join(sorted(models))}, mixed precision")
     fig.tight_layout()
     path = _report.RESULTS_MD.parent / f"mixq-pareto-{dataset}.png"
     from qgnn.train.checkpoint import atomic_write  # as qgnn.compare.plot: no torn file if the write fails
@@ -355,6 +376,30 @@ def pareto_plot(dataset: str) -> Path | None:
     finally:
         plt.close(fig)
     return path
+
+
+def _pareto_panel(ax, xs: list, pts: list, protocols: set) -> None:
+    """The qgnn rows at reductions ``xs`` (accuracy ± std from ``pts``) and their front (both axes maximised;
+    equal points both stay on it)."""
+    from qgnn.compare.table import pareto_optimal
+
+    ys, err = [p[2] for p in pts], [p[3] for p in pts]
+    on = pareto_optimal(list(zip(xs, ys, strict=True)))
+    front = sorted((x, y) for x, y, o in zip(xs, ys, on, strict=True) if o)
+    ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, alpha=0.6,
+                label=f"qgnn MixQ search + fixed-bit training ({', '.join(sorted(protocols))})")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="C0", label="qgnn Pareto front")
+
+
+def _log2_axis(ax, xs: list) -> None:
+    """A log2 x axis with a labelled power of two on each side of every point: a front inside one octave
+    (4x-8x) would otherwise show no tick label at all."""
+    ax.set_xscale("log", base=2)
+    lo, hi = math.floor(math.log2(min(xs))), math.ceil(math.log2(max(xs)))
+    ticks = [2.0 ** k for k in range(lo, max(hi, lo + 1) + 1)]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(ticks[0] / 1.15, ticks[-1] * 1.15)
 
 
 def _protocol(run: dict) -> str:

@@ -17,11 +17,29 @@ def test_pareto_plots_are_written_from_the_committed_sweeps(tmp_path, monkeypatc
     pytest.importorskip("matplotlib")
     mod = _script("mixq")
     monkeypatch.setattr(sys.modules["_report"], "RESULTS_MD", tmp_path / "results.md")  # not the real docs
-    for dataset in ("cora", "citeseer"):  # the datasets with committed sweeps
+    drawn = ("cora", "citeseer", "proteins", "imdb-binary")  # the datasets with committed sweeps
+    for dataset in drawn:
         path = mod.pareto_plot(dataset)
         assert path == tmp_path / f"mixq-pareto-{dataset}.png" and path.read_bytes()[:8] == PNG
     assert mod.pareto_plot("pubmed") is None  # no sweep row: no figure
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixq-pareto-citeseer.png", "mixq-pareto-cora.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"mixq-pareto-{d}.png" for d in drawn)
+
+
+def test_fp32_reference_pairs_the_search_rows_folds():
+    """A graph task's FP32 point is FP32 GIN on the search row's own folds, at its epochs; none where the
+    baselines' run has another protocol or lacks a fold."""
+    mod = _script("mixq")
+    run = mod._harness.load("mixq-proteins-gin/search-l0.25")
+    base = mod._harness.load("baseline-gin-proteins")
+    by_fold = {r["fold"]: r["test_acc"] for r in base["runs"]}
+    some = dict(run, runs=run["runs"][:3])  # three of its ten folds
+    want = 100 * sum(by_fold[r["fold"]] for r in some["runs"]) / 3
+    assert mod._fp32_reference(some) == pytest.approx(want)
+    assert mod._fp32_reference(run) != pytest.approx(want)  # the ten folds' mean is another number
+    longer = dict(run, config=dict(run["config"], epochs=run["config"]["epochs"] + 1))
+    assert mod._fp32_reference(longer) is None  # another protocol: not paired
+    missing = dict(run, runs=[dict(run["runs"][0], fold=99)])
+    assert mod._fp32_reference(missing) is None
 
 
 def test_plain_commands_are_the_cells_they_stand_for():

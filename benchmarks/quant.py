@@ -11,6 +11,7 @@ and the difference is only reported when both exist.
     OMP_NUM_THREADS=1 python benchmarks/quant.py --group int8 --seeds 5
     OMP_NUM_THREADS=1 python benchmarks/quant.py --only gcn-cora-dq4 gcn-cora-qat4 gcn-cora-fp32
     OMP_NUM_THREADS=1 python benchmarks/quant.py --group reddit --folds 3 --epochs 100
+    OMP_NUM_THREADS=1 python benchmarks/quant.py --group tu
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ for _method, _bits in (("fp32", None), ("dq", 4), ("qat", 4), ("lsq", 4)):
 for _method, _bits in (("fp32", None), ("dq", 8), ("dq", 4), ("qat", 4)):
     EXPERIMENTS[_name("gin", "reddit-binary", _method, _bits)] = (
         "reddit", dict(dataset="reddit-binary", model="gin", method=_method, bits=_bits))
+# The TU rows of results.md section 2 at the full protocol (10 folds, the recipe's 350 epochs), beside FP32 GIN
+# (baseline-gin-<dataset>.json) and the MixQ search rows on the same folds: the uniform widths a search must beat
+for _d in ("proteins", "imdb-binary"):
+    for _method, _bits in (("dq", 8), ("dq", 4), ("qat", 4)):
+        EXPERIMENTS[_name("gin", _d, _method, _bits)] = (
+            "tu", dict(dataset=_d, model="gin", method=_method, bits=_bits))
 
 # Targets (issue text) and the papers' figures, keyed by experiment name.
 TARGETS = {
@@ -67,7 +74,7 @@ PROTOCOL_KEYS = ("dataset", "model", "seeds", "folds", "epochs", "seed", "fold_s
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", default=None, choices=sorted(EXPERIMENTS))
-    p.add_argument("--group", nargs="*", default=None, choices=["int8", "int8-alt", "int4", "reddit"])
+    p.add_argument("--group", nargs="*", default=None, choices=["int8", "int8-alt", "int4", "reddit", "tu"])
     p.add_argument("--seeds", type=int, default=None, help="runs per fold (default: the recipe's)")
     p.add_argument("--folds", type=int, default=None, help="graph tasks: run only the first N folds")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")

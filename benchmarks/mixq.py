@@ -335,7 +335,8 @@ def pareto_plot(dataset: str) -> Path | None:
         for row in summary["rows"]:
             run = json.loads((d.parent / f"search-l{row['lambda']:g}.json").read_text())
             if run["config"]["dataset"].lower() == dataset:
-                pts.append((row["bitops_reduction_linear"], row["bitops_reduction"], row["test_acc"], row["test_std"]))
+                pts.append((row["bitops_reduction_linear"], row["bitops_reduction"], row["test_acc"], row["test_std"],
+                            f"λ {row['lambda']:g}"))
                 models.add(run["config"]["model"].upper())
                 protocols.add(_protocol(run))
                 ref = summary.get("fp32_test_acc")
@@ -343,15 +344,27 @@ def pareto_plot(dataset: str) -> Path | None:
     if not pts:
         return None
     fp32 = [f for f in fp32 if f is not None]
+    others = _other_points(dataset, protocols)
     pub = PUBLISHED_MIXQ.get(dataset, [])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, col, measure in ((axes[0], 0, "linear in bits (MixQ-GNN's measure)"), (axes[1], 1, "BitOPs (qgnn's)")):
         xs = [p[col] for p in pts]
         _pareto_panel(ax, xs, pts, protocols)
+        for kind, fmt, color, label in (("uniform", "s", "0.45", "qgnn uniform widths"),
+                                        ("a2q", "D", "C2", "qgnn A2Q (learnt per-node widths)")):
+            got = others[kind]
+            if got:
+                ax.errorbar([u[col] for u in got], [u[2] for u in got], yerr=[u[3] for u in got], fmt=fmt,
+                            color=color, capsize=3, alpha=0.8, label=f"{label}, same protocol")
+                xs = xs + [u[col] for u in got]
+        named = pts + others["uniform"] + others["a2q"]
+        for p in (named if len(named) <= 6 else []):  # names where they stay legible
+            ax.annotate(p[4], (p[col], p[2]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         if col == 0:
-            ax.scatter([p[1] for p in pub], [p[0] for p in pub], marker="x", s=60, color="r",
-                       label="MixQ-GNN (logs)")
-            xs = xs + [p[1] for p in pub]
+            if pub:
+                ax.scatter([p[1] for p in pub], [p[0] for p in pub], marker="x", s=60, color="r",
+                           label="MixQ-GNN (logs)")
+                xs = xs + [p[1] for p in pub]
             if pub and dataset in MIXQ_FP32:
                 ax.scatter([1.0], [MIXQ_FP32[dataset]], marker="*", s=120, color="r", label="MixQ-GNN's FP32")
                 xs.append(1.0)
@@ -376,6 +389,29 @@ def pareto_plot(dataset: str) -> Path | None:
     finally:
         plt.close(fig)
     return path
+
+
+def _other_points(dataset: str, protocols: set) -> dict:
+    """The other methods' rows on ``dataset`` whose protocol is the sweep rows' only one, by kind: "uniform"
+    (benchmarks/quant.py, quant-<model>-<dataset>-<method><bits>.json: the fixed widths a search has to beat)
+    and "a2q" (benchmarks/a2q.py's learnt per-node widths, a2q-<model>-<dataset>.json); each row as (linear
+    reduction, BitOPs reduction, test acc %, std, name). Rows without the linear measure (written before it
+    existed) are left out."""
+    out = {"uniform": [], "a2q": []}
+    if len(protocols) != 1:
+        return out
+    paths = {"uniform": RESULTS_DIR.glob(f"quant-*-{dataset}-*.json"), "a2q": RESULTS_DIR.glob(f"a2q-*-{dataset}.json")}
+    for kind, found in paths.items():
+        for path in sorted(found):
+            r = json.loads(path.read_text())
+            c, cost, acc = r["config"], r.get("cost", {}), r["metrics"]["test_acc"]
+            if (c["dataset"].lower() != dataset or _protocol(r) not in protocols
+                    or "bitops_reduction_linear" not in cost):
+                continue
+            name = "a2q" if kind == "a2q" else f"{c['method']} {c['bits']}"
+            out[kind].append((cost["bitops_reduction_linear"], cost["bitops_reduction"], 100 * acc["mean"],
+                              100 * acc["std"], name))
+    return out
 
 
 def _pareto_panel(ax, xs: list, pts: list, protocols: set) -> None:

@@ -12,7 +12,7 @@ A2Q learns per node) and of the weights; feature compression = 32 / activation b
 "compression" counts the node features); model bytes (weights + every per-node / per-channel table).
 
     OMP_NUM_THREADS=1 python benchmarks/a2q.py --only gcn-cora
-    OMP_NUM_THREADS=1 python benchmarks/a2q.py --only gin-reddit-binary --folds 1 --epochs 100
+    OMP_NUM_THREADS=1 python benchmarks/a2q.py --only gin-reddit-binary --folds 3 --epochs 100
     OMP_NUM_THREADS=1 python benchmarks/a2q.py --only gin-proteins gin-imdb-binary
 """
 
@@ -96,9 +96,18 @@ def _fp32_beside(name: str, r: dict) -> dict | None:
     return None
 
 
+def _reduction(cost: dict) -> str:
+    """qgnn's BitOPs reduction and MixQ-GNN's linear one (docs/cost.md), or "not recorded" for a file written
+    before the cost model counted them."""
+    if "bitops_reduction" not in cost or "bitops_reduction_linear" not in cost:
+        return "not recorded"
+    return f"{cost['bitops_reduction']:.1f}x ({cost['bitops_reduction_linear']:.1f}x)"
+
+
 def render() -> None:
     head = ["experiment", "protocol", "test acc (%)", "FP32 same protocol (%)",
-            "avg bits (all / activations / weights)", "feature compression", "model bytes (FP32 / A2Q)",
+            "avg bits (all / activations / weights)", "feature compression", "BitOPs reduction (linear)",
+            "model bytes (FP32 / A2Q)",
             "s / epoch (FP32)", "target", "published"]
     rows, cmds = [], set()
     for name in EXPERIMENTS:
@@ -114,7 +123,8 @@ def render() -> None:
         fp_t = f" ({fp['timing']['seconds_per_epoch']:.3f})" if fp else ""
         rows.append(
             f"| {name} | {proto} | {pct(m['test_acc'])} | {fp_txt} | {cost['avg_bits']:.2f} / {act:.2f} / "
-            f"{cost['avg_bits_weights']:.2f} | {32 / act:.1f}x | {cost['model_bytes_fp32']} / {cost['model_bytes']} "
+            f"{cost['avg_bits_weights']:.2f} | {32 / act:.1f}x | {_reduction(cost)} | "
+            f"{cost['model_bytes_fp32']} / {cost['model_bytes']} "
             f"| {r['timing']['seconds_per_epoch']:.3f}{fp_t} | {TARGETS.get(name, '')}"
             f"{_met(name, acc, cost['avg_bits']) if name in TARGETS else ''} | {PUBLISHED.get(name, '')} |")
         cmds.add(r.get("command", ""))
@@ -125,7 +135,8 @@ def render() -> None:
         "node features, local gradient on); validation-based selection; mean ± population std. Average bits "
         "are element-weighted over the quantized operands of one forward (cost model, docs/cost.md); feature "
         "compression is 32 / activation bits; model bytes count the weights at their widths plus every "
-        "per-node and per-channel step / width table. Average bits and bytes are those of the selected run.\n\n"
+        "per-node and per-channel step / width table. Average bits, BitOPs and bytes are those of the selected "
+        "run (graph tasks: per graph, over the dataset).\n\n"
         + _harness.table(head, rows) + _harness.commands(cmds))
 
 

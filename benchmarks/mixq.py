@@ -290,7 +290,8 @@ def render_tu() -> None:
     if notes:
         text += "\n\nNot run yet (CPU time on the shared machine): " + ", ".join(notes) + "."
     if plots:
-        text += ("\n\nPareto plots (left: the linear measure, MixQ-GNN's points as crosses; right: qgnn's BitOPs): "
+        text += ("\n\nPareto plots (left: the linear measure, MixQ-GNN's points as crosses; right: qgnn's BitOPs; the "
+                 "uniform-width and A2Q rows of the same folds and epochs beside the search rows where they have run): "
                  + ", ".join(f"[{p.name}]({p.name})" for p in plots) + ". Every sweep: "
                  "[notes/mixq.md](notes/mixq.md).")
     update_section("mixq-tu", text)

@@ -425,7 +425,7 @@ def _pareto_panel(ax, xs: list, pts: list, protocols: set) -> None:
     front = sorted((x, y) for x, y, o in zip(xs, ys, on, strict=True) if o)
     ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, alpha=0.6,
                 label=f"qgnn MixQ search + fixed-bit training ({', '.join(sorted(protocols))})")
-    ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="C0", label="qgnn Pareto front")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="C0", label="Pareto front of the search rows")
 
 
 def _log2_axis(ax, xs: list) -> None:
